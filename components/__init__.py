@@ -1,0 +1,1 @@
+"""Components of the swarm program: one ComponentResource per module."""

@@ -1,0 +1,129 @@
+"""The machines: SSH key pair, AMI, and EC2 instances for managers and workers.
+
+Managers get pinned private addresses (see `settings.plan_nodes`): Docker restores a
+manager's Raft state only onto the address it advertised. Every instance requires
+IMDSv2 (hop limit 2, so the registry mirror's container can still reach the role's
+credentials), has an encrypted gp3 root volume, and boots `scripts/node/user-data.sh`.
+
+`ami` and `user_data` are ignored after creation: a new AMI or a changed user-data
+must not replace running managers mid-day (three managers replaced at once lose
+quorum). Both take effect at the next morning's rebuild, or at once with
+`pulumi up --replace <urn>` one node at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_tls as tls
+
+from components.payload import render_user_data
+from components.settings import NodePlan, Settings
+from components.swarm import SwarmNode
+
+
+def node_environment(settings: Settings, node: NodePlan, bucket_name: str) -> dict[str, str]:
+    """What /etc/swarm/env says on a node; the verbs read nothing else."""
+    return {
+        "SWARM_STACK": settings.stack,
+        "SWARM_CLUSTER": settings.cluster_name,
+        "SWARM_NODE_NAME": node.name,
+        "SWARM_ROLE": node.role,
+        "SWARM_ADVERTISE_ADDR": node.private_ip or "",
+        "SWARM_BUCKET": bucket_name,
+        "SWARM_PREFIX": settings.state_prefix,
+        "SWARM_REGION": settings.region,
+        "SWARM_S3_ENDPOINT": settings.s3_endpoint or "",
+        "SWARM_REGISTRY_MIRRORS": " ".join(settings.registry_mirrors),
+        "SWARM_MIRROR_PORT": str(settings.mirror_port),
+        "SWARM_MIRROR_UPSTREAM": settings.mirror_upstream,
+        "SWARM_BACKUP_KEEP": str(settings.backup_keep),
+        "SWARM_SSH_USER": settings.ssh_user,
+    }
+
+
+@dataclass
+class NodesArgs:
+    subnet_ids: list[pulumi.Input[str]]
+    security_group_ids: list[pulumi.Input[str]]
+    instance_profile_name: pulumi.Input[str]
+    bucket_name: pulumi.Input[str]
+
+
+class Nodes(pulumi.ComponentResource):
+    ssh_private_key: pulumi.Output[str]
+    ssh_key_generated: bool
+    managers: list[SwarmNode]
+    workers: list[SwarmNode]
+    instances: dict[str, aws.ec2.Instance]
+
+    def __init__(self, name: str, settings: Settings, args: NodesArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("swarm:index:Nodes", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+
+        self.ssh_key_generated = settings.ssh_private_key is None
+        if self.ssh_key_generated:
+            key = tls.PrivateKey(f"{name}-ssh-key", algorithm="ED25519", opts=child)
+            public_key: pulumi.Input[str] = key.public_key_openssh
+            self.ssh_private_key = pulumi.Output.secret(key.private_key_openssh)
+        else:
+            public_key = settings.ssh_public_key
+            self.ssh_private_key = pulumi.Output.secret(settings.ssh_private_key)
+        key_pair = aws.ec2.KeyPair(f"{name}-key", public_key=public_key, tags=settings.tags, opts=child)
+
+        if settings.ami_id:
+            ami = settings.ami_id
+        else:
+            ami = aws.ssm.get_parameter(name=settings.ami_ssm_parameter).value
+
+        self.instances = {}
+        self.managers, self.workers = [], []
+        for plan in settings.nodes:
+            user_data = pulumi.Output.from_input(args.bucket_name).apply(
+                lambda bucket, plan=plan: render_user_data(node_environment(settings, plan, bucket))
+            )
+            instance = aws.ec2.Instance(
+                f"{name}-{plan.role}-{plan.index}",
+                ami=ami,
+                instance_type=settings.instance_type,
+                subnet_id=args.subnet_ids[plan.subnet_index],
+                private_ip=plan.private_ip,
+                vpc_security_group_ids=args.security_group_ids,
+                iam_instance_profile=args.instance_profile_name,
+                key_name=key_pair.key_name,
+                associate_public_ip_address=settings.connect_via == "public",
+                user_data=user_data,
+                metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
+                    http_endpoint="enabled",
+                    http_tokens="required",
+                    http_put_response_hop_limit=2,
+                ),
+                root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
+                    volume_type="gp3",
+                    volume_size=settings.root_volume_size,
+                    encrypted=True,
+                    delete_on_termination=True,
+                    tags={**settings.tags, "Name": plan.name},
+                ),
+                tags={**settings.tags, "Name": plan.name, "swarm:role": plan.role},
+                opts=pulumi.ResourceOptions(
+                    parent=self,
+                    ignore_changes=["ami", "userData"],
+                    # A pinned address cannot be held by the old and the new machine at once.
+                    delete_before_replace=plan.private_ip is not None,
+                ),
+            )
+            self.instances[plan.name] = instance
+            handle = SwarmNode(
+                name=plan.name,
+                role=plan.role,
+                connect_host=instance.public_ip if settings.connect_via == "public" else instance.private_ip,
+                private_ip=plan.private_ip or instance.private_ip,
+                replaced_by=[instance.id],
+                depends_on=[instance],
+            )
+            (self.managers if plan.role == "manager" else self.workers).append(handle)
+
+        self.register_outputs({"ssh_private_key": self.ssh_private_key})

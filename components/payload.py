@@ -1,0 +1,70 @@
+"""The shell that leaves this repository for the nodes: user-data and stack bundles.
+
+User-data is `scripts/node/user-data.sh` with its settings marker replaced by shell
+assignments and the other files of `scripts/node/` carried inside as a base64 tarball.
+Bundles are deterministic (sorted members, zero mtimes) so that an unchanged file never
+looks like a change to Pulumi, and a changed one always does.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import io
+import shlex
+import tarfile
+from collections.abc import Mapping
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NODE_SCRIPTS = ROOT / "scripts" / "node"
+STACK_FILES = ROOT / "scripts" / "stacks"
+USER_DATA_TEMPLATE = NODE_SCRIPTS / "user-data.sh"
+SETTINGS_MARKER = "# @SWARM_SETTINGS@"
+# EC2 refuses user-data above 16 KiB.
+USER_DATA_LIMIT = 16384
+NODE_CLI = "/usr/local/sbin/swarm-node"
+
+
+def bundle(directory: Path, exclude: tuple[str, ...] = ()) -> str:
+    """base64 of a gzip tarball of the files directly in `directory`, byte-for-byte stable."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for path in sorted(directory.iterdir()):
+            if not path.is_file() or path.name in exclude or path.name.startswith("."):
+                continue
+            data = path.read_bytes()
+            info = tarfile.TarInfo(path.name)
+            info.size = len(data)
+            info.mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
+            info.mtime = 0
+            info.uname = info.gname = "root"
+            tar.addfile(info, io.BytesIO(data))
+    return base64.b64encode(gzip.compress(raw.getvalue(), compresslevel=9, mtime=0)).decode()
+
+
+def digest(directory: Path) -> str:
+    """sha256 over the names and contents of the files in `directory`."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in directory.iterdir() if p.is_file()):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def node_payload() -> str:
+    return bundle(NODE_SCRIPTS, exclude=(USER_DATA_TEMPLATE.name,))
+
+
+def stacks_payload() -> str:
+    return bundle(STACK_FILES)
+
+
+def render_user_data(values: Mapping[str, str | None], payload: str | None = None) -> str:
+    """user-data.sh with `SWARM_*` assignments in place of its settings marker."""
+    template = USER_DATA_TEMPLATE.read_text()
+    if SETTINGS_MARKER not in template:
+        raise RuntimeError(f"{USER_DATA_TEMPLATE} lost its settings marker {SETTINGS_MARKER!r}")
+    assignments = {**values, "SWARM_PAYLOAD": payload if payload is not None else node_payload()}
+    lines = [f"{key}={shlex.quote('' if value is None else str(value))}" for key, value in assignments.items()]
+    return template.replace(SETTINGS_MARKER, "\n".join(lines), 1)

@@ -1,0 +1,536 @@
+"""Typed, validated settings for one swarm environment (one Pulumi stack).
+
+Every default and every configuration error of the program lives here. The rest of
+the code receives a `Settings` and never reads `pulumi.Config` itself. Validation runs
+before any resource is registered: a bad value stops the program with one line per
+problem, each naming the key and the `pulumi config set ...` that fixes it, so a typo
+can never destroy or half-create anything.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+
+NAMESPACE = "swarm"
+
+# The defaults, also declared in Pulumi.yaml (a unit test keeps the two in step: under
+# mocks and in the test bed the CLI that applies Pulumi.yaml defaults is not there).
+DEFAULTS: dict[str, Any] = {
+    "managerCount": 3,
+    "workerCount": 2,
+    "architecture": "x86_64",
+    "sshUser": "ec2-user",
+    "vpcCidr": "10.42.0.0/16",
+    "azCount": 3,
+    "connectVia": "public",
+    "rootVolumeSize": 30,
+    "mirror": True,
+    "mirrorPort": 5000,
+    "mirrorUpstream": "https://registry-1.docker.io",
+    "backupOnDestroy": True,
+    "backupRetentionDays": 30,
+    "backupKeep": 14,
+    "restoreFrom": "latest",
+}
+
+DEFAULT_INSTANCE_TYPE = {"x86_64": "t3.medium", "arm64": "t4g.medium"}
+AL2023_SSM_PARAMETER = {
+    "x86_64": "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64",
+    "arm64": "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64",
+}
+MAX_MANAGERS = 7
+MIN_RETENTION_DAYS = 7
+# Pinned manager addresses are host numbers FIRST_PINNED_HOST.. of their subnet: AWS
+# reserves the first four and the last address of every subnet.
+FIRST_PINNED_HOST = 10
+AWS_RESERVED_ADDRESSES = 5
+# SSH: how often and how long pulumi-command dials a node that is still booting.
+DIAL_ERROR_LIMIT = 60
+PER_DIAL_TIMEOUT = 10
+
+_STACK_SAFE = re.compile(r"[^a-z0-9-]+")
+_INSTANCE_TYPE = re.compile(r"^(?P<family>[a-z]+)(?P<gen>\d+)(?P<attrs>[a-z-]*)\.(?P<size>[a-z0-9-]+)$")
+_BACKUP_KEY = re.compile(r"^backups/[A-Za-z0-9._-]+\.tar\.gz$")
+_SSH_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_AMI_ID = re.compile(r"^ami-[0-9a-f]{8,17}$")
+
+
+class ConfigError(pulumi.RunError):
+    """Raised for invalid configuration. A RunError prints as a clean message, no traceback."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(problems))
+
+
+@dataclass(frozen=True)
+class SubnetPlan:
+    """A subnet the nodes go into: existing (id known) or one the program creates."""
+
+    cidr: str
+    availability_zone: str
+    subnet_id: str | None = None
+    vpc_id: str | None = None
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """One machine of the swarm, decided before anything is created."""
+
+    name: str  # also the node's hostname, which `reconcile` matches on
+    role: str  # "manager" | "worker"
+    index: int
+    subnet_index: int
+    private_ip: str | None  # pinned for managers, AWS-assigned for workers
+
+
+@dataclass(frozen=True)
+class Settings:
+    stack: str
+    project: str
+    cluster_name: str
+    region: str
+    manager_count: int
+    worker_count: int
+    instance_type: str
+    architecture: str
+    ami_id: str | None
+    ami_ssm_parameter: str
+    ssh_allowed_cidrs: list[str]
+    ssh_user: str
+    ssh_public_key: str | None
+    ssh_private_key: pulumi.Output[str] | None
+    vpc_id: str | None
+    subnets: list[SubnetPlan]
+    vpc_cidr: str | None
+    connect_via: str
+    root_volume_size: int
+    mirror_enabled: bool
+    mirror_port: int
+    mirror_upstream: str
+    s3_endpoint: str | None
+    backup_on_destroy: bool
+    backup_retention_days: int
+    backup_keep: int
+    restore_from: str
+    state_bucket_name: str | None
+    tags: dict[str, str]
+    nodes: list[NodePlan] = field(default_factory=list)
+
+    @property
+    def state_prefix(self) -> str:
+        """Key prefix of this stack inside the state bucket (stacks may share a bucket)."""
+        return f"{NAMESPACE}/{self.stack}/"
+
+    @property
+    def managers(self) -> list[NodePlan]:
+        return [n for n in self.nodes if n.role == "manager"]
+
+    @property
+    def workers(self) -> list[NodePlan]:
+        return [n for n in self.nodes if n.role == "worker"]
+
+    @property
+    def leader_ip(self) -> str:
+        return self.managers[0].private_ip or ""
+
+    @property
+    def registry_mirrors(self) -> list[str]:
+        """Mirror URLs, known before boot because manager addresses are pinned."""
+        if not self.mirror_enabled:
+            return []
+        return [f"http://{m.private_ip}:{self.mirror_port}" for m in self.managers]
+
+
+def _fix(key: str, example: str, path: bool = False) -> str:
+    flag = "--path " if path else ""
+    return f"pulumi config set {flag}{NAMESPACE}:{key} {example}"
+
+
+class _Reader:
+    """Reads raw config, collecting every problem instead of stopping at the first."""
+
+    def __init__(self, config: pulumi.Config):
+        self.config = config
+        self.problems: list[str] = []
+
+    def problem(self, key: str, what: str, example: str, path: bool = False) -> None:
+        self.problems.append(f"{NAMESPACE}:{key} {what}; fix: {_fix(key, example, path)}")
+
+    def raw(self, key: str) -> str | None:
+        return self.config.get(key)
+
+    def integer(self, key: str, example: str, check: Callable[[int], bool], rule: str) -> int:
+        raw = self.raw(key)
+        if raw is None:
+            return DEFAULTS[key]
+        try:
+            value = int(str(raw).strip())
+        except ValueError:
+            self.problem(key, f"must be a whole number {rule} (got {raw!r})", example)
+            return DEFAULTS[key]
+        if not check(value):
+            self.problem(key, f"must be {rule} (got {value})", example)
+        return value
+
+    def boolean(self, key: str) -> bool:
+        raw = self.raw(key)
+        if raw is None:
+            return DEFAULTS[key]
+        text = str(raw).strip().lower()
+        if text in ("true", "false"):
+            return text == "true"
+        self.problem(key, f"must be true or false (got {raw!r})", "true")
+        return DEFAULTS[key]
+
+    def string(self, key: str) -> str | None:
+        raw = self.raw(key)
+        if raw is None:
+            return DEFAULTS.get(key)
+        text = str(raw).strip()
+        return text or DEFAULTS.get(key)
+
+    def string_list(self, key: str, example: str) -> list[str] | None:
+        """A JSON list, or (forgivingly) a comma-separated string."""
+        raw = self.raw(key)
+        if raw is None:
+            return None
+        text = str(raw).strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                value = None
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                self.problem(key, f"must be a list of strings (got {text!r})", example, path=True)
+                return None
+            return [v.strip() for v in value]
+        return [part.strip() for part in text.split(",") if part.strip()]
+
+    def string_map(self, key: str, example: str) -> dict[str, str]:
+        raw = self.raw(key)
+        if raw is None:
+            return {}
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = None
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, (str, int, float, bool)) for k, v in value.items()
+        ):
+            self.problem(key, f"must be a map of tag names to values (got {raw!r})", example, path=True)
+            return {}
+        return {k: str(v) for k, v in value.items()}
+
+
+def architecture_of_instance_type(instance_type: str) -> str | None:
+    """x86_64 or arm64 from an EC2 instance type's name; None if it is not one.
+
+    Graviton types carry a "g" in the attributes after the generation digit
+    (t4g, m7gd, c7gn, im4gn, g5g); a1 is the first Graviton.
+    """
+    m = _INSTANCE_TYPE.match(instance_type)
+    if not m:
+        return None
+    if m["family"] == "a" and m["gen"] == "1":
+        return "arm64"
+    return "arm64" if "g" in m["attrs"] else "x86_64"
+
+
+def _cidr(value: str) -> ipaddress._BaseNetwork | None:
+    try:
+        return ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        return None
+
+
+def plan_nodes(cluster_name: str, managers: int, workers: int, subnets: list[SubnetPlan]) -> list[NodePlan]:
+    """Spread managers and workers over the subnets (so over AZs); pin manager addresses.
+
+    Manager i goes to subnet i mod n at host FIRST_PINNED_HOST + i div n: Docker can only
+    restore a manager's Raft state onto the address it advertised yesterday.
+    """
+    n = len(subnets)
+    plans = []
+    for i in range(managers):
+        subnet = subnets[i % n]
+        ip = ipaddress.ip_network(subnet.cidr)[FIRST_PINNED_HOST + i // n]
+        plans.append(NodePlan(f"{cluster_name}-manager-{i}", "manager", i, i % n, str(ip)))
+    for i in range(workers):
+        plans.append(NodePlan(f"{cluster_name}-worker-{i}", "worker", i, i % n, None))
+    return plans
+
+
+def _check_subnet_room(
+    r: _Reader, subnets: list[SubnetPlan], managers: int, workers: int, key: str, example: str
+) -> None:
+    n = len(subnets)
+    pinned_per_subnet = math.ceil(managers / n) if managers else 0
+    workers_per_subnet = math.ceil(workers / n) if workers else 0
+    for s in subnets:
+        net = ipaddress.ip_network(s.cidr)
+        last_pinned = FIRST_PINNED_HOST + pinned_per_subnet - 1
+        usable = net.num_addresses - AWS_RESERVED_ADDRESSES
+        if last_pinned > net.num_addresses - 2 or usable < pinned_per_subnet + workers_per_subnet:
+            r.problem(
+                key,
+                f"gives subnet {s.cidr}, too small for {pinned_per_subnet} pinned manager "
+                f"address(es) from host .{FIRST_PINNED_HOST} and {workers_per_subnet} worker(s)",
+                example,
+            )
+            return
+
+
+def _sanitize(stack: str) -> str:
+    return _STACK_SAFE.sub("-", stack.lower()).strip("-")[:24] or "default"
+
+
+def load_settings(
+    config: pulumi.Config | None = None,
+    stack: str | None = None,
+    project: str | None = None,
+    lookup_subnet: Callable[[str], SubnetPlan] | None = None,
+    lookup_zones: Callable[[], list[str]] | None = None,
+) -> Settings:
+    """Read and validate every `swarm:*` key; raise ConfigError listing every problem.
+
+    `lookup_subnet` and `lookup_zones` read AWS (subnets the user names, the region's
+    zones); they are only called once the plain values are valid.
+    """
+    config = config or pulumi.Config(NAMESPACE)
+    stack = stack or pulumi.get_stack()
+    project = project or pulumi.get_project()
+    r = _Reader(config)
+
+    region = pulumi.Config("aws").get("region") or ""
+    if not region:
+        r.problems.append("aws:region is not set; fix: pulumi config set aws:region eu-west-1")
+
+    managers = r.integer(
+        "managerCount",
+        "3",
+        lambda v: 1 <= v <= MAX_MANAGERS and v % 2 == 1,
+        f"an odd number from 1 to {MAX_MANAGERS} (Raft needs a majority)",
+    )
+    workers = r.integer("workerCount", "2", lambda v: 0 <= v <= 1000, "from 0 to 1000")
+
+    architecture = r.string("architecture") or DEFAULTS["architecture"]
+    if architecture not in DEFAULT_INSTANCE_TYPE:
+        r.problem("architecture", f"must be x86_64 or arm64 (got {architecture!r})", "x86_64")
+        architecture = DEFAULTS["architecture"]
+    instance_type = r.string("instanceType") or DEFAULT_INSTANCE_TYPE[architecture]
+    type_arch = architecture_of_instance_type(instance_type)
+    if type_arch is None:
+        r.problem(
+            "instanceType", f"is not an EC2 instance type (got {instance_type!r})", DEFAULT_INSTANCE_TYPE[architecture]
+        )
+    elif type_arch != architecture:
+        r.problem(
+            "instanceType",
+            f"{instance_type} is {type_arch} but swarm:architecture is {architecture}; "
+            f"pick a matching type (or set swarm:architecture {type_arch})",
+            DEFAULT_INSTANCE_TYPE[architecture],
+        )
+
+    ami_id = r.string("amiId")
+    if ami_id and not _AMI_ID.match(ami_id):
+        r.problem("amiId", f"must look like ami-0123456789abcdef0 (got {ami_id!r})", "ami-0123456789abcdef0")
+
+    ssh_cidrs = r.string_list("sshAllowedCidrs", "'sshAllowedCidrs[0]' 203.0.113.10/32")
+    if r.raw("sshAllowedCidrs") is None or ssh_cidrs == []:
+        r.problem(
+            "sshAllowedCidrs",
+            "is required (no default): the networks allowed to SSH to the nodes",
+            "'sshAllowedCidrs[0]' 203.0.113.10/32",
+            path=True,
+        )
+    ssh_cidrs = ssh_cidrs or []
+    for cidr in ssh_cidrs:
+        net = _cidr(cidr)
+        if net is None:
+            hint = ""
+            try:
+                hint = f" (did you mean {ipaddress.ip_network(cidr, strict=False)}?)"
+            except ValueError:
+                pass
+            r.problem(
+                "sshAllowedCidrs",
+                f"has {cidr!r}, not a CIDR block{hint}",
+                "'sshAllowedCidrs[0]' 203.0.113.10/32",
+                path=True,
+            )
+        elif net.prefixlen == 0:
+            pulumi.log.warn(f"{NAMESPACE}:sshAllowedCidrs admits SSH from the whole internet ({cidr})")
+
+    ssh_user = r.string("sshUser") or DEFAULTS["sshUser"]
+    if not _SSH_USER.match(ssh_user):
+        r.problem("sshUser", f"is not a valid Linux user name (got {ssh_user!r})", "ec2-user")
+
+    ssh_public_key = r.string("sshPublicKey")
+    ssh_private_key = config.get_secret("sshPrivateKey")
+    has_private = r.raw("sshPrivateKey") is not None
+    if ssh_public_key and not has_private:
+        r.problems.append(
+            f"{NAMESPACE}:sshPrivateKey is required when {NAMESPACE}:sshPublicKey is set (the program "
+            f"connects to the nodes with it); fix: pulumi config set --secret {NAMESPACE}:sshPrivateKey "
+            f"< ~/.ssh/id_ed25519"
+        )
+    if has_private and not ssh_public_key:
+        r.problem("sshPublicKey", "is required when swarm:sshPrivateKey is set", '"$(cat ~/.ssh/id_ed25519.pub)"')
+    if ssh_public_key and not re.match(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+", ssh_public_key):
+        r.problem(
+            "sshPublicKey", "must be an OpenSSH public key line (ssh-ed25519 AAAA...)", '"$(cat ~/.ssh/id_ed25519.pub)"'
+        )
+
+    connect_via = r.string("connectVia") or DEFAULTS["connectVia"]
+    if connect_via not in ("public", "private"):
+        r.problem("connectVia", f"must be public or private (got {connect_via!r})", "public")
+
+    root_volume_size = r.integer("rootVolumeSize", "30", lambda v: 8 <= v <= 16384, "from 8 to 16384 (GiB)")
+
+    mirror_enabled = r.boolean("mirror")
+    mirror_port = r.integer(
+        "mirrorPort",
+        "5000",
+        lambda v: 1024 <= v <= 65535 and v not in (2377, 7946, 4789),
+        "from 1024 to 65535 and not a swarm port (2377, 7946, 4789)",
+    )
+    mirror_upstream = r.string("mirrorUpstream") or DEFAULTS["mirrorUpstream"]
+    if not re.match(r"^https?://[^\s/]+", mirror_upstream):
+        r.problem("mirrorUpstream", f"must be an http(s) URL (got {mirror_upstream!r})", "https://registry-1.docker.io")
+    s3_endpoint = r.string("s3Endpoint")
+    if s3_endpoint and not re.match(r"^https?://[^\s/]+", s3_endpoint):
+        r.problem("s3Endpoint", f"must be an http(s) URL (got {s3_endpoint!r})", "https://minio.example.com:9000")
+
+    backup_on_destroy = r.boolean("backupOnDestroy")
+    retention = r.integer(
+        "backupRetentionDays",
+        "30",
+        lambda v: MIN_RETENTION_DAYS <= v <= 3650,
+        f"at least {MIN_RETENTION_DAYS} days (and at most 3650)",
+    )
+    backup_keep = r.integer("backupKeep", "14", lambda v: 1 <= v <= 1000, "from 1 to 1000")
+    restore_from = r.string("restoreFrom") or DEFAULTS["restoreFrom"]
+    if restore_from not in ("latest", "none") and not _BACKUP_KEY.match(restore_from):
+        r.problem("restoreFrom", f"must be latest, none or backups/<name>.tar.gz (got {restore_from!r})", "latest")
+
+    state_bucket_name = r.string("stateBucketName")
+    if state_bucket_name and not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", state_bucket_name):
+        r.problem(
+            "stateBucketName", f"is not a valid S3 bucket name (got {state_bucket_name!r})", f"my-company-swarm-{stack}"
+        )
+
+    tags = r.string_map("tags", "tags.team platform")
+
+    vpc_id = r.string("vpcId")
+    subnet_ids = r.string_list("subnetIds", "'subnetIds[0]' subnet-0123456789abcdef0") or []
+    vpc_cidr = r.string("vpcCidr") or DEFAULTS["vpcCidr"]
+    az_count = r.integer("azCount", "3", lambda v: 1 <= v <= 6, "from 1 to 6")
+    if subnet_ids and not vpc_id:
+        r.problem("vpcId", "is required when swarm:subnetIds is set", "vpc-0123456789abcdef0")
+    if vpc_id and not subnet_ids:
+        r.problem(
+            "subnetIds",
+            "is required when swarm:vpcId is set (the subnets the nodes go into)",
+            "'subnetIds[0]' subnet-0123456789abcdef0",
+            path=True,
+        )
+    if len(set(subnet_ids)) != len(subnet_ids):
+        r.problem("subnetIds", "lists a subnet twice", "'subnetIds[1]' subnet-0fedcba9876543210", path=True)
+    vpc_net = _cidr(vpc_cidr)
+    if not vpc_id:
+        if vpc_net is None or vpc_net.version != 4:
+            r.problem("vpcCidr", f"must be an IPv4 CIDR block (got {vpc_cidr!r})", "10.42.0.0/16")
+        elif not 16 <= vpc_net.prefixlen <= 24:
+            r.problem("vpcCidr", f"must be between /16 and /24 (got /{vpc_net.prefixlen})", "10.42.0.0/16")
+
+    if r.problems:
+        raise ConfigError(r.problems)
+
+    # Only now ask AWS about zones and subnets: the plain values are known to be sane.
+    if vpc_id:
+        subnets = []
+        for subnet_id in subnet_ids:
+            plan = (lookup_subnet or _lookup_subnet)(subnet_id)
+            if plan.vpc_id and plan.vpc_id != vpc_id:
+                r.problem(
+                    "subnetIds",
+                    f"has {subnet_id}, which is in {plan.vpc_id}, not in swarm:vpcId {vpc_id}",
+                    "'subnetIds[0]' subnet-0123456789abcdef0",
+                    path=True,
+                )
+            subnets.append(plan)
+        fix_key, fix_example = "subnetIds", "'subnetIds[0]' subnet-0123456789abcdef0"
+    else:
+        zones = (lookup_zones or _lookup_zones)()
+        if len(zones) < az_count:
+            r.problem(
+                "azCount", f"asks for {az_count} zones but {region} has {len(zones)} available", str(max(len(zones), 1))
+            )
+            raise ConfigError(r.problems)
+        # Up to 4 bits of subnetting keeps room for up to 16 subnets in the VPC.
+        subnet_prefix = min(vpc_net.prefixlen + 4, 28)
+        subnets = [
+            SubnetPlan(str(cidr), zone)
+            for cidr, zone in zip(vpc_net.subnets(new_prefix=subnet_prefix), zones[:az_count], strict=False)
+        ]
+        fix_key, fix_example = "vpcCidr", "10.42.0.0/16"
+    _check_subnet_room(r, subnets, managers, workers, fix_key, fix_example)
+    if r.problems:
+        raise ConfigError(r.problems)
+
+    cluster_name = f"swarm-{_sanitize(stack)}"
+    base_tags = {"swarm:stack": stack, "swarm:cluster": cluster_name, "managed-by": "pulumi"}
+    return Settings(
+        stack=stack,
+        project=project,
+        cluster_name=cluster_name,
+        region=region,
+        manager_count=managers,
+        worker_count=workers,
+        instance_type=instance_type,
+        architecture=architecture,
+        ami_id=ami_id,
+        ami_ssm_parameter=AL2023_SSM_PARAMETER[architecture],
+        ssh_allowed_cidrs=ssh_cidrs,
+        ssh_user=ssh_user,
+        ssh_public_key=ssh_public_key,
+        ssh_private_key=ssh_private_key if has_private else None,
+        vpc_id=vpc_id,
+        subnets=subnets,
+        vpc_cidr=None if vpc_id else vpc_cidr,
+        connect_via=connect_via,
+        root_volume_size=root_volume_size,
+        mirror_enabled=mirror_enabled,
+        mirror_port=mirror_port,
+        mirror_upstream=mirror_upstream,
+        s3_endpoint=s3_endpoint,
+        backup_on_destroy=backup_on_destroy,
+        backup_retention_days=retention,
+        backup_keep=backup_keep,
+        restore_from=restore_from,
+        state_bucket_name=state_bucket_name,
+        tags={**tags, **base_tags},
+        nodes=plan_nodes(cluster_name, managers, workers, subnets),
+    )
+
+
+def _lookup_subnet(subnet_id: str) -> SubnetPlan:
+    import pulumi_aws as aws
+
+    found = aws.ec2.get_subnet(id=subnet_id)
+    return SubnetPlan(found.cidr_block, found.availability_zone, subnet_id, found.vpc_id)
+
+
+def _lookup_zones() -> list[str]:
+    import pulumi_aws as aws
+
+    return list(aws.get_availability_zones(state="available").names)

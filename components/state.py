@@ -1,0 +1,180 @@
+"""What survives the nightly teardown: the state bucket, and the role that lets nodes use it.
+
+`StateStore` is created with `protect=True`, which Pulumi propagates to every child, so
+the bucket *and its settings* (versioning, encryption, public-access block, TLS-only
+policy, lifecycle) stay when `pulumi destroy --exclude-protected` removes everything
+else; deleting a settings resource would otherwise quietly suspend versioning or drop
+the policy every night. A plain `pulumi destroy` refuses to run at all.
+
+`NodeRole` is not protected: it is recreated each morning. It allows the nodes only
+this stack's prefix of the bucket (backups and the mirror cache).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pulumi
+import pulumi_aws as aws
+
+from components.settings import Settings
+
+
+class StateStore(pulumi.ComponentResource):
+    bucket_name: pulumi.Output[str]
+    bucket_arn: pulumi.Output[str]
+
+    def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None):
+        super().__init__(
+            "swarm:index:StateStore",
+            name,
+            None,
+            pulumi.ResourceOptions.merge(pulumi.ResourceOptions(protect=True), opts),
+        )
+        child = pulumi.ResourceOptions(parent=self)
+        bucket = aws.s3.Bucket(
+            f"{name}-bucket",
+            bucket=settings.state_bucket_name,
+            force_destroy=False,
+            tags={**settings.tags, "Name": f"{settings.cluster_name}-state"},
+            opts=child,
+        )
+        in_bucket = pulumi.ResourceOptions(parent=bucket)
+        aws.s3.BucketVersioning(
+            f"{name}-versioning",
+            bucket=bucket.id,
+            versioning_configuration={"status": "Enabled"},
+            opts=in_bucket,
+        )
+        aws.s3.BucketServerSideEncryptionConfiguration(
+            f"{name}-encryption",
+            bucket=bucket.id,
+            rules=[
+                {"apply_server_side_encryption_by_default": {"sse_algorithm": "AES256"}, "bucket_key_enabled": True}
+            ],
+            opts=in_bucket,
+        )
+        public_access = aws.s3.BucketPublicAccessBlock(
+            f"{name}-public-access",
+            bucket=bucket.id,
+            block_public_acls=True,
+            block_public_policy=True,
+            ignore_public_acls=True,
+            restrict_public_buckets=True,
+            opts=in_bucket,
+        )
+        aws.s3.BucketPolicy(
+            f"{name}-tls-only",
+            bucket=bucket.id,
+            policy=bucket.arn.apply(tls_only_policy),
+            # S3 rejects a policy while the public-access block is being changed.
+            opts=pulumi.ResourceOptions(parent=bucket, depends_on=[public_access]),
+        )
+        aws.s3.BucketLifecycleConfiguration(
+            f"{name}-lifecycle",
+            bucket=bucket.id,
+            rules=[
+                {
+                    "id": "expire-noncurrent-versions",
+                    "status": "Enabled",
+                    "filter": {},
+                    "noncurrent_version_expiration": {"noncurrent_days": settings.backup_retention_days},
+                    "abort_incomplete_multipart_upload": {"days_after_initiation": 7},
+                },
+            ],
+            opts=in_bucket,
+        )
+        self.bucket_name = bucket.bucket
+        self.bucket_arn = bucket.arn
+        self.register_outputs({"bucket_name": self.bucket_name, "bucket_arn": self.bucket_arn})
+
+
+def tls_only_policy(bucket_arn: str) -> str:
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "DenyInsecureTransport",
+                    "Effect": "Deny",
+                    "Principal": "*",
+                    "Action": "s3:*",
+                    "Resource": [bucket_arn, f"{bucket_arn}/*"],
+                    "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+                }
+            ],
+        }
+    )
+
+
+def node_policy(bucket_arn: str, prefix: str) -> str:
+    """Least privilege for the nodes: objects under this stack's prefix, nothing else."""
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "ListOwnPrefix",
+                    "Effect": "Allow",
+                    "Action": ["s3:ListBucket"],
+                    "Resource": [bucket_arn],
+                    "Condition": {"StringLike": {"s3:prefix": [prefix, f"{prefix}*"]}},
+                },
+                {
+                    # The registry's S3 driver asks where the bucket is and lists its uploads.
+                    "Sid": "BucketMetadata",
+                    "Effect": "Allow",
+                    "Action": ["s3:GetBucketLocation", "s3:ListBucketMultipartUploads"],
+                    "Resource": [bucket_arn],
+                },
+                {
+                    "Sid": "ObjectsUnderOwnPrefix",
+                    "Effect": "Allow",
+                    "Action": [
+                        "s3:GetObject",
+                        "s3:PutObject",
+                        "s3:DeleteObject",
+                        "s3:AbortMultipartUpload",
+                        "s3:ListMultipartUploadParts",
+                    ],
+                    "Resource": [f"{bucket_arn}/{prefix}*"],
+                },
+            ],
+        }
+    )
+
+
+ASSUME_ROLE_EC2 = json.dumps(
+    {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+    }
+)
+
+
+class NodeRole(pulumi.ComponentResource):
+    instance_profile_name: pulumi.Output[str]
+    role_arn: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, settings: Settings, bucket_arn: pulumi.Input[str], opts: pulumi.ResourceOptions | None = None
+    ):
+        super().__init__("swarm:index:NodeRole", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        role = aws.iam.Role(
+            f"{name}-role",
+            assume_role_policy=ASSUME_ROLE_EC2,
+            description=f"Nodes of {settings.cluster_name}: this stack's prefix of the state bucket",
+            tags=settings.tags,
+            opts=child,
+        )
+        aws.iam.RolePolicy(
+            f"{name}-state-access",
+            role=role.id,
+            policy=pulumi.Output.from_input(bucket_arn).apply(lambda arn: node_policy(arn, settings.state_prefix)),
+            opts=pulumi.ResourceOptions(parent=role),
+        )
+        profile = aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=settings.tags, opts=child)
+        self.instance_profile_name = profile.name
+        self.role_arn = role.arn
+        self.register_outputs({"instance_profile_name": self.instance_profile_name, "role_arn": self.role_arn})

@@ -1,0 +1,231 @@
+"""Swarm formation over SSH: the remote commands that turn machines into one swarm.
+
+It knows nothing of EC2: it receives `SwarmNode`s (where to connect, which address the
+node advertises, what changes when the machine is replaced) and runs the verbs of
+`scripts/node/swarm-node` on them, in this order:
+
+    ready (every node) -> bootstrap (manager 0: nothing | restore | init) -> tokens
+    -> manager joins, one at a time -> worker joins, in parallel -> reconcile
+    -> backup (a command whose `delete` backs the swarm up before the machines go)
+
+Join tokens are secrets end to end: `tokens` runs with logging off and secret outputs,
+the values derived from its stdout are wrapped in `Output.secret`, and joins receive
+them on stdin, never in a command string (a failed command's error prints it).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+
+import pulumi
+from pulumi_command import remote
+
+from components.payload import NODE_CLI
+from components.settings import DIAL_ERROR_LIMIT, PER_DIAL_TIMEOUT
+
+SWARM_PORT = 2377
+READY_TIMEOUT = 900
+# Waits for user-data to finish (it leaves /etc/swarm/ready, or /etc/swarm/failed with
+# the line that broke), then for Docker. Bounded; user-data installs the verb script,
+# so this part cannot be one of its verbs.
+WAIT_READY = (
+    f"i=0; while [ $i -lt {READY_TIMEOUT // 2} ]; do "
+    'if [ -e /etc/swarm/failed ]; then echo "user-data failed: $(cat /etc/swarm/failed)" >&2; '
+    "echo 'see /var/log/swarm-user-data.log on the node' >&2; exit 1; fi; "
+    "[ -e /etc/swarm/ready ] && break; i=$((i+1)); sleep 2; done; "
+    "if [ ! -e /etc/swarm/ready ]; then "
+    f"echo 'user-data did not finish within {READY_TIMEOUT}s (no /etc/swarm/ready)' >&2; exit 1; fi; "
+    f"sudo {NODE_CLI} wait-ready"
+)
+
+
+def node_cli(*args: str) -> str:
+    return " ".join(["sudo", NODE_CLI, *(shlex.quote(a) for a in args)])
+
+
+@dataclass
+class SwarmNode:
+    """A machine to put into the swarm, wherever it comes from."""
+
+    name: str  # hostname the node has; reconcile matches on it
+    role: str  # "manager" | "worker"
+    connect_host: pulumi.Input[str]  # where Pulumi's SSH goes
+    private_ip: pulumi.Input[str]  # what the node advertises to the swarm
+    replaced_by: list[pulumi.Input[str]] = field(default_factory=list)  # changes when the machine is new
+    depends_on: list[pulumi.Resource] = field(default_factory=list)
+    user: pulumi.Input[str] | None = None
+    port: int = 22
+
+
+@dataclass
+class SwarmFormationArgs:
+    managers: list[SwarmNode]
+    workers: list[SwarmNode]
+    ssh_user: pulumi.Input[str]
+    ssh_private_key: pulumi.Input[str]
+    restore_from: str = "latest"
+    backup_on_destroy: bool = True
+
+
+class SwarmFormation(pulumi.ComponentResource):
+    worker_join_token: pulumi.Output[str]
+    manager_join_token: pulumi.Output[str]
+    leader_address: pulumi.Output[str]
+    bootstrap_result: pulumi.Output[str]
+    reconcile: remote.Command
+    leader: SwarmNode
+
+    def __init__(self, name: str, args: SwarmFormationArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("swarm:index:SwarmFormation", name, None, opts)
+        if not args.managers:
+            raise ValueError("a swarm needs at least one manager")
+        self._args = args
+        self.leader = leader = args.managers[0]
+        self.leader_address = pulumi.Output.concat(leader.private_ip, f":{SWARM_PORT}")
+
+        ready = {
+            node.name: self._command(f"{name}-ready-{node.name}", node, create=WAIT_READY, depends_on=node.depends_on)
+            for node in args.managers + args.workers
+        }
+
+        self.bootstrap = self._command(
+            f"{name}-bootstrap",
+            leader,
+            create=node_cli("bootstrap", "--restore", args.restore_from),
+            depends_on=[ready[leader.name]],
+        )
+        self.bootstrap_result = self.bootstrap.stdout
+
+        tokens = self._command(
+            f"{name}-tokens",
+            leader,
+            create=node_cli("tokens"),
+            depends_on=[self.bootstrap],
+            secret=True,
+        )
+        parsed = tokens.stdout.apply(_parse_tokens)
+        self.worker_join_token = pulumi.Output.secret(parsed.apply(lambda t: t["worker"]))
+        self.manager_join_token = pulumi.Output.secret(parsed.apply(lambda t: t["manager"]))
+
+        # Managers one at a time: each join changes the Raft membership, and two
+        # concurrent joins can leave the cluster without quorum while both catch up.
+        previous: pulumi.Resource = tokens
+        self.joins: list[remote.Command] = []
+        for node in args.managers[1:]:
+            join = self._join(name, node, "manager", [previous, ready[node.name]])
+            self.joins.append(join)
+            previous = join
+        # Workers do not vote: all at once, as soon as their machine is ready.
+        for node in args.workers:
+            self.joins.append(self._join(name, node, "worker", [tokens, ready[node.name]]))
+
+        expected = ",".join(n.name for n in args.managers + args.workers)
+        self.reconcile = self._command(
+            f"{name}-reconcile",
+            leader,
+            create=node_cli(
+                "reconcile",
+                "--managers",
+                str(len(args.managers)),
+                "--workers",
+                str(len(args.workers)),
+                "--expect",
+                expected,
+            ),
+            depends_on=[self.bootstrap, *self.joins],
+            # Rerun whenever any machine is new: yesterday's nodes must be removed.
+            triggers=[r for n in args.managers + args.workers for r in n.replaced_by],
+        )
+
+        self.backup: remote.Command | None = None
+        if args.backup_on_destroy:
+            # Its `delete` runs before the machines it depends on are deleted.
+            self.backup = self._command(
+                f"{name}-backup",
+                leader,
+                create=node_cli("wait-ready"),
+                delete=node_cli("backup"),
+                depends_on=[self.reconcile],
+                # Never replaced: a replacement would run `delete` (a backup) against
+                # yesterday's address. A new manager 0 only updates the connection.
+                triggers=[],
+            )
+
+        self.register_outputs(
+            {
+                "leader_address": self.leader_address,
+                "worker_join_token": self.worker_join_token,
+                "manager_join_token": self.manager_join_token,
+            }
+        )
+
+    def connection(self, node: SwarmNode) -> remote.ConnectionArgs:
+        return remote.ConnectionArgs(
+            host=node.connect_host,
+            port=node.port,
+            user=node.user or self._args.ssh_user,
+            private_key=self._args.ssh_private_key,
+            dial_error_limit=DIAL_ERROR_LIMIT,
+            per_dial_timeout=PER_DIAL_TIMEOUT,
+        )
+
+    def _join(self, name: str, node: SwarmNode, role: str, after: list[pulumi.Resource]) -> remote.Command:
+        token = self.manager_join_token if role == "manager" else self.worker_join_token
+        return self._command(
+            f"{name}-join-{node.name}",
+            node,
+            create=pulumi.Output.concat(node_cli("join", role), " ", self.leader_address),
+            stdin=token,
+            depends_on=after,
+            triggers=node.replaced_by,
+        )
+
+    def _command(
+        self,
+        resource_name: str,
+        node: SwarmNode,
+        *,
+        create: pulumi.Input[str],
+        depends_on: list[pulumi.Resource],
+        delete: str | None = None,
+        stdin: pulumi.Input[str] | None = None,
+        secret: bool = False,
+        triggers: list | None = None,
+    ) -> remote.Command:
+        secret_outputs = ["stdin"] if stdin is not None else []
+        if secret:
+            secret_outputs += ["stdout", "stderr"]
+        return remote.Command(
+            resource_name,
+            connection=self.connection(node),
+            create=create,
+            delete=delete,
+            stdin=stdin,
+            triggers=triggers if triggers is not None else list(node.replaced_by),
+            add_previous_output_in_env=False,
+            logging=remote.Logging.NONE if secret else None,
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=depends_on,
+                additional_secret_outputs=secret_outputs or None,
+            ),
+        )
+
+
+def _parse_tokens(stdout: str) -> dict[str, str]:
+    """The one JSON line `swarm-node tokens` prints; errors never echo the text (it is secret)."""
+    try:
+        tokens = json.loads(stdout.strip().splitlines()[-1]) if stdout and stdout.strip() else {}
+    except json.JSONDecodeError:
+        tokens = {}
+    if not (
+        isinstance(tokens, dict)
+        and tokens.get("worker", "").startswith("SWMTKN-")
+        and tokens.get("manager", "").startswith("SWMTKN-")
+    ):
+        if pulumi.runtime.is_dry_run():
+            return {"worker": "", "manager": ""}
+        raise ValueError("swarm-node tokens did not print the expected JSON line (contents hidden: secret)")
+    return {"worker": tokens["worker"], "manager": tokens["manager"]}

@@ -1,0 +1,231 @@
+"""Runs `__main__.py` under Pulumi's mocks and records everything the engine would see.
+
+`run_program(config)` returns a `Run`: every registered resource with its inputs, its
+parent, its dependencies and its options as they reached the (mock) engine, and every
+stack output with its secret-ness. Config errors surface as the `ConfigError` raised.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import runpy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from pulumi.runtime import rpc
+from pulumi.runtime.mocks import MockMonitor
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+ROOT = Path(__file__).resolve().parents[2]
+MAIN = ROOT / "__main__.py"
+
+WORKER_TOKEN = "SWMTKN-1-0mockworkertoken0000000000000000000000000000000-mockworker00000000000"
+MANAGER_TOKEN = "SWMTKN-1-0mockmanagertoken000000000000000000000000000000-mockmanager0000000000"
+PRIVATE_KEY = (
+    "-----BEGIN OPENSSH PRIVATE KEY-----\nbW9jay1wcml2YXRlLWtleS1ub3QtcmVhbA==\n-----END OPENSSH PRIVATE KEY-----\n"
+)
+AMI = "ami-0123456789abcdef0"
+ZONES = ["eu-west-1a", "eu-west-1b", "eu-west-1c"]
+SECRET_SIG = rpc._special_secret_sig
+SIG_KEY = rpc._special_sig_key
+
+BASE_CONFIG = {
+    "aws:region": "eu-west-1",
+    "swarm:sshAllowedCidrs": '["203.0.113.0/24"]',
+}
+
+
+def unwrap(value: Any) -> tuple[Any, bool]:
+    """(plain value, whether any part of it was marked secret)."""
+    if isinstance(value, dict):
+        if value.get(SIG_KEY) == SECRET_SIG:
+            return unwrap(value.get("value"))[0], True
+        items = {k: unwrap(v) for k, v in value.items()}
+        return {k: v for k, (v, _) in items.items()}, any(s for _, s in items.values())
+    if isinstance(value, list):
+        items = [unwrap(v) for v in value]
+        return [v for v, _ in items], any(s for _, s in items)
+    return value, False
+
+
+@dataclass
+class Resource:
+    type: str
+    name: str
+    urn: str
+    parent: str
+    dependencies: list[str]
+    inputs: dict[str, Any]
+    secret_inputs: set[str]
+    protect: bool
+    additional_secret_outputs: list[str]
+    ignore_changes: list[str]
+    delete_before_replace: bool
+    custom: bool
+
+
+@dataclass
+class Run:
+    resources: list[Resource] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    secret_outputs: set[str] = field(default_factory=set)
+    invokes: list[tuple[str, dict]] = field(default_factory=list)
+
+    def of_type(self, type_: str) -> list[Resource]:
+        return [r for r in self.resources if r.type == type_]
+
+    def named(self, name: str) -> Resource:
+        matches = [r for r in self.resources if r.name == name]
+        assert len(matches) == 1, f"expected one resource named {name}, found {len(matches)}"
+        return matches[0]
+
+    def by_urn(self, urn: str) -> Resource:
+        return next(r for r in self.resources if r.urn == urn)
+
+    def commands(self) -> list[Resource]:
+        return self.of_type("command:remote:Command")
+
+    def command(self, suffix: str) -> Resource:
+        matches = [r for r in self.commands() if r.name.endswith(suffix)]
+        assert len(matches) == 1, f"expected one command ending {suffix!r}, found {[r.name for r in matches]}"
+        return matches[0]
+
+    def depends_on(self, resource: Resource, other: Resource) -> bool:
+        """Whether `resource` waits for `other`, directly or through its dependencies."""
+        seen, todo = set(), list(resource.dependencies)
+        while todo:
+            urn = todo.pop()
+            if urn == other.urn:
+                return True
+            if urn in seen:
+                continue
+            seen.add(urn)
+            todo.extend(self.by_urn(urn).dependencies if any(r.urn == urn for r in self.resources) else [])
+        return False
+
+
+class SwarmMocks(pulumi.runtime.Mocks):
+    """Answers like AWS would, with fixed, recognisable values."""
+
+    def __init__(self, subnets: dict[str, dict] | None = None, zones: list[str] | None = None):
+        self.subnets = subnets or {}
+        self.zones = zones if zones is not None else ZONES
+        self.worker_ips = (f"10.99.{i // 250}.{i % 250 + 1}" for i in range(100000))
+        self.public_ips = (f"198.51.{100 + i // 250}.{i % 250 + 1}" for i in range(100000))
+        self.invokes: list[tuple[str, dict]] = []
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        state, _ = unwrap(dict(args.inputs))
+        if args.typ == "aws:ec2/instance:Instance":
+            state.setdefault("privateIp", next(self.worker_ips))
+            state["publicIp"] = next(self.public_ips)
+            state["availabilityZone"] = "eu-west-1x"
+        elif args.typ == "aws:s3/bucket:Bucket":
+            state["bucket"] = state.get("bucket") or f"{args.name}-0a1b2c3"
+            state["arn"] = f"arn:aws:s3:::{state['bucket']}"
+        elif args.typ == "tls:index/privateKey:PrivateKey":
+            state["publicKeyOpenssh"] = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMockPublicKey mock"
+            state["privateKeyOpenssh"] = PRIVATE_KEY
+        elif args.typ == "aws:iam/role:Role":
+            state["arn"] = f"arn:aws:iam::123456789012:role/{args.name}"
+            state["name"] = args.name
+        elif args.typ == "aws:iam/instanceProfile:InstanceProfile":
+            state["name"] = args.name
+        elif args.typ == "aws:ec2/keyPair:KeyPair":
+            state["keyName"] = args.name
+        elif args.typ == "command:remote:Command":
+            create = state.get("create") or ""
+            state["stdout"] = (
+                json.dumps({"worker": WORKER_TOKEN, "manager": MANAGER_TOKEN}) if (" tokens" in create) else ""
+            )
+            state["stderr"] = ""
+        return f"{args.name}-id", state
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        self.invokes.append((args.token, dict(args.args)))
+        if args.token == "aws:ssm/getParameter:getParameter":
+            return {"name": args.args["name"], "value": AMI, "type": "String"}
+        if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
+            return {"names": self.zones, "zoneIds": [f"euw1-az{i}" for i in range(len(self.zones))]}
+        if args.token == "aws:ec2/getSubnet:getSubnet":
+            subnet = self.subnets[args.args["id"]]
+            return {"id": args.args["id"], **subnet}
+        raise NotImplementedError(f"no mock for invoke {args.token}")
+
+
+class RecordingMonitor(MockMonitor):
+    def __init__(self, mocks: SwarmMocks):
+        super().__init__(mocks)
+        self.recorded: list[Resource] = []
+
+    def RegisterResource(self, request):
+        response = super().RegisterResource(request)
+        raw = rpc.deserialize_properties(request.object)
+        inputs, _ = unwrap(raw)
+        secret_inputs = {k for k, v in raw.items() if unwrap(v)[1]}
+        self.recorded.append(
+            Resource(
+                type=request.type,
+                name=request.name,
+                urn=response.urn,
+                parent=request.parent,
+                dependencies=list(request.dependencies),
+                inputs=inputs,
+                secret_inputs=secret_inputs,
+                protect=bool(request.protect),
+                additional_secret_outputs=list(request.additionalSecretOutputs),
+                ignore_changes=list(request.ignoreChanges),
+                delete_before_replace=bool(request.deleteBeforeReplace),
+                custom=bool(request.custom),
+            )
+        )
+        return response
+
+
+def run_program(
+    config: dict[str, Any] | None = None,
+    *,
+    stack: str = "dev",
+    secret_keys: tuple[str, ...] = (),
+    mocks: SwarmMocks | None = None,
+    base: bool = True,
+) -> Run:
+    """Run the program with `config` (keys with or without the `swarm:` prefix)."""
+    mocks = mocks or SwarmMocks()
+    monitor = RecordingMonitor(mocks)
+    pulumi.runtime.set_mocks(mocks, project="swarm", stack=stack, preview=False, monitor=monitor)
+    full = dict(BASE_CONFIG) if base else {}
+    for key, value in (config or {}).items():
+        key = key if ":" in key else f"swarm:{key}"
+        if value is None:
+            full.pop(key, None)
+        else:
+            full[key] = value if isinstance(value, str) else json.dumps(value)
+    pulumi.runtime.set_all_config(full, [k if ":" in k else f"swarm:{k}" for k in secret_keys])
+
+    run = Run()
+
+    def program():
+        namespace = runpy.run_path(str(MAIN), run_name="__main__")
+        for key, value in namespace["cluster"].outputs.items():
+            output = pulumi.Output.from_input(value)
+            run.outputs[key] = _sync_await(output.future())
+            if _sync_await(output.is_secret()):
+                run.secret_outputs.add(key)
+
+    _sync_await(run_pulumi_func(program))
+    run.resources = monitor.recorded
+    run.invokes = mocks.invokes
+    return run
+
+
+def subnet_mock(cidr: str, zone: str, vpc: str = "vpc-0123456789abcdef0") -> dict:
+    return {"cidrBlock": cidr, "availabilityZone": zone, "vpcId": vpc}
+
+
+def host(cidr: str, n: int) -> str:
+    return str(ipaddress.ip_network(cidr)[n])
