@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import runpy
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pulumi
+import pytest
 from pulumi.runtime import rpc
 from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.stack import run_pulumi_func
@@ -217,7 +220,12 @@ def run_program(
             if _sync_await(output.is_secret()):
                 run.secret_outputs.add(key)
 
-    _sync_await(run_pulumi_func(program))
+    try:
+        _sync_await(run_pulumi_func(program))
+    except Exception as error:
+        # Let tests check what was registered before the failure (for config errors: nothing).
+        error.registered = [r for r in monitor.recorded if r.type != "pulumi:pulumi:Stack"]
+        raise
     run.resources = monitor.recorded
     run.invokes = mocks.invokes
     return run
@@ -229,3 +237,14 @@ def subnet_mock(cidr: str, zone: str, vpc: str = "vpc-0123456789abcdef0") -> dic
 
 def host(cidr: str, n: int) -> str:
     return str(ipaddress.ip_network(cidr)[n])
+
+
+def require_tool(name: str) -> str:
+    """The tool's path; in CI a missing tool fails the test, locally it skips with the fix."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (apt-get install {name}); the README's test command installs it"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path

@@ -1,0 +1,159 @@
+"""Configuration: defaults that work, and every bad value stopped before any resource exists."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from harness import ROOT, SwarmMocks, run_program, subnet_mock
+
+from components.settings import DEFAULTS, ConfigError, architecture_of_instance_type
+
+VPC = "vpc-0123456789abcdef0"
+
+# (case, config, key the error must name)
+BAD_CONFIGS = [
+    ("even managers", {"managerCount": 4}, "managerCount"),
+    ("zero managers", {"managerCount": 0}, "managerCount"),
+    ("more than seven managers", {"managerCount": 9}, "managerCount"),
+    ("managers not a number", {"managerCount": "three"}, "managerCount"),
+    ("negative workers", {"workerCount": -1}, "workerCount"),
+    ("missing sshAllowedCidrs", {"sshAllowedCidrs": None}, "sshAllowedCidrs"),
+    ("empty sshAllowedCidrs", {"sshAllowedCidrs": []}, "sshAllowedCidrs"),
+    ("bad CIDR", {"sshAllowedCidrs": ["10.0.0.300/24"]}, "sshAllowedCidrs"),
+    ("CIDR with host bits", {"sshAllowedCidrs": ["203.0.113.7/24"]}, "sshAllowedCidrs"),
+    ("unknown architecture", {"architecture": "sparc"}, "architecture"),
+    ("arm instance on x86", {"instanceType": "t4g.medium"}, "instanceType"),
+    ("x86 instance on arm", {"architecture": "arm64", "instanceType": "m5.large"}, "instanceType"),
+    ("not an instance type", {"instanceType": "huge"}, "instanceType"),
+    ("VPC CIDR too small", {"vpcCidr": "10.0.0.0/28"}, "vpcCidr"),
+    ("VPC CIDR not a CIDR", {"vpcCidr": "ten.0.0.0/16"}, "vpcCidr"),
+    ("subnet too small for pinned managers", {"vpcCidr": "10.0.0.0/24", "azCount": 1, "managerCount": 7}, "vpcCidr"),
+    ("retention under 7 days", {"backupRetentionDays": 3}, "backupRetentionDays"),
+    ("mirror on a swarm port", {"mirrorPort": 2377}, "mirrorPort"),
+    ("mirror not a boolean", {"mirror": "yes"}, "mirror"),
+    ("unknown restore source", {"restoreFrom": "yesterday"}, "restoreFrom"),
+    ("vpcId without subnets", {"vpcId": VPC}, "subnetIds"),
+    ("subnets without vpcId", {"subnetIds": ["subnet-0123456789abcdef0"]}, "vpcId"),
+    ("public key without private key", {"sshPublicKey": "ssh-ed25519 AAAAC3Nz mine"}, "sshPrivateKey"),
+    ("bad ssh user", {"sshUser": "Root User"}, "sshUser"),
+    ("bad bucket name", {"stateBucketName": "My_Bucket"}, "stateBucketName"),
+    ("tags not a map", {"tags": "team=platform"}, "tags"),
+    ("bad AMI id", {"amiId": "ubuntu-latest"}, "amiId"),
+    ("zero root volume", {"rootVolumeSize": 0}, "rootVolumeSize"),
+    ("unknown connectVia", {"connectVia": "bastion"}, "connectVia"),
+    ("bad mirror upstream", {"mirrorUpstream": "docker.io"}, "mirrorUpstream"),
+]
+
+
+def config_error(config: dict, mocks: SwarmMocks | None = None) -> tuple[list[str], list]:
+    with pytest.raises(ConfigError) as caught:
+        run_program(config, mocks=mocks)
+    return caught.value.problems, caught.value.registered
+
+
+@pytest.mark.parametrize(("case", "config", "key"), BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS])
+def test_bad_value_stops_before_any_resource_with_the_fix(case, config, key):
+    problems, registered = config_error(config)
+    assert registered == [], f"{case}: resources were registered before the error"
+    lines = [p for p in problems if p.startswith(f"swarm:{key} ")]
+    assert lines, f"{case}: no problem names swarm:{key}: {problems}"
+    for line in lines:
+        assert "\n" not in line
+        assert "fix: pulumi config set " in line and f"swarm:{key}" in line.split("fix:")[1]
+
+
+def test_all_problems_are_reported_at_once():
+    problems, _ = config_error({"managerCount": 2, "workerCount": -3, "architecture": "mips"})
+    keys = sorted(p.split()[0] for p in problems)
+    assert keys == ["swarm:architecture", "swarm:managerCount", "swarm:workerCount"]
+
+
+def test_missing_region_names_aws_region():
+    problems, _ = config_error({"aws:region": None})
+    assert any(p.startswith("aws:region ") and "pulumi config set aws:region" in p for p in problems)
+
+
+def test_host_bits_hint_shows_the_network():
+    problems, _ = config_error({"sshAllowedCidrs": ["203.0.113.7/24"]})
+    assert "did you mean 203.0.113.0/24?" in problems[0]
+
+
+def test_more_zones_than_the_region_has():
+    problems, registered = config_error({"azCount": 4}, mocks=SwarmMocks(zones=["eu-west-1a", "eu-west-1b"]))
+    assert registered == []
+    assert problems[0].startswith("swarm:azCount ")
+
+
+def test_existing_subnet_in_another_vpc():
+    mocks = SwarmMocks(
+        subnets={"subnet-0aaaaaaaaaaaaaaaa": subnet_mock("10.1.0.0/24", "eu-west-1a", "vpc-0ffffffffffffffff")}
+    )
+    problems, registered = config_error({"vpcId": VPC, "subnetIds": ["subnet-0aaaaaaaaaaaaaaaa"]}, mocks=mocks)
+    assert registered == []
+    assert problems[0].startswith("swarm:subnetIds ") and "vpc-0ffffffffffffffff" in problems[0]
+
+
+def test_existing_subnet_too_small():
+    mocks = SwarmMocks(subnets={"subnet-0aaaaaaaaaaaaaaaa": subnet_mock("10.1.0.0/28", "eu-west-1a")})
+    problems, registered = config_error(
+        {"vpcId": VPC, "subnetIds": ["subnet-0aaaaaaaaaaaaaaaa"], "managerCount": 7, "workerCount": 2}, mocks=mocks
+    )
+    assert registered == []
+    assert problems[0].startswith("swarm:subnetIds ") and "too small" in problems[0]
+
+
+def test_private_key_without_public_key():
+    problems, _ = config_error({"sshPrivateKey": "-----BEGIN OPENSSH PRIVATE KEY-----"})
+    assert any(p.startswith("swarm:sshPublicKey ") for p in problems)
+
+
+def test_comma_separated_cidrs_are_accepted():
+    run = run_program({"sshAllowedCidrs": "203.0.113.0/24, 198.51.100.7/32"})
+    ssh_rules = [
+        r
+        for r in run.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+        if r.inputs.get("fromPort") == 22
+    ]
+    assert sorted(r.inputs["cidrIpv4"] for r in ssh_rules) == ["198.51.100.7/32", "203.0.113.0/24"]
+
+
+def test_pulumi_yaml_declares_the_same_defaults_as_the_program():
+    project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
+    assert project["name"] == "swarm" and project["runtime"]["name"] == "python"
+    declared = {k.split(":", 1)[1]: v for k, v in project["config"].items()}
+    for key, default in DEFAULTS.items():
+        assert declared[key]["default"] == default, key
+    for key, spec in declared.items():
+        if key in DEFAULTS:
+            continue
+        # Optional keys declare an empty default (Pulumi would otherwise require them) ...
+        assert spec.get("default") in ("", [], None), key
+        # ... and only sshAllowedCidrs is required.
+        assert ("default" in spec) or key == "sshAllowedCidrs", key
+    assert "default" not in declared["sshAllowedCidrs"]
+
+
+def test_empty_strings_from_pulumi_yaml_mean_unset():
+    run = run_program({"instanceType": "", "amiId": "", "vpcId": "", "subnetIds": [], "s3Endpoint": ""})
+    instance = run.of_type("aws:ec2/instance:Instance")[0]
+    assert instance.inputs["instanceType"] == "t3.medium"
+    assert len(run.of_type("aws:ec2/vpc:Vpc")) == 1
+
+
+@pytest.mark.parametrize(
+    ("instance_type", "arch"),
+    [
+        ("t3.medium", "x86_64"),
+        ("t4g.medium", "arm64"),
+        ("m7gd.xlarge", "arm64"),
+        ("c7gn.large", "arm64"),
+        ("g4dn.xlarge", "x86_64"),
+        ("g5g.xlarge", "arm64"),
+        ("a1.large", "arm64"),
+        ("m6i.large", "x86_64"),
+        ("im4gn.large", "arm64"),
+        ("nonsense", None),
+    ],
+)
+def test_architecture_of_instance_type(instance_type, arch):
+    assert architecture_of_instance_type(instance_type) == arch

@@ -1,0 +1,203 @@
+"""Swarm formation: command order, secrets kept secret, the backup hook, the mirror, user-data."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import subprocess
+import tarfile
+
+import pytest
+from harness import MANAGER_TOKEN, PRIVATE_KEY, WORKER_TOKEN, require_tool, run_program
+
+from components.payload import STACK_FILES, USER_DATA_LIMIT, digest
+
+SECRETS = (WORKER_TOKEN, MANAGER_TOKEN, PRIVATE_KEY.strip().splitlines()[1])
+
+
+@pytest.fixture(scope="module")
+def run():
+    return run_program({"managerCount": 3, "workerCount": 3})
+
+
+def leaks(value) -> bool:
+    """Whether any mock secret occurs in `value` (never shows the secret itself)."""
+    text = str(value)
+    return any(secret in text for secret in SECRETS)
+
+
+def test_commands_run_in_order(run):
+    bootstrap = run.command("-bootstrap")
+    tokens = run.command("-tokens")
+    reconcile = run.command("-reconcile")
+    manager_joins = [run.command(f"-join-swarm-dev-manager-{i}") for i in (1, 2)]
+    worker_joins = [run.command(f"-join-swarm-dev-worker-{i}") for i in (0, 1, 2)]
+
+    assert run.depends_on(tokens, bootstrap)
+    # Managers join one at a time, in a chain after the tokens.
+    assert run.depends_on(manager_joins[0], tokens)
+    assert run.depends_on(manager_joins[1], manager_joins[0])
+    assert not run.depends_on(manager_joins[0], manager_joins[1])
+    # Workers join in parallel: after the tokens, not after each other or the managers.
+    for worker in worker_joins:
+        assert run.depends_on(worker, tokens)
+        assert not any(run.depends_on(worker, other) for other in worker_joins + manager_joins if other is not worker)
+    # Reconcile waits for every join.
+    for join in manager_joins + worker_joins:
+        assert run.depends_on(reconcile, join)
+    # Every node is waited for before anything runs on it.
+    for name in ("manager-0", "manager-1", "worker-2"):
+        ready = run.command(f"-ready-swarm-dev-{name}")
+        instance = run.named(f"swarm-dev-nodes-{name}")
+        assert run.depends_on(ready, instance)
+    assert run.depends_on(bootstrap, run.command("-ready-swarm-dev-manager-0"))
+    assert run.depends_on(worker_joins[2], run.command("-ready-swarm-dev-worker-2"))
+
+
+def test_verbs_and_their_arguments(run):
+    assert run.command("-bootstrap").inputs["create"] == "sudo /usr/local/sbin/swarm-node bootstrap --restore latest"
+    assert run.command("-tokens").inputs["create"] == "sudo /usr/local/sbin/swarm-node tokens"
+    assert run.command("-join-swarm-dev-manager-1").inputs["create"] == (
+        "sudo /usr/local/sbin/swarm-node join manager 10.42.0.10:2377"
+    )
+    assert run.command("-join-swarm-dev-worker-0").inputs["create"] == (
+        "sudo /usr/local/sbin/swarm-node join worker 10.42.0.10:2377"
+    )
+    reconcile = run.command("-reconcile").inputs["create"]
+    assert reconcile.startswith("sudo /usr/local/sbin/swarm-node reconcile --managers 3 --workers 3 --expect ")
+    assert reconcile.split("--expect ")[1].split(",") == [
+        "swarm-dev-manager-0",
+        "swarm-dev-manager-1",
+        "swarm-dev-manager-2",
+        "swarm-dev-worker-0",
+        "swarm-dev-worker-1",
+        "swarm-dev-worker-2",
+    ]
+
+
+def test_restore_source_reaches_bootstrap():
+    run = run_program({"restoreFrom": "backups/20261121T230000Z.tar.gz"})
+    assert run.command("-bootstrap").inputs["create"].endswith("--restore backups/20261121T230000Z.tar.gz")
+
+
+def test_no_secret_in_any_command_string(run):
+    commands = run.commands()
+    assert len(commands) == 6 + 1 + 1 + 5 + 1 + 1 + 1
+    leaking = [c.name for c in commands for verb in ("create", "update", "delete") if leaks(c.inputs.get(verb))]
+    assert leaking == []
+
+
+def test_tokens_travel_on_stdin_as_secrets(run):
+    for i in (1, 2):
+        join = run.command(f"-join-swarm-dev-manager-{i}")
+        assert join.inputs["stdin"] == MANAGER_TOKEN
+        assert "stdin" in join.secret_inputs and "stdin" in join.additional_secret_outputs
+    for i in (0, 1, 2):
+        join = run.command(f"-join-swarm-dev-worker-{i}")
+        assert join.inputs["stdin"] == WORKER_TOKEN
+        assert "stdin" in join.secret_inputs
+
+
+def test_token_command_is_silent_and_secret(run):
+    tokens = run.command("-tokens")
+    assert tokens.inputs["logging"] == "none"
+    assert {"stdout", "stderr"} <= set(tokens.additional_secret_outputs)
+
+
+def test_token_outputs_are_secret(run):
+    assert run.outputs["workerJoinToken"] == WORKER_TOKEN
+    assert run.outputs["managerJoinToken"] == MANAGER_TOKEN
+    assert {"workerJoinToken", "managerJoinToken", "sshPrivateKey"} <= run.secret_outputs
+    plain = {k: v for k, v in run.outputs.items() if k not in run.secret_outputs}
+    assert not leaks(plain)
+
+
+def test_private_key_only_in_secret_connections(run):
+    for command in run.commands():
+        connection = command.inputs["connection"]
+        assert connection["privateKey"] == PRIVATE_KEY
+        assert "connection" in command.secret_inputs
+        assert connection["dialErrorLimit"] > 0 and connection["perDialTimeout"] > 0
+        assert command.inputs.get("addPreviousOutputInEnv") is False
+
+
+def test_backup_hook_runs_on_delete_before_the_machines_go(run):
+    backup = run.command("-backup")
+    assert backup.inputs["delete"] == "sudo /usr/local/sbin/swarm-node backup"
+    assert "backup" not in backup.inputs["create"]
+    # Deleted before what it depends on: everything the swarm is made of.
+    assert run.depends_on(backup, run.command("-reconcile"))
+    for instance in run.of_type("aws:ec2/instance:Instance"):
+        assert run.depends_on(backup, instance)
+    # Never replaced (a replacement would back up against yesterday's machine).
+    assert backup.inputs.get("triggers") in (None, [])
+
+
+def test_no_backup_hook_when_disabled():
+    run = run_program({"backupOnDestroy": False})
+    assert not [c for c in run.commands() if c.name.endswith("-backup")]
+
+
+def test_machine_replacement_reruns_what_depends_on_it(run):
+    instance_id = "swarm-dev-nodes-worker-1-id"
+    assert instance_id in run.command("-join-swarm-dev-worker-1").inputs["triggers"]
+    assert instance_id in run.command("-reconcile").inputs["triggers"]
+    assert "swarm-dev-nodes-manager-0-id" in run.command("-bootstrap").inputs["triggers"]
+
+
+def test_mirror_deploys_the_stack_files_and_redeploys_on_change(run):
+    deploy = run.command("-mirror-deploy")
+    assert deploy.inputs["create"] == "sudo /usr/local/sbin/swarm-node mirror-deploy"
+    assert run.depends_on(deploy, run.command("-reconcile"))
+    assert digest(STACK_FILES) in deploy.inputs["triggers"]
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(base64.b64decode(deploy.inputs["stdin"])))) as tar:
+        shipped = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    assert shipped == {p.name: p.read_bytes() for p in STACK_FILES.iterdir() if p.is_file()}
+    assert b"mode: host" in shipped["mirror.yml"]
+
+
+def test_no_mirror_command_when_disabled():
+    run = run_program({"mirror": False})
+    assert not [c for c in run.commands() if "mirror" in c.name]
+
+
+def user_data_of(run, name: str) -> str:
+    return run.named(f"swarm-dev-nodes-{name}").inputs["userData"]
+
+
+def test_user_data_renders_mirrors_env_and_fits_ec2_limit(run):
+    text = user_data_of(run, "worker-0")
+    assert text.splitlines()[0] in ("#!/bin/bash", "#!/usr/bin/env bash")
+    assert "SWARM_REGISTRY_MIRRORS='http://10.42.0.10:5000 http://10.42.16.10:5000 http://10.42.32.10:5000'" in text
+    assert "SWARM_NODE_NAME=swarm-dev-worker-0" in text and "SWARM_ROLE=worker" in text
+    assert "SWARM_BUCKET=swarm-dev-state-bucket-0a1b2c3" in text and "SWARM_PREFIX=swarm/dev/" in text
+    assert "SWARM_REGION=eu-west-1" in text
+    assert "# @SWARM_SETTINGS@" not in text
+    assert len(text.encode()) < USER_DATA_LIMIT
+    manager = user_data_of(run, "manager-1")
+    assert "SWARM_ADVERTISE_ADDR=10.42.16.10" in manager and "SWARM_ROLE=manager" in manager
+    assert not leaks(text) and not leaks(manager)
+
+
+def test_user_data_without_mirror_has_no_mirror_addresses():
+    run = run_program({"mirror": False})
+    assert "SWARM_REGISTRY_MIRRORS=''" in user_data_of(run, "worker-0")
+
+
+def test_user_data_payload_carries_the_node_scripts(run):
+    text = user_data_of(run, "manager-0")
+    payload = next(line for line in text.splitlines() if line.startswith("SWARM_PAYLOAD="))
+    blob = payload.split("=", 1)[1].strip("'")
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(base64.b64decode(blob)))) as tar:
+        names = set(tar.getnames())
+    assert {"swarm-node", "swarm-aliases.sh", "swarm-image-cleanup.service", "swarm-image-cleanup.timer"} <= names
+    assert "user-data.sh" not in names
+
+
+def test_rendered_user_data_passes_shellcheck(run, tmp_path):
+    require_tool("shellcheck")
+    path = tmp_path / "user-data.sh"
+    path.write_text(user_data_of(run, "manager-0"))
+    result = subprocess.run(["shellcheck", "-s", "bash", str(path)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout[-3000:]

@@ -1,0 +1,269 @@
+"""The AWS side: resource counts, security groups, the state bucket, IAM, and the instances."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections import Counter
+
+import pytest
+from harness import AMI, SwarmMocks, run_program, subnet_mock
+
+from components.settings import AL2023_SSM_PARAMETER
+
+INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+INSTANCE = "aws:ec2/instance:Instance"
+
+
+@pytest.fixture(scope="module")
+def default_run():
+    return run_program()
+
+
+def counts(run) -> Counter:
+    return Counter(r.type for r in run.resources)
+
+
+@pytest.mark.parametrize(
+    ("config", "managers", "workers", "vpcs", "subnets", "commands"),
+    [
+        # ready per node + bootstrap + tokens + joins + reconcile + backup + mirror
+        ({}, 3, 2, 1, 3, 5 + 1 + 1 + 4 + 1 + 1 + 1),
+        ({"managerCount": 1, "workerCount": 0}, 1, 0, 1, 3, 1 + 1 + 1 + 0 + 1 + 1 + 1),
+        ({"managerCount": 5, "workerCount": 7, "azCount": 2}, 5, 7, 1, 2, 12 + 1 + 1 + 11 + 1 + 1 + 1),
+        ({"mirror": False, "backupOnDestroy": False}, 3, 2, 1, 3, 5 + 1 + 1 + 4 + 1),
+    ],
+    ids=["default", "single-manager", "5+7-over-2-azs", "no-mirror-no-backup"],
+)
+def test_resource_counts(config, managers, workers, vpcs, subnets, commands):
+    run = run_program(config)
+    c = counts(run)
+    roles = Counter(r.inputs["tags"]["swarm:role"] for r in run.of_type(INSTANCE))
+    assert roles == Counter({"manager": managers, "worker": workers} if workers else {"manager": managers})
+    assert c["aws:ec2/vpc:Vpc"] == vpcs
+    assert c["aws:ec2/subnet:Subnet"] == subnets
+    assert c["command:remote:Command"] == commands
+    assert c["aws:s3/bucket:Bucket"] == 1
+    assert c["aws:ec2/keyPair:KeyPair"] == 1
+    assert c["tls:index/privateKey:PrivateKey"] == 1
+
+
+def test_existing_vpc_creates_no_network_only_groups():
+    mocks = SwarmMocks(
+        subnets={
+            "subnet-0aaaaaaaaaaaaaaaa": subnet_mock("10.1.0.0/24", "eu-west-1a"),
+            "subnet-0bbbbbbbbbbbbbbbb": subnet_mock("10.1.1.0/24", "eu-west-1b"),
+        }
+    )
+    run = run_program(
+        {"vpcId": "vpc-0123456789abcdef0", "subnetIds": ["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"]},
+        mocks=mocks,
+    )
+    c = counts(run)
+    assert (
+        c["aws:ec2/vpc:Vpc"] == 0
+        and c["aws:ec2/subnet:Subnet"] == 0
+        and c["aws:ec2/internetGateway:InternetGateway"] == 0
+    )
+    groups = run.of_type("aws:ec2/securityGroup:SecurityGroup")
+    assert {g.inputs["vpcId"] for g in groups} == {"vpc-0123456789abcdef0"}
+    managers = sorted(
+        (r.inputs["subnetId"], r.inputs["privateIp"])
+        for r in run.of_type(INSTANCE)
+        if r.inputs["tags"]["swarm:role"] == "manager"
+    )
+    assert managers == [
+        ("subnet-0aaaaaaaaaaaaaaaa", "10.1.0.10"),
+        ("subnet-0aaaaaaaaaaaaaaaa", "10.1.0.11"),
+        ("subnet-0bbbbbbbbbbbbbbbb", "10.1.1.10"),
+    ]
+    assert run.outputs["subnetIds"] == ["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"]
+
+
+def test_cluster_group_admits_swarm_ports_only_from_itself(default_run):
+    cluster = default_run.named("swarm-dev-network-cluster")
+    rules = [r for r in default_run.of_type(INGRESS) if r.inputs["securityGroupId"] == f"{cluster.name}-id"]
+    seen = sorted((r.inputs["ipProtocol"], r.inputs.get("fromPort"), r.inputs.get("toPort")) for r in rules)
+    assert seen == sorted(
+        [
+            ("tcp", 2377, 2377),
+            ("tcp", 7946, 7946),
+            ("udp", 7946, 7946),
+            ("udp", 4789, 4789),
+            ("50", None, None),
+            ("tcp", 5000, 5000),
+        ]
+    )
+    for rule in rules:
+        assert rule.inputs["referencedSecurityGroupId"] == f"{cluster.name}-id"
+        assert "cidrIpv4" not in rule.inputs and "cidrIpv6" not in rule.inputs
+
+
+def test_ssh_only_from_allowed_cidrs_and_nothing_else_open():
+    run = run_program({"sshAllowedCidrs": ["203.0.113.0/24", "2001:db8::/32"]})
+    ssh = run.named("swarm-dev-network-ssh")
+    rules = [r for r in run.of_type(INGRESS) if r.inputs["securityGroupId"] == f"{ssh.name}-id"]
+    assert sorted(r.inputs.get("cidrIpv4") or r.inputs.get("cidrIpv6") for r in rules) == [
+        "2001:db8::/32",
+        "203.0.113.0/24",
+    ]
+    assert [r.inputs["cidrIpv6"] for r in rules if "cidrIpv6" in r.inputs] == ["2001:db8::/32"]
+    assert all((r.inputs["ipProtocol"], r.inputs["fromPort"], r.inputs["toPort"]) == ("tcp", 22, 22) for r in rules)
+    # No ingress rule anywhere admits a CIDR except the SSH ones.
+    open_rules = [r for r in run.of_type(INGRESS) if ("cidrIpv4" in r.inputs or "cidrIpv6" in r.inputs)]
+    assert sorted(r.name for r in open_rules) == sorted(r.name for r in rules)
+    # Security groups carry no inline rules that would bypass the above.
+    for group in run.of_type("aws:ec2/securityGroup:SecurityGroup"):
+        assert not group.inputs.get("ingress")
+
+
+def test_mirror_port_rule_follows_config():
+    run = run_program({"mirror": False})
+    assert not [r for r in run.of_type(INGRESS) if r.inputs.get("fromPort") == 5000]
+    run = run_program({"mirrorPort": 5443})
+    assert [r for r in run.of_type(INGRESS) if r.inputs.get("fromPort") == 5443]
+
+
+def test_bucket_and_all_its_settings_are_protected(default_run):
+    store = default_run.named("swarm-dev-state")
+    assert store.protect
+    bucket = default_run.of_type("aws:s3/bucket:Bucket")[0]
+    settings = [r for r in default_run.resources if r.type.startswith("aws:s3/")]
+    assert len(settings) == 6
+    assert all(r.protect for r in settings)
+    # Nothing else is protected: the nightly teardown removes it.
+    unprotected = {r.type for r in default_run.resources if not r.protect}
+    assert "aws:ec2/instance:Instance" in unprotected and "aws:iam/role:Role" in unprotected
+    assert bucket.inputs.get("forceDestroy") is False
+
+
+def test_bucket_settings(default_run):
+    def one(t):
+        (r,) = default_run.of_type(t)
+        return r.inputs
+
+    assert one("aws:s3/bucketVersioning:BucketVersioning")["versioningConfiguration"]["status"] == "Enabled"
+    sse = one("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
+    assert sse["rules"][0]["applyServerSideEncryptionByDefault"]["sseAlgorithm"] in ("AES256", "aws:kms")
+    pab = one("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
+    assert all(
+        pab[k] is True for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
+    )
+    policy = json.loads(one("aws:s3/bucketPolicy:BucketPolicy")["policy"])
+    (deny,) = policy["Statement"]
+    assert deny["Effect"] == "Deny" and deny["Action"] == "s3:*" and deny["Principal"] == "*"
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    bucket_arn = "arn:aws:s3:::swarm-dev-state-bucket-0a1b2c3"
+    assert sorted(deny["Resource"]) == [bucket_arn, f"{bucket_arn}/*"]
+    (rule,) = one("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")["rules"]
+    assert rule["status"] == "Enabled" and rule["noncurrentVersionExpiration"]["noncurrentDays"] == 30
+
+
+@pytest.mark.parametrize("days", [7, 90])
+def test_retention_is_configurable(days):
+    run = run_program({"backupRetentionDays": days})
+    (lifecycle,) = run.of_type("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")
+    assert lifecycle.inputs["rules"][0]["noncurrentVersionExpiration"]["noncurrentDays"] == days
+
+
+def test_node_policy_is_scoped_to_the_bucket_and_stack_prefix(default_run):
+    (policy_resource,) = default_run.of_type("aws:iam/rolePolicy:RolePolicy")
+    policy = json.loads(policy_resource.inputs["policy"])
+    bucket_arn = "arn:aws:s3:::swarm-dev-state-bucket-0a1b2c3"
+    for statement in policy["Statement"]:
+        assert statement["Effect"] == "Allow"
+        for resource in statement["Resource"]:
+            assert resource in (bucket_arn, f"{bucket_arn}/swarm/dev/*"), resource
+        assert "*" not in statement["Action"] and "s3:*" not in statement["Action"]
+        if "s3:GetObject" in statement["Action"]:
+            assert statement["Resource"] == [f"{bucket_arn}/swarm/dev/*"]
+        if "s3:ListBucket" in statement["Action"]:
+            assert statement["Condition"]["StringLike"]["s3:prefix"] == ["swarm/dev/", "swarm/dev/*"]
+    role = default_run.of_type("aws:iam/role:Role")[0]
+    assume = json.loads(role.inputs["assumeRolePolicy"])
+    assert assume["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
+
+
+def test_every_instance_requires_imdsv2_and_encrypts_its_gp3_root(default_run):
+    for instance in default_run.of_type(INSTANCE):
+        metadata = instance.inputs["metadataOptions"]
+        assert metadata["httpTokens"] == "required" and metadata["httpEndpoint"] == "enabled"
+        assert metadata["httpPutResponseHopLimit"] == 2  # the mirror container reaches the role
+        root = instance.inputs["rootBlockDevice"]
+        assert root["encrypted"] is True and root["volumeType"] == "gp3" and root["volumeSize"] == 30
+
+
+def test_managers_pinned_and_spread_over_zones():
+    run = run_program({"managerCount": 5})
+    subnets = {s.urn: s for s in run.of_type("aws:ec2/subnet:Subnet")}
+    by_id = {f"{s.name}-id": s.inputs for s in subnets.values()}
+    managers = sorted(
+        (r for r in run.of_type(INSTANCE) if r.inputs["tags"]["swarm:role"] == "manager"),
+        key=lambda r: r.inputs["tags"]["Name"],
+    )
+    zones = [by_id[m.inputs["subnetId"]]["availabilityZone"] for m in managers]
+    assert zones == ["eu-west-1a", "eu-west-1b", "eu-west-1c", "eu-west-1a", "eu-west-1b"]
+    ips = [m.inputs["privateIp"] for m in managers]
+    assert ips == ["10.42.0.10", "10.42.16.10", "10.42.32.10", "10.42.0.11", "10.42.16.11"]
+    for manager, ip in zip(managers, ips, strict=True):
+        assert ipaddress.ip_address(ip) in ipaddress.ip_network(by_id[manager.inputs["subnetId"]]["cidrBlock"])
+        # A pinned address cannot be held by two machines: the old one goes first.
+        assert manager.delete_before_replace
+    workers = [r for r in run.of_type(INSTANCE) if r.inputs["tags"]["swarm:role"] == "worker"]
+    assert all("privateIp" not in w.inputs for w in workers)
+    assert run.outputs["managerPrivateIps"] == ips
+
+
+def test_ami_from_al2023_ssm_parameter_matches_architecture():
+    run = run_program({"architecture": "arm64"})
+    assert ("aws:ssm/getParameter:getParameter", {"name": AL2023_SSM_PARAMETER["arm64"]}) in [
+        (t, {"name": a.get("name")}) for t, a in run.invokes
+    ]
+    instance = run.of_type(INSTANCE)[0]
+    assert instance.inputs["ami"] == AMI and instance.inputs["instanceType"] == "t4g.medium"
+
+
+def test_ami_override_skips_the_lookup():
+    run = run_program({"amiId": "ami-0fedcba9876543210"})
+    assert not [t for t, _ in run.invokes if t == "aws:ssm/getParameter:getParameter"]
+    assert {r.inputs["ami"] for r in run.of_type(INSTANCE)} == {"ami-0fedcba9876543210"}
+
+
+def test_instances_are_not_replaced_by_a_new_ami_or_user_data(default_run):
+    for instance in default_run.of_type(INSTANCE):
+        assert set(instance.ignore_changes) >= {"ami", "userData"}
+
+
+def test_stacks_never_collide():
+    dev, prod = run_program(stack="dev"), run_program(stack="prod")
+    dev_names = {r.name for r in dev.resources if r.custom}
+    prod_names = {r.name for r in prod.resources if r.custom}
+    assert not dev_names & prod_names
+    assert dev.outputs["statePrefix"] == "swarm/dev/" and prod.outputs["statePrefix"] == "swarm/prod/"
+    for run, stack in ((dev, "dev"), (prod, "prod")):
+        (key_pair,) = run.of_type("aws:ec2/keyPair:KeyPair")
+        assert stack in key_pair.name
+        for r in run.resources:
+            if r.custom and "tags" in r.inputs and r.type != "tls:index/privateKey:PrivateKey":
+                assert r.inputs["tags"]["swarm:stack"] == stack, r.name
+
+
+def test_user_tags_reach_every_taggable_resource():
+    run = run_program({"tags": {"team": "platform", "cost-centre": "42"}})
+    tagged = [r for r in run.resources if "tags" in r.inputs]
+    assert len(tagged) > 10
+    for r in tagged:
+        assert r.inputs["tags"]["team"] == "platform" and r.inputs["tags"]["cost-centre"] == "42"
+
+
+def test_own_ssh_key_is_used_and_not_exported():
+    run = run_program(
+        {"sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOwn mine", "sshPrivateKey": "PRIVATE-KEY-MARKER"},
+        secret_keys=("sshPrivateKey",),
+    )
+    assert not run.of_type("tls:index/privateKey:PrivateKey")
+    (key_pair,) = run.of_type("aws:ec2/keyPair:KeyPair")
+    assert key_pair.inputs["publicKey"].startswith("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOwn")
+    assert "sshPrivateKey" not in run.outputs
+    for command in run.commands():
+        assert "privateKey" in command.secret_inputs or "connection" in command.secret_inputs
