@@ -65,7 +65,11 @@ class Nodes(pulumi.ComponentResource):
 
         self.ssh_key_generated = settings.ssh_private_key is None
         if self.ssh_key_generated:
-            key = tls.PrivateKey(f"{name}-ssh-key", algorithm="ED25519", opts=child)
+            # Protected like the bucket: it lives only in the (encrypted) state, and keeping
+            # it through the nightly teardown keeps `sshPrivateKey` the same every day.
+            key = tls.PrivateKey(
+                f"{name}-ssh-key", algorithm="ED25519", opts=pulumi.ResourceOptions(parent=self, protect=True)
+            )
             public_key: pulumi.Input[str] = key.public_key_openssh
             self.ssh_private_key = pulumi.Output.secret(key.private_key_openssh)
         else:

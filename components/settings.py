@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -310,7 +311,8 @@ def load_settings(
     project = project or pulumi.get_project()
     r = _Reader(config)
 
-    region = pulumi.Config("aws").get("region") or ""
+    # The AWS provider also takes the region from the environment; so do we.
+    region = pulumi.Config("aws").get("region") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if not region:
         r.problems.append("aws:region is not set; fix: pulumi config set aws:region eu-west-1")
 

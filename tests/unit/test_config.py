@@ -68,7 +68,9 @@ def test_all_problems_are_reported_at_once():
     assert keys == ["swarm:architecture", "swarm:managerCount", "swarm:workerCount"]
 
 
-def test_missing_region_names_aws_region():
+def test_missing_region_names_aws_region(monkeypatch):
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
     problems, _ = config_error({"aws:region": None})
     assert any(p.startswith("aws:region ") and "pulumi config set aws:region" in p for p in problems)
 
@@ -157,3 +159,10 @@ def test_empty_strings_from_pulumi_yaml_mean_unset():
 )
 def test_architecture_of_instance_type(instance_type, arch):
     assert architecture_of_instance_type(instance_type) == arch
+
+
+def test_region_from_the_environment(monkeypatch):
+    monkeypatch.setenv("AWS_REGION", "us-east-2")
+    run = run_program({"aws:region": None})
+    user_data = run.of_type("aws:ec2/instance:Instance")[0].inputs["userData"]
+    assert "SWARM_REGION=us-east-2" in user_data
