@@ -19,7 +19,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_tls as tls
 
-from components.payload import render_user_data
+from components.payload import gzip_base64, render_user_data
 from components.settings import NodePlan, Settings
 from components.swarm import SwarmNode
 
@@ -86,7 +86,7 @@ class Nodes(pulumi.ComponentResource):
         self.managers, self.workers = [], []
         for plan in settings.nodes:
             user_data = pulumi.Output.from_input(args.bucket_name).apply(
-                lambda bucket, plan=plan: render_user_data(node_environment(settings, plan, bucket))
+                lambda bucket, plan=plan: gzip_base64(render_user_data(node_environment(settings, plan, bucket)))
             )
             instance = aws.ec2.Instance(
                 f"{name}-{plan.role}-{plan.index}",
@@ -98,7 +98,7 @@ class Nodes(pulumi.ComponentResource):
                 iam_instance_profile=args.instance_profile_name,
                 key_name=key_pair.key_name,
                 associate_public_ip_address=settings.connect_via == "public",
-                user_data=user_data,
+                user_data_base64=user_data,
                 metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
                     http_endpoint="enabled",
                     http_tokens="required",
@@ -114,7 +114,7 @@ class Nodes(pulumi.ComponentResource):
                 tags={**settings.tags, "Name": plan.name, "swarm:role": plan.role},
                 opts=pulumi.ResourceOptions(
                     parent=self,
-                    ignore_changes=["ami", "userData"],
+                    ignore_changes=["ami", "userDataBase64"],
                     # A pinned address cannot be held by the old and the new machine at once.
                     delete_before_replace=plan.private_ip is not None,
                 ),

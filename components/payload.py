@@ -1,7 +1,9 @@
 """The shell that leaves this repository for the nodes: user-data and stack bundles.
 
 User-data is `scripts/node/user-data.sh` with its settings marker replaced by shell
-assignments and the other files of `scripts/node/` carried inside as a base64 tarball.
+assignments and the other files of `scripts/node/` carried inside as a base64 tarball;
+EC2 receives it gzipped (cloud-init unpacks gzip user-data), which keeps it far below
+EC2's 16 KiB limit.
 Bundles are deterministic (sorted members, zero mtimes) so that an unchanged file never
 looks like a change to Pulumi, and a changed one always does.
 """
@@ -68,3 +70,8 @@ def render_user_data(values: Mapping[str, str | None], payload: str | None = Non
     assignments = {**values, "SWARM_PAYLOAD": payload if payload is not None else node_payload()}
     lines = [f"{key}={shlex.quote('' if value is None else str(value))}" for key, value in assignments.items()]
     return template.replace(SETTINGS_MARKER, "\n".join(lines), 1)
+
+
+def gzip_base64(text: str) -> str:
+    """base64 of gzip(text), deterministic: what EC2's `user_data_base64` takes."""
+    return base64.b64encode(gzip.compress(text.encode(), compresslevel=9, mtime=0)).decode()

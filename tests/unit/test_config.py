@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
+
 import pytest
 import yaml
 from harness import ROOT, SwarmMocks, run_program, subnet_mock
@@ -164,5 +167,5 @@ def test_architecture_of_instance_type(instance_type, arch):
 def test_region_from_the_environment(monkeypatch):
     monkeypatch.setenv("AWS_REGION", "us-east-2")
     run = run_program({"aws:region": None})
-    user_data = run.of_type("aws:ec2/instance:Instance")[0].inputs["userData"]
-    assert "SWARM_REGION=us-east-2" in user_data
+    user_data = run.of_type("aws:ec2/instance:Instance")[0].inputs["userDataBase64"]
+    assert "SWARM_REGION=us-east-2" in gzip.decompress(base64.b64decode(user_data)).decode()

@@ -163,7 +163,7 @@ def test_no_mirror_command_when_disabled():
 
 
 def user_data_of(run, name: str) -> str:
-    return run.named(f"swarm-dev-nodes-{name}").inputs["userData"]
+    return gzip.decompress(base64.b64decode(run.named(f"swarm-dev-nodes-{name}").inputs["userDataBase64"])).decode()
 
 
 def test_user_data_renders_mirrors_env_and_fits_ec2_limit(run):
@@ -174,7 +174,9 @@ def test_user_data_renders_mirrors_env_and_fits_ec2_limit(run):
     assert "SWARM_BUCKET=swarm-dev-state-bucket-0a1b2c3" in text and "SWARM_PREFIX=swarm/dev/" in text
     assert "SWARM_REGION=eu-west-1" in text
     assert "# @SWARM_SETTINGS@" not in text
-    assert len(text.encode()) < USER_DATA_LIMIT
+    # EC2 counts the bytes before base64: the gzip.
+    compressed = base64.b64decode(run.named("swarm-dev-nodes-worker-0").inputs["userDataBase64"])
+    assert compressed[:2] == b"\x1f\x8b" and len(compressed) < USER_DATA_LIMIT
     manager = user_data_of(run, "manager-1")
     assert "SWARM_ADVERTISE_ADDR=10.42.16.10" in manager and "SWARM_ROLE=manager" in manager
     assert not leaks(text) and not leaks(manager)
@@ -201,3 +203,9 @@ def test_rendered_user_data_passes_shellcheck(run, tmp_path):
     path.write_text(user_data_of(run, "manager-0"))
     result = subprocess.run(["shellcheck", "-s", "bash", str(path)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_largest_user_data_fits_ec2_limit():
+    run = run_program({"managerCount": 7, "stateBucketName": "a" * 63, "tags": {"k": "v" * 200}})
+    for instance in run.of_type("aws:ec2/instance:Instance"):
+        assert len(base64.b64decode(instance.inputs["userDataBase64"])) < USER_DATA_LIMIT

@@ -234,7 +234,7 @@ def test_ami_override_skips_the_lookup():
 
 def test_instances_are_not_replaced_by_a_new_ami_or_user_data(default_run):
     for instance in default_run.of_type(INSTANCE):
-        assert set(instance.ignore_changes) >= {"ami", "userData"}
+        assert set(instance.ignore_changes) >= {"ami", "userDataBase64"}
 
 
 def test_stacks_never_collide():

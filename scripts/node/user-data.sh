@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Node user-data: runs once as root via cloud-init (and is safe to run again). Python
+# replaces the marker line below with shlex-quoted SWARM_* assignments. It prepares the
+# host (hostname, docker, aws cli, daemon.json, /etc/swarm/env, node scripts) but does
+# no swarm work: the swarm-node verbs, run later by Pulumi, do that.
+set -euo pipefail
+# @SWARM_SETTINGS@
+: "${SWARM_STACK:?}" "${SWARM_CLUSTER:?}" "${SWARM_NODE_NAME:?}" "${SWARM_ROLE:?}"
+: "${SWARM_ADVERTISE_ADDR=}" "${SWARM_BUCKET:?}" "${SWARM_PREFIX:?}" "${SWARM_REGION:?}"
+: "${SWARM_S3_ENDPOINT=}" "${SWARM_REGISTRY_MIRRORS=}" "${SWARM_MIRROR_PORT:?}"
+: "${SWARM_MIRROR_UPSTREAM:?}" "${SWARM_BACKUP_KEEP:?}" "${SWARM_SSH_USER:?}" "${SWARM_PAYLOAD:?}"
+
+PATH=$PATH:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+umask 022
+mkdir -p /etc/swarm
+exec > >(tee -a /var/log/swarm-user-data.log) 2>&1
+echo "user-data: start $(date -u +%FT%TZ) on $SWARM_NODE_NAME"
+# A waiter polls for this file so a broken boot fails in seconds, not at its timeout.
+set -E
+trap 'echo "line $LINENO: $BASH_COMMAND (exit $?)" >/etc/swarm/failed' ERR
+fail() { echo "$*" >/etc/swarm/failed; echo "user-data: $*" >&2; exit 1; }
+rm -f /etc/swarm/failed /etc/swarm/ready
+
+if ! hostnamectl set-hostname "$SWARM_NODE_NAME" 2>/dev/null; then
+  hostname "$SWARM_NODE_NAME"
+  echo "$SWARM_NODE_NAME" >/etc/hostname
+fi
+# sudo warns on every call when the hostname does not resolve.
+getent hosts "$SWARM_NODE_NAME" >/dev/null || echo "127.0.1.1 $SWARM_NODE_NAME" >>/etc/hosts
+# cloud-init would otherwise rename the node on reboot, and swarm keys nodes by hostname.
+if [[ -d /etc/cloud/cloud.cfg.d ]]; then
+  echo 'preserve_hostname: true' >/etc/cloud/cloud.cfg.d/99-swarm-hostname.cfg
+fi
+
+# shellcheck disable=SC1091
+. /etc/os-release
+case " ${ID:-} ${ID_LIKE:-} " in
+  *" amzn "* | *" fedora "* | *" rhel "*)
+    command -v dnf >/dev/null || fail "$PRETTY_NAME has no dnf"
+    pkg() { dnf install -y "$@"; } ;;
+  *" debian "* | *" ubuntu "*)
+    apt_updated=0
+    pkg() {
+      ((apt_updated)) || { apt-get update -q; apt_updated=1; }
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"
+    } ;;
+  *) fail "unsupported distribution '${PRETTY_NAME:-unknown}' (want Amazon Linux 2023, Debian or Ubuntu)" ;;
+esac
+if ! command -v docker >/dev/null; then
+  if [[ $ID == amzn ]]; then pkg docker; else pkg docker.io; fi
+fi
+if ! command -v aws >/dev/null; then
+  if [[ $ID == amzn ]]; then pkg awscli-2
+  # Ubuntu 24.04 dropped the awscli deb; the snap is the supported route there.
+  elif ! pkg awscli; then snap install aws-cli --classic; fi
+fi
+command -v curl >/dev/null || pkg curl
+[[ -d /usr/share/bash-completion ]] || pkg bash-completion
+
+mirrors='' insecure=''
+for url in $SWARM_REGISTRY_MIRRORS; do
+  [[ $url =~ ^https?://[A-Za-z0-9.-]+(:[0-9]+)?/?$ ]] || fail "bad mirror URL '$url'"
+  mirrors+="${mirrors:+, }\"$url\""
+  if [[ $url == http://* ]]; then
+    hostport=${url#http://}
+    insecure+="${insecure:+, }\"${hostport%/}\""
+  fi
+done
+# No live-restore: swarm mode refuses to start with it.
+mkdir -p /etc/docker
+cat >/etc/docker/daemon.json.new <<EOF
+{
+  "log-driver": "json-file",
+  "log-opts": {"max-size": "10m", "max-file": "3"},
+  "registry-mirrors": [$mirrors],
+  "insecure-registries": [$insecure]
+}
+EOF
+daemon_changed=0
+if cmp -s /etc/docker/daemon.json.new /etc/docker/daemon.json; then
+  rm -f /etc/docker/daemon.json.new
+else
+  mv /etc/docker/daemon.json.new /etc/docker/daemon.json
+  daemon_changed=1
+fi
+
+{
+  for var in SWARM_STACK SWARM_CLUSTER SWARM_NODE_NAME SWARM_ROLE SWARM_ADVERTISE_ADDR \
+    SWARM_BUCKET SWARM_PREFIX SWARM_REGION SWARM_S3_ENDPOINT SWARM_REGISTRY_MIRRORS \
+    SWARM_MIRROR_PORT SWARM_MIRROR_UPSTREAM SWARM_BACKUP_KEEP SWARM_SSH_USER; do
+    printf '%s=%q\n' "$var" "${!var}"
+  done
+} >/etc/swarm/env.new
+chmod 0644 /etc/swarm/env.new
+mv /etc/swarm/env.new /etc/swarm/env
+
+lib=/usr/local/lib/swarm
+rm -rf "$lib.new"
+mkdir -p "$lib.new"
+base64 -d <<<"$SWARM_PAYLOAD" | tar -xz --no-same-owner -C "$lib.new"
+rm -rf "$lib"
+mv "$lib.new" "$lib"
+install -D -m 0755 "$lib/swarm-node" /usr/local/sbin/swarm-node
+install -D -m 0644 "$lib/swarm-aliases.sh" /etc/profile.d/swarm-aliases.sh
+install -D -m 0644 "$lib/swarm-node.bash-completion" /usr/share/bash-completion/completions/swarm-node
+
+if [[ -d /run/systemd/system ]]; then
+  install -m 0644 "$lib/swarm-image-cleanup.service" "$lib/swarm-image-cleanup.timer" /etc/systemd/system/
+  systemctl daemon-reload
+  systemctl enable --now swarm-image-cleanup.timer
+elif [[ -d /etc/cron.daily ]]; then
+  printf '#!/bin/sh\nexec /usr/local/sbin/swarm-node cleanup-images\n' >/etc/cron.daily/swarm-image-cleanup
+  chmod 0755 /etc/cron.daily/swarm-image-cleanup
+else
+  echo "user-data: no systemd and no /etc/cron.daily: daily image cleanup skipped"
+fi
+
+getent group docker >/dev/null || groupadd -r docker
+if id -u "$SWARM_SSH_USER" >/dev/null 2>&1; then usermod -aG docker "$SWARM_SSH_USER"; fi
+
+/usr/local/sbin/swarm-node docker-service enable
+if ((daemon_changed)); then
+  /usr/local/sbin/swarm-node docker-service restart
+else
+  /usr/local/sbin/swarm-node docker-service start
+fi
+
+rm -f /etc/swarm/failed
+touch /etc/swarm/ready
+echo "user-data: ready $(date -u +%FT%TZ)"
