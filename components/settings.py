@@ -151,9 +151,11 @@ class Settings:
         return [f"http://{m.private_ip}:{self.mirror_port}" for m in self.managers]
 
 
-def _fix(key: str, example: str, path: bool = False) -> str:
-    flag = "--path " if path else ""
-    return f"pulumi config set {flag}{NAMESPACE}:{key} {example}"
+def _fix(key: str, example: str, path: str | None = None) -> str:
+    """The command that sets `key`; `path` is an element (`[0]`, `.team`) for list and map keys."""
+    if path is not None:
+        return f"pulumi config set --path '{NAMESPACE}:{key}{path}' {example}"
+    return f"pulumi config set {NAMESPACE}:{key} {example}"
 
 
 class _Reader:
@@ -163,7 +165,7 @@ class _Reader:
         self.config = config
         self.problems: list[str] = []
 
-    def problem(self, key: str, what: str, example: str, path: bool = False) -> None:
+    def problem(self, key: str, what: str, example: str, path: str | None = None) -> None:
         self.problems.append(f"{NAMESPACE}:{key} {what}; fix: {_fix(key, example, path)}")
 
     def raw(self, key: str) -> str | None:
@@ -199,7 +201,7 @@ class _Reader:
         text = str(raw).strip()
         return text or DEFAULTS.get(key)
 
-    def string_list(self, key: str, example: str) -> list[str] | None:
+    def string_list(self, key: str, example: str, path: str = "[0]") -> list[str] | None:
         """A JSON list, or (forgivingly) a comma-separated string."""
         raw = self.raw(key)
         if raw is None:
@@ -211,12 +213,12 @@ class _Reader:
             except json.JSONDecodeError:
                 value = None
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                self.problem(key, f"must be a list of strings (got {text!r})", example, path=True)
+                self.problem(key, f"must be a list of strings (got {text!r})", example, path=path)
                 return None
             return [v.strip() for v in value]
         return [part.strip() for part in text.split(",") if part.strip()]
 
-    def string_map(self, key: str, example: str) -> dict[str, str]:
+    def string_map(self, key: str, example: str, path: str = ".team") -> dict[str, str]:
         raw = self.raw(key)
         if raw is None:
             return {}
@@ -227,7 +229,7 @@ class _Reader:
         if not isinstance(value, dict) or not all(
             isinstance(k, str) and isinstance(v, (str, int, float, bool)) for k, v in value.items()
         ):
-            self.problem(key, f"must be a map of tag names to values (got {raw!r})", example, path=True)
+            self.problem(key, f"must be a map of tag names to values (got {raw!r})", example, path=path)
             return {}
         return {k: str(v) for k, v in value.items()}
 
@@ -271,7 +273,13 @@ def plan_nodes(cluster_name: str, managers: int, workers: int, subnets: list[Sub
 
 
 def _check_subnet_room(
-    r: _Reader, subnets: list[SubnetPlan], managers: int, workers: int, key: str, example: str
+    r: _Reader,
+    subnets: list[SubnetPlan],
+    managers: int,
+    workers: int,
+    key: str,
+    example: str,
+    path: str | None = None,
 ) -> None:
     n = len(subnets)
     pinned_per_subnet = math.ceil(managers / n) if managers else 0
@@ -286,6 +294,7 @@ def _check_subnet_room(
                 f"gives subnet {s.cidr}, too small for {pinned_per_subnet} pinned manager "
                 f"address(es) from host .{FIRST_PINNED_HOST} and {workers_per_subnet} worker(s)",
                 example,
+                path,
             )
             return
 
@@ -346,13 +355,13 @@ def load_settings(
     if ami_id and not _AMI_ID.match(ami_id):
         r.problem("amiId", f"must look like ami-0123456789abcdef0 (got {ami_id!r})", "ami-0123456789abcdef0")
 
-    ssh_cidrs = r.string_list("sshAllowedCidrs", "'sshAllowedCidrs[0]' 203.0.113.10/32")
+    ssh_cidrs = r.string_list("sshAllowedCidrs", "203.0.113.10/32")
     if r.raw("sshAllowedCidrs") is None or ssh_cidrs == []:
         r.problem(
             "sshAllowedCidrs",
             "is required (no default): the networks allowed to SSH to the nodes",
-            "'sshAllowedCidrs[0]' 203.0.113.10/32",
-            path=True,
+            "203.0.113.10/32",
+            path="[0]",
         )
     ssh_cidrs = ssh_cidrs or []
     for cidr in ssh_cidrs:
@@ -366,8 +375,8 @@ def load_settings(
             r.problem(
                 "sshAllowedCidrs",
                 f"has {cidr!r}, not a CIDR block{hint}",
-                "'sshAllowedCidrs[0]' 203.0.113.10/32",
-                path=True,
+                "203.0.113.10/32",
+                path="[0]",
             )
         elif net.prefixlen == 0:
             pulumi.log.warn(f"{NAMESPACE}:sshAllowedCidrs admits SSH from the whole internet ({cidr})")
@@ -430,10 +439,10 @@ def load_settings(
             "stateBucketName", f"is not a valid S3 bucket name (got {state_bucket_name!r})", f"my-company-swarm-{stack}"
         )
 
-    tags = r.string_map("tags", "tags.team platform")
+    tags = r.string_map("tags", "platform")
 
     vpc_id = r.string("vpcId")
-    subnet_ids = r.string_list("subnetIds", "'subnetIds[0]' subnet-0123456789abcdef0") or []
+    subnet_ids = r.string_list("subnetIds", "subnet-0123456789abcdef0") or []
     vpc_cidr = r.string("vpcCidr") or DEFAULTS["vpcCidr"]
     az_count = r.integer("azCount", "3", lambda v: 1 <= v <= 6, "from 1 to 6")
     if subnet_ids and not vpc_id:
@@ -442,11 +451,11 @@ def load_settings(
         r.problem(
             "subnetIds",
             "is required when swarm:vpcId is set (the subnets the nodes go into)",
-            "'subnetIds[0]' subnet-0123456789abcdef0",
-            path=True,
+            "subnet-0123456789abcdef0",
+            path="[0]",
         )
     if len(set(subnet_ids)) != len(subnet_ids):
-        r.problem("subnetIds", "lists a subnet twice", "'subnetIds[1]' subnet-0fedcba9876543210", path=True)
+        r.problem("subnetIds", "lists a subnet twice", "subnet-0fedcba9876543210", path="[1]")
     vpc_net = _cidr(vpc_cidr)
     if not vpc_id:
         if vpc_net is None or vpc_net.version != 4:
@@ -466,11 +475,11 @@ def load_settings(
                 r.problem(
                     "subnetIds",
                     f"has {subnet_id}, which is in {plan.vpc_id}, not in swarm:vpcId {vpc_id}",
-                    "'subnetIds[0]' subnet-0123456789abcdef0",
-                    path=True,
+                    "subnet-0123456789abcdef0",
+                    path="[0]",
                 )
             subnets.append(plan)
-        fix_key, fix_example = "subnetIds", "'subnetIds[0]' subnet-0123456789abcdef0"
+        fix = ("subnetIds", "subnet-0123456789abcdef0", "[0]")
     else:
         zones = (lookup_zones or _lookup_zones)()
         if len(zones) < az_count:
@@ -484,8 +493,8 @@ def load_settings(
             SubnetPlan(str(cidr), zone)
             for cidr, zone in zip(vpc_net.subnets(new_prefix=subnet_prefix), zones[:az_count], strict=False)
         ]
-        fix_key, fix_example = "vpcCidr", "10.42.0.0/16"
-    _check_subnet_room(r, subnets, managers, workers, fix_key, fix_example)
+        fix = ("vpcCidr", "10.42.0.0/16", None)
+    _check_subnet_room(r, subnets, managers, workers, *fix)
     if r.problems:
         raise ConfigError(r.problems)
 

@@ -169,3 +169,18 @@ def test_region_from_the_environment(monkeypatch):
     run = run_program({"aws:region": None})
     user_data = run.of_type("aws:ec2/instance:Instance")[0].inputs["userDataBase64"]
     assert "SWARM_REGION=us-east-2" in gzip.decompress(base64.b64decode(user_data)).decode()
+
+
+@pytest.mark.parametrize(
+    ("config", "fix"),
+    [
+        ({"managerCount": 4}, "pulumi config set swarm:managerCount 3"),
+        ({"sshAllowedCidrs": None}, "pulumi config set --path 'swarm:sshAllowedCidrs[0]' 203.0.113.10/32"),
+        ({"tags": "x"}, "pulumi config set --path 'swarm:tags.team' platform"),
+        ({"subnetIds": ["subnet-0123456789abcdef0"]}, "pulumi config set swarm:vpcId vpc-0123456789abcdef0"),
+        ({"backupRetentionDays": 1}, "pulumi config set swarm:backupRetentionDays 30"),
+    ],
+)
+def test_fix_is_a_command_that_works(config, fix):
+    problems, _ = config_error(config)
+    assert any(p.endswith(f"fix: {fix}") for p in problems), problems
