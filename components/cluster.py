@@ -68,6 +68,7 @@ class SwarmCluster(pulumi.ComponentResource):
             "managerPublicIps": pulumi.Output.all(*[i.public_ip for i in managers]),
             "workerPrivateIps": pulumi.Output.all(*[i.private_ip for i in workers]),
             "leaderAddress": formation.leader_address,
+            "bootstrapResult": formation.bootstrap_result,
             "dockerHost": pulumi.Output.concat("ssh://", settings.ssh_user, "@", leader.connect_host),
             "sshUser": settings.ssh_user,
             "workerJoinToken": formation.worker_join_token,

@@ -96,7 +96,7 @@ class SwarmFormation(pulumi.ComponentResource):
             create=node_cli("bootstrap", "--restore", args.restore_from),
             depends_on=[ready[leader.name]],
         )
-        self.bootstrap_result = self.bootstrap.stdout
+        self.bootstrap_result = self.bootstrap.stdout.apply(lambda out: (out or "").strip())
 
         tokens = self._command(
             f"{name}-tokens",

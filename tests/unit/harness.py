@@ -142,9 +142,12 @@ class SwarmMocks(pulumi.runtime.Mocks):
             state["keyName"] = args.name
         elif args.typ == "command:remote:Command":
             create = state.get("create") or ""
-            state["stdout"] = (
-                json.dumps({"worker": WORKER_TOKEN, "manager": MANAGER_TOKEN}) if (" tokens" in create) else ""
-            )
+            if " tokens" in create:
+                state["stdout"] = json.dumps({"worker": WORKER_TOKEN, "manager": MANAGER_TOKEN})
+            elif " bootstrap " in create:
+                state["stdout"] = "bootstrap: initialised a new swarm\n"
+            else:
+                state["stdout"] = ""
             state["stderr"] = ""
         return f"{args.name}-id", state
 

@@ -65,6 +65,7 @@ def test_output_shapes(run):
     assert [n["role"] for n in o["nodes"]] == ["manager"] * 3 + ["worker"] * 2
     assert {"name", "role", "instanceId", "privateIp", "publicIp", "availabilityZone"} <= set(o["nodes"][0])
     assert o["sshUser"] == "ec2-user"
+    assert o["bootstrapResult"] == "bootstrap: initialised a new swarm"
 
 
 def test_private_connect_points_docker_host_at_the_private_address():
