@@ -432,6 +432,13 @@ def load_settings(
     restore_from = r.string("restoreFrom") or DEFAULTS["restoreFrom"]
     if restore_from not in ("latest", "none") and not _BACKUP_KEY.match(restore_from):
         r.problem("restoreFrom", f"must be latest, none or backups/<name>.tar.gz (got {restore_from!r})", "latest")
+    elif restore_from != "latest":
+        # Bootstrap only restores onto a fresh manager 0, but a pin left in place would
+        # bring this backup (or a new swarm) back every morning.
+        pulumi.log.warn(
+            f"{NAMESPACE}:restoreFrom is {restore_from}: every fresh morning uses it until "
+            f"'pulumi config rm {NAMESPACE}:restoreFrom'"
+        )
 
     state_bucket_name = r.string("stateBucketName")
     if state_bucket_name and not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", state_bucket_name):

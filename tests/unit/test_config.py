@@ -184,3 +184,27 @@ def test_region_from_the_environment(monkeypatch):
 def test_fix_is_a_command_that_works(config, fix):
     problems, _ = config_error(config)
     assert any(p.endswith(f"fix: {fix}") for p in problems), problems
+
+
+def test_a_pinned_restore_source_warns(caplog):
+    def warned() -> bool:
+        found = any("pulumi config rm swarm:restoreFrom" in r.getMessage() for r in caplog.records)
+        caplog.clear()
+        return found
+
+    run_program()
+    assert not warned()
+    run_program({"restoreFrom": "backups/20261121T190000Z.tar.gz"})
+    assert warned()
+
+
+def test_nightly_workflow_runs_the_cycle_scripts():
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "nightly.yml").read_text())
+    steps = workflow["jobs"]["cycle"]["steps"]
+    runs = " ".join(step.get("run", "") for step in steps)
+    assert 'scripts/nightly-teardown "$STACK"' in runs and 'scripts/morning-up "$STACK"' in runs
+    crons = [entry["cron"] for entry in workflow[True]["schedule"]]  # YAML 1.1 reads `on` as True
+    assert len(crons) == 2
+    for step in steps:
+        if "if" in step:
+            assert any(cron in step["if"] for cron in crons)
