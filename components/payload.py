@@ -11,6 +11,7 @@ looks like a change to Pulumi, and a changed one always does.
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import hashlib
 import io
@@ -54,7 +55,9 @@ def digest(directory: Path) -> str:
     return h.hexdigest()
 
 
+@functools.cache
 def node_payload() -> str:
+    """The node scripts, bundled once per program run (every node carries the same)."""
     return bundle(NODE_SCRIPTS, exclude=(USER_DATA_TEMPLATE.name,))
 
 
@@ -62,11 +65,17 @@ def stacks_payload() -> str:
     return bundle(STACK_FILES)
 
 
-def render_user_data(values: Mapping[str, str | None], payload: str | None = None) -> str:
-    """user-data.sh with `SWARM_*` assignments in place of its settings marker."""
+@functools.cache
+def _user_data_template() -> str:
     template = USER_DATA_TEMPLATE.read_text()
     if SETTINGS_MARKER not in template:
         raise RuntimeError(f"{USER_DATA_TEMPLATE} lost its settings marker {SETTINGS_MARKER!r}")
+    return template
+
+
+def render_user_data(values: Mapping[str, str | None], payload: str | None = None) -> str:
+    """user-data.sh with `SWARM_*` assignments in place of its settings marker."""
+    template = _user_data_template()
     assignments = {**values, "SWARM_PAYLOAD": payload if payload is not None else node_payload()}
     lines = [f"{key}={shlex.quote('' if value is None else str(value))}" for key, value in assignments.items()]
     return template.replace(SETTINGS_MARKER, "\n".join(lines), 1)

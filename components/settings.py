@@ -140,10 +140,6 @@ class Settings:
         return [n for n in self.nodes if n.role == "worker"]
 
     @property
-    def leader_ip(self) -> str:
-        return self.managers[0].private_ip or ""
-
-    @property
     def registry_mirrors(self) -> list[str]:
         """Mirror URLs, known before boot because manager addresses are pinned."""
         if not self.mirror_enabled:
