@@ -41,6 +41,7 @@ class SwarmCluster(pulumi.ComponentResource):
                 security_group_ids=[network.cluster_security_group_id, network.ssh_security_group_id],
                 instance_profile_name=role.instance_profile_name,
                 bucket_name=state.bucket_name,
+                depends_on=[*network.node_dependencies, *role.node_dependencies],
             ),
             opts=child,
         )

@@ -34,6 +34,9 @@ class Network(pulumi.ComponentResource):
     def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None):
         super().__init__("swarm:index:Network", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
+        # Leaves of the graph that the nodes still need at teardown (the backup hook uses
+        # SSH, S3 and the routes); see `node_dependencies`.
+        self.node_dependencies: list[pulumi.Resource] = []
         tags = settings.tags
 
         if settings.vpc_id:
@@ -69,9 +72,10 @@ class Network(pulumi.ComponentResource):
                     tags={**tags, "Name": f"{settings.cluster_name}-{plan.availability_zone}"},
                     opts=child,
                 )
-                aws.ec2.RouteTableAssociation(
+                association = aws.ec2.RouteTableAssociation(
                     f"{name}-subnet-{i}-routes", subnet_id=subnet.id, route_table_id=routes.id, opts=child
                 )
+                self.node_dependencies.append(association)
                 subnet_ids.append(subnet.id)
             vpc_id = vpc.id
 
@@ -87,24 +91,28 @@ class Network(pulumi.ComponentResource):
         if settings.mirror_enabled:
             ports.append(("mirror", "registry mirror", "tcp", settings.mirror_port, settings.mirror_port))
         for rule, description, protocol, from_port, to_port in ports:
-            aws.vpc.SecurityGroupIngressRule(
-                f"{name}-cluster-{rule}",
-                security_group_id=cluster.id,
-                referenced_security_group_id=cluster.id,
-                ip_protocol=protocol,
-                from_port=from_port,
-                to_port=to_port,
-                description=description,
-                opts=rule_opts,
+            self.node_dependencies.append(
+                aws.vpc.SecurityGroupIngressRule(
+                    f"{name}-cluster-{rule}",
+                    security_group_id=cluster.id,
+                    referenced_security_group_id=cluster.id,
+                    ip_protocol=protocol,
+                    from_port=from_port,
+                    to_port=to_port,
+                    description=description,
+                    opts=rule_opts,
+                )
             )
         # Nodes reach package repositories, the registry upstream and S3.
-        aws.vpc.SecurityGroupEgressRule(
-            f"{name}-cluster-egress",
-            security_group_id=cluster.id,
-            cidr_ipv4="0.0.0.0/0",
-            ip_protocol="-1",
-            description="outbound to anywhere (packages, image upstream, S3)",
-            opts=rule_opts,
+        self.node_dependencies.append(
+            aws.vpc.SecurityGroupEgressRule(
+                f"{name}-cluster-egress",
+                security_group_id=cluster.id,
+                cidr_ipv4="0.0.0.0/0",
+                ip_protocol="-1",
+                description="outbound to anywhere (packages, image upstream, S3)",
+                opts=rule_opts,
+            )
         )
 
         ssh = aws.ec2.SecurityGroup(
@@ -116,15 +124,17 @@ class Network(pulumi.ComponentResource):
         )
         for i, cidr in enumerate(settings.ssh_allowed_cidrs):
             family = "cidr_ipv6" if ipaddress.ip_network(cidr).version == 6 else "cidr_ipv4"
-            aws.vpc.SecurityGroupIngressRule(
-                f"{name}-ssh-{i}",
-                security_group_id=ssh.id,
-                ip_protocol="tcp",
-                from_port=22,
-                to_port=22,
-                description=f"SSH from {cidr}",
-                opts=pulumi.ResourceOptions(parent=ssh),
-                **{family: cidr},
+            self.node_dependencies.append(
+                aws.vpc.SecurityGroupIngressRule(
+                    f"{name}-ssh-{i}",
+                    security_group_id=ssh.id,
+                    ip_protocol="tcp",
+                    from_port=22,
+                    to_port=22,
+                    description=f"SSH from {cidr}",
+                    opts=pulumi.ResourceOptions(parent=ssh),
+                    **{family: cidr},
+                )
             )
 
         self.vpc_id = pulumi.Output.from_input(vpc_id)

@@ -13,7 +13,7 @@ quorum). Both take effect at the next morning's rebuild, or at once with
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_aws as aws
@@ -50,6 +50,9 @@ class NodesArgs:
     security_group_ids: list[pulumi.Input[str]]
     instance_profile_name: pulumi.Input[str]
     bucket_name: pulumi.Input[str]
+    # What the machines need but do not reference (rules, routes, the role's policy):
+    # created before them, deleted after them and so after the backup hook.
+    depends_on: list[pulumi.Resource] = field(default_factory=list)
 
 
 class Nodes(pulumi.ComponentResource):
@@ -114,6 +117,7 @@ class Nodes(pulumi.ComponentResource):
                 tags={**settings.tags, "Name": plan.name, "swarm:role": plan.role},
                 opts=pulumi.ResourceOptions(
                     parent=self,
+                    depends_on=args.depends_on,
                     ignore_changes=["ami", "userDataBase64"],
                     # A pinned address cannot be held by the old and the new machine at once.
                     delete_before_replace=plan.private_ip is not None,

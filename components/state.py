@@ -166,7 +166,7 @@ class NodeRole(pulumi.ComponentResource):
             tags=settings.tags,
             opts=child,
         )
-        aws.iam.RolePolicy(
+        policy = aws.iam.RolePolicy(
             f"{name}-state-access",
             role=role.id,
             policy=pulumi.Output.from_input(bucket_arn).apply(lambda arn: node_policy(arn, settings.state_prefix)),
@@ -174,5 +174,8 @@ class NodeRole(pulumi.ComponentResource):
         )
         profile = aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=settings.tags, opts=child)
         self.instance_profile_name = profile.name
+        # Nothing else depends on the policy: without this the teardown could revoke S3
+        # access while the backup hook is still uploading.
+        self.node_dependencies: list[pulumi.Resource] = [policy]
         self.role_arn = role.arn
         self.register_outputs({"instance_profile_name": self.instance_profile_name, "role_arn": self.role_arn})

@@ -134,6 +134,23 @@ def test_backup_hook_runs_on_delete_before_the_machines_go(run):
     assert backup.inputs.get("triggers") in (None, [])
 
 
+def test_teardown_keeps_ssh_routes_and_s3_access_until_the_backup_ran(run):
+    """Rules, route associations and the role policy are leaves nothing references: unless
+    the machines depend on them, destroy deletes them in parallel with the backup hook."""
+    backup = run.command("-backup")
+    leaves = [
+        *run.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"),
+        *run.of_type("aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"),
+        *run.of_type("aws:ec2/routeTableAssociation:RouteTableAssociation"),
+        *run.of_type("aws:iam/rolePolicy:RolePolicy"),
+    ]
+    assert len(leaves) == 6 + 1 + 1 + 3 + 1
+    for leaf in leaves:
+        assert run.depends_on(backup, leaf), leaf.name
+        for instance in run.of_type("aws:ec2/instance:Instance"):
+            assert run.depends_on(instance, leaf), (instance.name, leaf.name)
+
+
 def test_no_backup_hook_when_disabled():
     run = run_program({"backupOnDestroy": False})
     assert not [c for c in run.commands() if c.name.endswith("-backup")]
