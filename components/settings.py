@@ -55,6 +55,9 @@ FIRST_PINNED_HOST = 10
 AWS_RESERVED_ADDRESSES = 5
 # SSH: how often and how long pulumi-command dials a node that is still booting.
 DIAL_ERROR_LIMIT = 60
+# At teardown manager 0 has been up all day: if it does not answer a few dials, stop and
+# say so rather than retry for ten minutes while the nightly job waits.
+BACKUP_DIAL_ERROR_LIMIT = 5
 PER_DIAL_TIMEOUT = 10
 
 _STACK_SAFE = re.compile(r"[^a-z0-9-]+")

@@ -23,7 +23,7 @@ import pulumi
 from pulumi_command import remote
 
 from components.payload import NODE_CLI
-from components.settings import DIAL_ERROR_LIMIT, PER_DIAL_TIMEOUT
+from components.settings import BACKUP_DIAL_ERROR_LIMIT, DIAL_ERROR_LIMIT, PER_DIAL_TIMEOUT
 
 SWARM_PORT = 2377
 READY_TIMEOUT = 900
@@ -148,6 +148,7 @@ class SwarmFormation(pulumi.ComponentResource):
                 create=node_cli("wait-ready"),
                 delete=node_cli("backup"),
                 depends_on=[self.reconcile],
+                dial_error_limit=BACKUP_DIAL_ERROR_LIMIT,
                 # Never replaced: a replacement would run `delete` (a backup) against
                 # yesterday's address. A new manager 0 only updates the connection.
                 triggers=[],
@@ -161,13 +162,13 @@ class SwarmFormation(pulumi.ComponentResource):
             }
         )
 
-    def connection(self, node: SwarmNode) -> remote.ConnectionArgs:
+    def connection(self, node: SwarmNode, dial_error_limit: int = DIAL_ERROR_LIMIT) -> remote.ConnectionArgs:
         return remote.ConnectionArgs(
             host=node.connect_host,
             port=node.port,
             user=node.user or self._args.ssh_user,
             private_key=self._args.ssh_private_key,
-            dial_error_limit=DIAL_ERROR_LIMIT,
+            dial_error_limit=dial_error_limit,
             per_dial_timeout=PER_DIAL_TIMEOUT,
         )
 
@@ -193,13 +194,14 @@ class SwarmFormation(pulumi.ComponentResource):
         stdin: pulumi.Input[str] | None = None,
         secret: bool = False,
         triggers: list | None = None,
+        dial_error_limit: int = DIAL_ERROR_LIMIT,
     ) -> remote.Command:
         secret_outputs = ["stdin"] if stdin is not None else []
         if secret:
             secret_outputs += ["stdout", "stderr"]
         return remote.Command(
             resource_name,
-            connection=self.connection(node),
+            connection=self.connection(node, dial_error_limit),
             create=create,
             delete=delete,
             stdin=stdin,
