@@ -1,0 +1,283 @@
+"""The daily cycle for real: the program forms, backs up, loses and restores a swarm on the bed.
+
+One stack lives through the module, in the order of a week in its life: a morning, a
+second `up`, pulls through the mirror, a night and the next morning, a bad backup, a
+crashed manager, and a teardown that cannot reach the leader. Every assertion reads real
+`docker` output from the hosts. Secrets are compared by digest, never printed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import pytest
+from testbed.bed import LOCAL_BUSYBOX, BedError, wait_until
+from testbed.engine import Engine, EngineError, files_under, scan_for
+
+pytestmark = pytest.mark.e2e
+
+STACK = "bed"
+PREFIX = f"swarm/{STACK}/"
+SEEN_SECRETS: set[str] = set()  # every token and key the stack exported, for the last scenario
+
+
+def fp(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()[:16]
+
+
+@pytest.fixture(scope="module")
+def engine(bed, log_dir):
+    config = {
+        "aws:region": "eu-west-1",
+        "swarm:sshAllowedCidrs": [str(bed.network)],
+        "swarm:vpcCidr": str(bed.network),
+        "swarm:s3Endpoint": bed.s3_endpoint,
+        "swarm:mirrorUpstream": bed.upstream_url,
+        "swarm:managerCount": 3,
+        "swarm:workerCount": 2,
+    }
+    return Engine(bed, config, stack=STACK, log_dir=log_dir)
+
+
+@pytest.fixture(scope="module")
+def days():
+    """What each scenario leaves for the next: outputs of every up, in order."""
+    return []
+
+
+def up(engine: Engine, days: list):
+    result = engine.up()
+    days.append(result)
+    for key in ("workerJoinToken", "managerJoinToken", "sshPrivateKey"):
+        if result.outputs.get(key):
+            SEEN_SECRETS.add(result.outputs[key])
+    return result
+
+
+def nodes(host) -> list[dict]:
+    lines = host.docker("node", "ls", "--format", "{{json .}}").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def bucket_of(engine: Engine) -> str:
+    return next(s.outputs["bucket"] for s in engine.state.values() if s.type == "aws:s3/bucket:Bucket")
+
+
+def read(bed, bucket: str, key: str) -> bytes:
+    return bed.s3().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def assert_one_healthy_swarm(engine: Engine, managers: int = 3, workers: int = 2) -> list[dict]:
+    leader = engine.host_of("manager-0")
+    listing = nodes(leader)
+    status = sorted(n["ManagerStatus"] for n in listing)
+    assert status == sorted(["Leader"] + ["Reachable"] * (managers - 1) + [""] * workers), listing
+    assert all(n["Status"] == "Ready" for n in listing), listing
+    assert sorted(n["Hostname"] for n in listing) == sorted(
+        [f"swarm-{STACK}-manager-{i}" for i in range(managers)] + [f"swarm-{STACK}-worker-{i}" for i in range(workers)]
+    )
+    return listing
+
+
+def wait_service(host, name: str, replicas: int, timeout: float = 120) -> None:
+    def running():
+        out = host.docker("service", "ls", "--filter", f"name={name}", "--format", "{{.Name}} {{.Replicas}}")
+        # "5/5", or "5/5 (max 1 per node)" with --replicas-max-per-node
+        return any(line.split()[:2] == [name, f"{replicas}/{replicas}"] for line in out.splitlines())
+
+    try:
+        wait_until(f"service {name} at {replicas}/{replicas}", running, timeout, interval=1)
+    except BedError as error:
+        tasks = host.docker("service", "ps", "--no-trunc", "--format", "{{.Node}} {{.CurrentState}} {{.Error}}", name)
+        raise BedError(f"{error}; its tasks:\n{tasks}") from None
+
+
+# -- 1. Morning ---------------------------------------------------------------------------
+def test_morning_forms_one_swarm(engine, days, bed):
+    result = up(engine, days)
+    assert result.outputs["bootstrapResult"] == "bootstrap: initialised a new swarm"
+    assert_one_healthy_swarm(engine)
+
+    leader = engine.host_of("manager-0")
+    on_leader = leader.docker("swarm", "join-token", "-q", "worker").strip()
+    assert fp(result.outputs["workerJoinToken"]) == fp(on_leader), "exported worker token differs from the leader's"
+    assert {"workerJoinToken", "managerJoinToken", "sshPrivateKey"} <= result.secret_outputs
+
+    # Five tasks, one per node, over an overlay network: each answers with its own hostname.
+    leader.docker("network", "create", "--driver", "overlay", "--attachable", "bed-net")
+    leader.docker(
+        "service", "create", "--detach", "--quiet", "--name", "web", "--replicas", "5",
+        "--replicas-max-per-node", "1", "--endpoint-mode", "dnsrr", "--network", "bed-net",
+        "--no-resolve-image", LOCAL_BUSYBOX, "httpd", "-f", "-p", "8080", "-h", "/etc",
+    )  # fmt: skip
+    wait_service(leader, "web", 5)
+    placed = leader.docker("service", "ps", "web", "--filter", "desired-state=running", "--format", "{{.Node}}")
+    assert len(set(placed.split())) == 5, placed
+
+    probe = (
+        "for ip in $(nslookup tasks.web 127.0.0.11 | awk '/^Address: / && $2 !~ /:/ {print $2}'); "
+        "do wget -qO- http://$ip:8080/hostname; done"
+    )
+    answers = leader.docker("run", "--rm", "--network", "bed-net", LOCAL_BUSYBOX, "sh", "-c", probe).split()
+    task_ids = leader.docker("service", "ps", "web", "--filter", "desired-state=running", "-q", "--no-trunc").split()
+    containers = {
+        leader.docker("inspect", "--format", "{{.Status.ContainerStatus.ContainerID}}", t).strip()[:12]
+        for t in task_ids
+    }
+    assert sorted(answers) == sorted(containers), (answers, containers)
+
+
+# -- 2. Idempotent ------------------------------------------------------------------------
+def test_second_up_changes_nothing(engine, days):
+    leader = engine.host_of("manager-0")
+    before = sorted((n["ID"], n["Hostname"], n["Status"]) for n in nodes(leader))
+    result = up(engine, days)
+    assert result.changed() == {}
+    after = sorted((n["ID"], n["Hostname"], n["Status"]) for n in nodes(leader))
+    assert after == before
+    assert fp(result.outputs["workerJoinToken"]) == fp(days[0].outputs["workerJoinToken"])
+    assert result.outputs["managerPrivateIps"] == days[0].outputs["managerPrivateIps"]
+
+
+# -- 4. Mirror ----------------------------------------------------------------------------
+def test_pulls_go_through_the_mirror_and_its_s3_cache(engine, days, bed):
+    first, second = engine.host_of("worker-0"), engine.host_of("worker-1")
+    mirrors = json.loads(first.docker("info", "--format", "{{json .RegistryConfig.Mirrors}}"))
+    assert mirrors == [m + "/" for m in days[-1].outputs["registryMirrors"]]
+
+    # Control: an image the upstream lacks cannot come from anywhere (Docker Hub is unreachable).
+    missing = first.run(["docker", "pull", "alpine:3"], check=False, timeout=120)
+    assert missing.returncode != 0
+
+    first.docker("pull", "busybox", timeout=180)
+    assert "busybox:latest" in first.docker("images", "--format", "{{.Repository}}:{{.Tag}}")
+    bucket = bed.s3().list_objects_v2(Bucket=bucket_of(engine), Prefix=f"{PREFIX}mirror/")
+    cached = [o["Key"] for o in bucket.get("Contents", [])]
+    assert any("/blobs/" in key for key in cached), cached
+
+    bed.stop_upstream()
+    try:
+        second.docker("pull", "busybox", timeout=180)
+        assert "busybox:latest" in second.docker("images", "--format", "{{.Repository}}:{{.Tag}}")
+    finally:
+        bed.start_upstream()
+
+
+# -- 3. Night and next morning -------------------------------------------------------------
+def test_night_then_next_morning_restores_everything(engine, days, bed):
+    leader = engine.host_of("manager-0")
+    leader.run(["docker", "secret", "create", "day1-secret", "-"], input=b"day-one-value")
+    leader.run(["docker", "config", "create", "day1-config", "-"], input=b"greeting: hello\n")
+    leader.docker(
+        "service", "create", "--detach", "--quiet", "--name", "day1-svc", "--replicas", "2",
+        "--endpoint-mode", "dnsrr", "--secret", "day1-secret", "--config", "day1-config",
+        "--no-resolve-image", LOCAL_BUSYBOX, "sleep", "86400",
+    )  # fmt: skip
+    wait_service(leader, "day1-svc", 2)
+    yesterday = days[-1].outputs
+
+    engine.destroy()
+    assert not [h for h in bed.hosts], f"hosts left after destroy: {list(bed.hosts)}"
+    bucket = bucket_of(engine)
+    key, want = read(bed, bucket, f"{PREFIX}backups/latest").decode().split()
+    tarball = read(bed, bucket, f"{PREFIX}{key}")
+    assert hashlib.sha256(tarball).hexdigest() == want
+    assert read(bed, bucket, f"{PREFIX}{key}.sha256").decode().split()[0] == want
+
+    result = up(engine, days)
+    assert result.outputs["bootstrapResult"].startswith(f"bootstrap: restored from {key}"), result.outputs[
+        "bootstrapResult"
+    ]
+    assert fp(result.outputs["workerJoinToken"]) == fp(yesterday["workerJoinToken"])
+    assert fp(result.outputs["managerJoinToken"]) == fp(yesterday["managerJoinToken"])
+    listing = assert_one_healthy_swarm(engine)  # no Down or Unknown node of yesterday is left
+    assert len(listing) == 5
+
+    leader = engine.host_of("manager-0")
+    assert "day1-secret" in leader.docker("secret", "ls", "--format", "{{.Name}}").split()
+    assert "day1-config" in leader.docker("config", "ls", "--format", "{{.Name}}").split()
+    wait_service(leader, "day1-svc", 2, timeout=180)
+    task = leader.docker("service", "ps", "day1-svc", "--filter", "desired-state=running", "-q").split()[0]
+    node = leader.docker("inspect", "--format", "{{.NodeID}}", task).strip()
+    hostname = leader.docker("node", "inspect", "--format", "{{.Description.Hostname}}", node).strip()
+    holder = engine.host_of(hostname.removeprefix(f"swarm-{STACK}-"))
+    container = holder.docker("ps", "-q", "--filter", "label=com.docker.swarm.service.name=day1-svc").split()[0]
+    assert holder.docker("exec", container, "cat", "/run/secrets/day1-secret") == "day-one-value"
+
+
+# -- 5. Faults ----------------------------------------------------------------------------
+def test_a_corrupted_backup_is_refused_and_left_alone(engine, days, bed):
+    engine.destroy()
+    bucket = bucket_of(engine)
+    key, _ = read(bed, bucket, f"{PREFIX}backups/latest").decode().split()
+    garbage = b"not a swarm backup"
+    bed.s3().put_object(Bucket=bucket, Key=f"{PREFIX}{key}", Body=garbage)
+
+    with pytest.raises(EngineError) as failure:
+        up(engine, days)
+    message = str(failure.value)
+    assert "-bootstrap" in message
+    assert f"refusing to restore s3://{bucket}/{PREFIX}{key}" in message
+    assert "swarm:restoreFrom" in message and "aws s3 ls" in message
+    assert read(bed, bucket, f"{PREFIX}{key}") == garbage, "the bad backup was overwritten"
+    assert read(bed, bucket, f"{PREFIX}backups/latest").decode().split()[0] == key
+
+    # The way out the message gives: pin an older backup.
+    listing = bed.s3().list_objects_v2(Bucket=bucket, Prefix=f"{PREFIX}backups/")
+    older = sorted(
+        o["Key"].removeprefix(PREFIX)
+        for o in listing["Contents"]
+        if o["Key"].endswith(".tar.gz") and o["Key"] != f"{PREFIX}{key}"
+    )[-1]
+    engine.config["swarm:restoreFrom"] = older
+    result = up(engine, days)
+    assert result.outputs["bootstrapResult"].startswith(f"bootstrap: restored from {older}")
+    assert fp(result.outputs["workerJoinToken"]) == fp(days[0].outputs["workerJoinToken"])
+    assert_one_healthy_swarm(engine)
+    assert "day1-secret" in engine.host_of("manager-0").docker("secret", "ls", "--format", "{{.Name}}").split()
+
+
+def test_the_swarm_survives_a_crashed_manager(engine):
+    engine.host_of("manager-0").kill()
+    survivor = engine.host_of("manager-1")
+
+    def accepted():
+        created = survivor.run(
+            ["docker", "service", "create", "--detach", "--quiet", "--name", "after-crash", "--no-resolve-image",
+             "--endpoint-mode", "dnsrr", LOCAL_BUSYBOX, "sleep", "3600"],
+            check=False,
+        )  # fmt: skip
+        return created.returncode == 0 or "already exists" in created.stderr.decode()
+
+    wait_until("a manager to accept docker service create after the leader crashed", accepted, 90, interval=2)
+    wait_service(survivor, "after-crash", 1)
+    leaders = [n["Hostname"] for n in nodes(survivor) if n["ManagerStatus"] == "Leader"]
+    assert leaders and leaders != [f"swarm-{STACK}-manager-0"], leaders
+
+
+def test_destroy_stops_when_the_leader_is_unreachable(engine, bed):
+    hosts_before = sorted(bed.hosts)
+    started = time.monotonic()
+    with pytest.raises(EngineError) as failure:
+        engine.destroy()
+    message = str(failure.value)
+    assert "-backup" in message and "unable to connect" in message, message
+    assert time.monotonic() - started < 180
+    assert sorted(bed.hosts) == hosts_before, "destroy wiped machines although the backup failed"
+    assert any(s.type == "aws:ec2/instance:Instance" for s in engine.state.values())
+    assert len(nodes(engine.host_of("manager-1"))) == 5
+
+
+# -- 6. Secrets ---------------------------------------------------------------------------
+def test_no_secret_in_logs_or_recorded_state(engine, log_dir):
+    assert len(SEEN_SECRETS) >= 3, "the scenarios did not export the tokens and the key"
+    needles = set()
+    for value in SEEN_SECRETS:
+        needles.add(value)
+        # A private key must not appear in part either: look for each of its body lines.
+        needles.update(line for line in value.splitlines() if len(line) > 40 and "PRIVATE KEY" not in line)
+    files = files_under(log_dir)
+    assert any(p.name.startswith("state-") for p in files) and any(p.name.startswith("engine-") for p in files)
+    assert scan_for(sorted(needles), files) == []
