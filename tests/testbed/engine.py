@@ -85,6 +85,18 @@ def unwrap(value: Any) -> Any:
     return value
 
 
+def comparable(value: Any) -> Any:
+    """Plain values for diffing: assets and archives compare by what they point at."""
+    value = unwrap(value)
+    if isinstance(value, dict):
+        return {k: comparable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [comparable(v) for v in value]
+    if isinstance(value, pulumi.asset.Asset | pulumi.asset.Archive):
+        return (type(value).__name__, getattr(value, "path", None), getattr(value, "text", None))
+    return value
+
+
 def is_secret(value: Any) -> bool:
     if isinstance(value, dict):
         return value.get(SIG_KEY) == SECRET_SIG or any(is_secret(v) for v in value.values())
@@ -207,8 +219,10 @@ class Engine:
         stack: str = "bed",
         secret_keys: tuple[str, ...] = (),
         log_dir: Path | None = None,
+        program: Path = MAIN,
     ):
         self.bed = bed
+        self.program = program
         self.stack = stack
         self.config = dict(config)
         self.secret_keys = secret_keys
@@ -301,7 +315,7 @@ class Engine:
         secret_names: set[str] = set()
 
         def program():
-            runpy.run_path(str(MAIN), run_name="__main__")
+            runpy.run_path(str(self.program), run_name="__main__")
 
         error = None
         try:
@@ -373,7 +387,7 @@ class Engine:
             protect=protect,
             delete_before_replace=delete_before_replace,
         )
-        if old is not None and unwrap(old.raw_inputs) == unwrap(raw_inputs):
+        if old is not None and comparable(old.raw_inputs) == comparable(raw_inputs):
             new.id, new.outputs, new.host = old.id, old.outputs, old.host
             self._result.changes[urn] = "same"
             return new
@@ -439,7 +453,7 @@ class Engine:
             if previous:
                 return {k: previous[k] for k in ("privateKeyOpenssh", "privateKeyPem", "publicKeyOpenssh")}
             new.secret_outputs |= {"privateKeyOpenssh", "privateKeyPem"}
-            return _generate_key(inputs.get("algorithm", "ED25519"))
+            return generate_key(inputs.get("algorithm", "ED25519"))
         if type_ == "aws:ec2/keyPair:KeyPair":
             return {
                 "keyName": inputs.get("keyName") or f"{name}-{secrets.token_hex(4)}",
@@ -525,15 +539,16 @@ class Engine:
     def _copy(self, state: State) -> None:
         inputs = state.inputs
         source = inputs["source"]
-        path = source.get("path") if isinstance(source, dict) else None
-        if not path:
-            raise EngineError(f"{state.name}: the bed copies file assets only")
+        path = getattr(source, "path", None) or (source.get("path") if isinstance(source, dict) else None)
+        if not path or not Path(path).is_file():
+            raise EngineError(f"{state.name}: the bed copies file assets only (source {source!r})")
         client = ssh_connect(inputs["connection"], self.log, state.name)
         try:
-            sftp = client.open_sftp()
-            sftp.put(path, inputs["remotePath"])
+            with client.open_sftp() as sftp:
+                sftp.put(path, inputs["remotePath"])
         finally:
             client.close()
+        self.log(f"{state.name}: copied {path} to {inputs['remotePath']}")
 
     # -- deleting ------------------------------------------------------------------------
     def _protected_closure(self) -> set[str]:
@@ -640,7 +655,7 @@ class _FileHandler(logging.Handler):
         self.engine.log(f"{record.levelname.lower()}: {record.getMessage()}")
 
 
-def _generate_key(algorithm: str) -> dict:
+def generate_key(algorithm: str) -> dict:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
