@@ -22,10 +22,15 @@ def _unavailable(message: str):
 
 
 @pytest.fixture(scope="session")
-def bed():
+def bed_prerequisites():
+    """Root and the bed's packages are here (else: fail in CI, skip locally)."""
     problems = missing_prerequisites()
     if problems:
         _unavailable("; ".join(problems))
+
+
+@pytest.fixture(scope="session")
+def bed(bed_prerequisites):
     instance = Bed()
     try:
         instance.start()

@@ -117,6 +117,9 @@ def main(argv: list[str]) -> int:
         else:
             time.sleep(args.hold)
         print("sandbox: tearing down (the backup hook runs first)", flush=True)
+        forward.terminate()
+        forward.wait(timeout=10)
+        forward = None
         engine.destroy()
         return 0
     except (BedError, EngineError) as error:

@@ -1,0 +1,32 @@
+"""scripts/sandbox, as a newcomer runs it: one command, a swarm, how to reach it, gone again."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+
+
+def test_sandbox_stands_up_a_reachable_swarm_and_removes_it(bed_prerequisites):
+    run = subprocess.run(
+        [str(ROOT / "scripts" / "sandbox"), "--managers", "1", "--workers", "1", "--hold", "0", "--check"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-3000:]
+    socket = re.search(r"export DOCKER_HOST=unix://(\S+)", out)
+    assert socket, out[-3000:]
+    # `docker node ls` through the forwarded socket listed both machines.
+    assert re.search(r"swarm-sandbox-manager-0\s+Ready\s+Active\s+Leader", out), out[-3000:]
+    assert re.search(r"swarm-sandbox-worker-0\s+Ready\s+Active", out), out[-3000:]
+    assert "sandbox: removed" in out
+    assert not Path(socket.group(1)).parent.parent.exists(), "the sandbox left its bed directory behind"
+    assert "PRIVATE KEY" not in out and "SWMTKN-" not in out
