@@ -234,8 +234,14 @@ while :; do sleep 3600 & wait $! || true; done
 
     def provision(self, ssh_user: str) -> None:
         """What the AMI holds: the SSH user, sudo, sshd running, the stand-in systemctl."""
+        # Scripts go in on stdin: the host has its own /tmp, /home and /root, where a checkout may live.
         standin = (HERE / "systemctl").read_text().replace("@CGROUP_PARENT@", self.cgroup_parent)
-        self.run([str(HERE / "host-image.sh"), ssh_user, self.ip or "127.0.0.1"], input=standin.encode())
+        self.run(
+            ["sh", "-c", "cat >/usr/local/sbin/systemctl && chmod 0755 /usr/local/sbin/systemctl"],
+            input=standin.encode(),
+        )
+        image = (HERE / "host-image.sh").read_bytes()
+        self.run(["bash", "-s", "--", ssh_user, self.ip or "127.0.0.1"], input=image)
         for chain in ("OUTPUT", "PREROUTING"):
             match = ["-d", IMDS_ADDRESS, "-p", "tcp", "--dport", "80"]
             target = ["-j", "DNAT", "--to-destination", f"{self.bed.gateway}:{IMDS_PORT}"]
