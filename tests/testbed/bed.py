@@ -558,6 +558,8 @@ class Bed:
                 raise BedError(f"host {name} exists; wipe it first")
             if ipaddress.ip_address(ip) not in self.network:
                 raise BedError(f"{ip} is outside the bed's network {self.network}")
+            if any(h.ip == ip for h in self.hosts.values()):
+                raise BedError(f"{ip} is taken by host {self.host_at(ip).name}")
             self._index += 1
             host = Host(self, name, ip, self._index)
             self.hosts[name] = host
