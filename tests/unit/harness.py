@@ -69,6 +69,7 @@ class Resource:
     ignore_changes: list[str]
     delete_before_replace: bool
     custom: bool
+    provider: str = ""
 
 
 @dataclass
@@ -187,6 +188,7 @@ class RecordingMonitor(MockMonitor):
                 ignore_changes=list(request.ignoreChanges),
                 delete_before_replace=bool(request.deleteBeforeReplace),
                 custom=bool(request.custom),
+                provider=request.provider,
             )
         )
         return response
