@@ -85,3 +85,16 @@ def compose(service: WebService, secret_file: str) -> dict:
         "networks": {service.network: {"driver": "overlay", "attachable": True}},
         "secrets": {SECRET_NAME: {"file": secret_file}},
     }
+
+
+if __name__ == "__main__":
+    # python app.py SECRET_FILE [IMAGE] [REPLICAS] > stack.yml: the service for `docker stack deploy`
+    # (JSON is YAML, so the compose file needs no extra package).
+    import json
+    import sys
+
+    if len(sys.argv) < 2:
+        sys.exit("usage: python app.py SECRET_FILE [IMAGE] [REPLICAS] > stack.yml")
+    image = sys.argv[2] if len(sys.argv) > 2 else WebService.image
+    replicas = int(sys.argv[3]) if len(sys.argv) > 3 else WebService.replicas
+    print(json.dumps(compose(WebService(image=image, replicas=replicas), sys.argv[1]), indent=2))
