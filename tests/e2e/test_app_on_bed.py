@@ -27,8 +27,7 @@ GREETING = "hello from an app repo"
 
 
 def test_example_app_deploys_with_the_docker_cli_from_stack_outputs(bed, log_dir, tmp_path):
-    # Its own part of the bed's /16, so it never meets the daily-cycle stack's addresses.
-    vpc = next(n for n in bed.network.subnets(new_prefix=18) if n.network_address == bed.network[128 * 256])
+    vpc = app_vpc(bed)
     config = {
         "aws:region": "eu-west-1",
         "swarm:sshAllowedCidrs": [str(bed.network)],
@@ -38,7 +37,21 @@ def test_example_app_deploys_with_the_docker_cli_from_stack_outputs(bed, log_dir
         "swarm:managerCount": 1,
         "swarm:workerCount": 1,
     }
-    outputs = Engine(bed, config, stack="apps", log_dir=log_dir).up().outputs
+    engine = Engine(bed, config, stack="apps", log_dir=log_dir)
+    try:
+        check_app(bed, engine.up().outputs, tmp_path)
+    finally:  # this stack's machines go, so the other scenarios see only their own
+        for name in [s.host for s in engine.state.values() if s.host in bed.hosts]:
+            bed.wipe_host(name)
+
+
+def app_vpc(bed):
+    """Its own part of the bed's /16, so it never meets the daily-cycle stack's addresses."""
+    return next(n for n in bed.network.subnets(new_prefix=18) if n.network_address == bed.network[128 * 256])
+
+
+def check_app(bed, outputs: dict, tmp_path) -> None:
+    vpc = app_vpc(bed)
     assert all(ipaddress.ip_address(n["privateIp"]) in vpc for n in outputs["nodes"])
 
     # The client side, from the outputs only: the key, an ssh that uses it, a docker context.
