@@ -7,10 +7,12 @@ what is missing (they need root and the packages `.ci/run` installs).
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import pytest
 from testbed.bed import Bed, BedError, missing_prerequisites
+from testbed.engine import abort_all
 
 WALL_TIMES: dict[str, float] = {}
 
@@ -29,8 +31,14 @@ def bed_prerequisites():
         _unavailable("; ".join(problems))
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @pytest.fixture(scope="session")
 def bed(bed_prerequisites):
+    # A CI timeout sends SIGTERM: turn it into an interrupt, so the bed is still removed.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     instance = Bed()
     try:
         instance.start()
@@ -40,7 +48,9 @@ def bed(bed_prerequisites):
     try:
         yield instance
     finally:
+        abort_all()  # an interrupted update's sessions end now, not at their timeout
         instance.close()
+        signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.fixture(scope="session")

@@ -74,6 +74,23 @@ class EngineError(RuntimeError):
     """What `pulumi up` or `pulumi destroy` would report as the failure."""
 
 
+# Open SSH sessions, so an interrupted run can close them: a worker thread blocked on a
+# wiped host would otherwise hold the interpreter open until its timeout.
+_LIVE: set = set()
+_LIVE_LOCK = threading.Lock()
+_ABORT = threading.Event()
+
+
+def abort_all() -> None:
+    """Stop every dial and close every SSH session of every engine (an interrupted run)."""
+    _ABORT.set()
+    with _LIVE_LOCK:
+        clients = list(_LIVE)
+    for client in clients:
+        with contextlib.suppress(Exception):
+            client.close()
+
+
 def unwrap(value: Any) -> Any:
     """The plain value, secret markers removed."""
     if isinstance(value, dict):
@@ -547,6 +564,8 @@ class Engine:
             with client.open_sftp() as sftp:
                 sftp.put(path, inputs["remotePath"])
         finally:
+            with _LIVE_LOCK:
+                _LIVE.discard(client)
             client.close()
         self.log(f"{state.name}: copied {path} to {inputs['remotePath']}")
 
@@ -695,6 +714,8 @@ def ssh_connect(conn: dict, log, name: str):
     key = _load_key(conn["privateKey"])
     attempt, delay, deadline = 0, 0.1, time.monotonic() + MAX_DIAL_SECONDS
     while True:
+        if _ABORT.is_set():
+            raise EngineError(f"{name}: the run was interrupted")
         attempt += 1
         client = paramiko.SSHClient()
         client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # noqa: S507 - no hostKey given
@@ -710,6 +731,8 @@ def ssh_connect(conn: dict, log, name: str):
                 look_for_keys=False,
                 allow_agent=False,
             )
+            with _LIVE_LOCK:
+                _LIVE.add(client)
             return client
         except (OSError, paramiko.SSHException) as error:
             client.close()
@@ -749,6 +772,8 @@ def ssh_run(conn: dict, script: str, stdin: str | None, log, name: str) -> tuple
         code = channel.recv_exit_status()
         return code, b"".join(chunks["out"]).decode(errors="replace"), b"".join(chunks["err"]).decode(errors="replace")
     finally:
+        with _LIVE_LOCK:
+            _LIVE.discard(client)
         client.close()
 
 

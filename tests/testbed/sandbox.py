@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from testbed.bed import Bed, BedError, missing_prerequisites, wait_until
-from testbed.engine import Engine, EngineError
+from testbed.engine import Engine, EngineError, abort_all
 
 STACK = "sandbox"
 
@@ -129,6 +129,7 @@ def main(argv: list[str]) -> int:
         print("\nsandbox: interrupted; removing the bed", file=sys.stderr)
         return 130
     finally:
+        abort_all()
         if forward is not None:
             forward.terminate()
             forward.wait(timeout=10)
