@@ -51,17 +51,14 @@ from google.protobuf import empty_pb2
 from pulumi.runtime import rpc
 from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.proto import resource_pb2
-from pulumi.runtime.settings import SETTINGS as SDK_SETTINGS
-from pulumi.runtime.settings import get_root_resource, set_root_resource
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _ensure_event_loop, _sync_await
 
 from testbed.bed import BED_REGION, Bed, BedError
+from testbed.sdk import SECRET_SIG, SIG_KEY, drop_pending_outputs, fresh_stack, stack_exports, unwrap
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "__main__.py"
-SECRET_SIG = rpc._special_secret_sig
-SIG_KEY = rpc._special_sig_key
 COMMAND = "command:remote:Command"
 COPY = "command:remote:CopyToRemote"
 INSTANCE = "aws:ec2/instance:Instance"
@@ -91,20 +88,18 @@ def abort_all() -> None:
             client.close()
 
 
-def unwrap(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """The plain value, secret markers removed."""
-    if isinstance(value, dict):
-        if value.get(SIG_KEY) == SECRET_SIG:
-            return unwrap(value.get("value"))
-        return {k: unwrap(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [unwrap(v) for v in value]
-    return value
+    return unwrap(value)[0]
+
+
+def is_secret(value: Any) -> bool:
+    return unwrap(value)[1]
 
 
 def comparable(value: Any) -> Any:
     """Plain values for diffing: assets and archives compare by what they point at."""
-    value = unwrap(value)
+    value = plain(value)
     if isinstance(value, dict):
         return {k: comparable(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -114,19 +109,11 @@ def comparable(value: Any) -> Any:
     return value
 
 
-def is_secret(value: Any) -> bool:
-    if isinstance(value, dict):
-        return value.get(SIG_KEY) == SECRET_SIG or any(is_secret(v) for v in value.values())
-    if isinstance(value, list):
-        return any(is_secret(v) for v in value)
-    return False
-
-
 def redact(value: Any) -> Any:
     """What a checkpoint holds: every secret-marked value replaced, as Pulumi encrypts them."""
     if isinstance(value, dict):
         if value.get(SIG_KEY) == SECRET_SIG:
-            digest = hashlib.sha256(json.dumps(unwrap(value), sort_keys=True).encode()).hexdigest()[:12]
+            digest = hashlib.sha256(json.dumps(plain(value), sort_keys=True).encode()).hexdigest()[:12]
             return {"secure": f"[encrypted {digest}]"}
         return {k: redact(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -157,7 +144,7 @@ class State:
 
     @property
     def inputs(self) -> dict:
-        return unwrap(self.raw_inputs)
+        return plain(self.raw_inputs)
 
     def raw_outputs(self) -> dict:
         return {k: as_secret(v) if k in self.secret_outputs else v for k, v in self.outputs.items()}
@@ -302,7 +289,7 @@ class Engine:
     # -- running the program -----------------------------------------------------------
     def _run_program(self) -> tuple[dict, set, Exception | None]:
         monitor = _Monitor(self)
-        set_root_resource(None)
+        fresh_stack()
         logger = logging.getLogger(f"swarm-bed-engine-{self.stack}")
         logger.handlers = [_FileHandler(self)]
         logger.propagate = False
@@ -337,20 +324,10 @@ class Engine:
         error = None
         try:
             _sync_await(run_pulumi_func(program))
-            stack = get_root_resource()
-            for key, value in stack.outputs.items():
-                output = pulumi.Output.from_input(value)
-                outputs[key] = _sync_await(output.future())
-                if _sync_await(output.is_secret()):
-                    secret_names.add(key)
+            outputs, secret_names = stack_exports()
         except Exception as exc:
             error = exc
-            # The SDK keeps the failed run's pending outputs in a global set, and the next
-            # run would await them and re-raise this error: drop them.
-            leftovers = list(SDK_SETTINGS.outputs)
-            SDK_SETTINGS.outputs.clear()
-            for task in leftovers:
-                task.cancel()
+            drop_pending_outputs()
         return outputs, secret_names, error
 
     def _step(self, **request) -> State:

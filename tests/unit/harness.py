@@ -22,6 +22,7 @@ from pulumi.runtime import rpc
 from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
+from testbed.sdk import drop_pending_outputs, fresh_stack, stack_exports, unwrap
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "__main__.py"
@@ -33,26 +34,11 @@ PRIVATE_KEY = (
 )
 AMI = "ami-0123456789abcdef0"
 ZONES = ["eu-west-1a", "eu-west-1b", "eu-west-1c"]
-SECRET_SIG = rpc._special_secret_sig
-SIG_KEY = rpc._special_sig_key
 
 BASE_CONFIG = {
     "aws:region": "eu-west-1",
     "swarm:sshAllowedCidrs": '["203.0.113.0/24"]',
 }
-
-
-def unwrap(value: Any) -> tuple[Any, bool]:
-    """(plain value, whether any part of it was marked secret)."""
-    if isinstance(value, dict):
-        if value.get(SIG_KEY) == SECRET_SIG:
-            return unwrap(value.get("value"))[0], True
-        items = {k: unwrap(v) for k, v in value.items()}
-        return {k: v for k, (v, _) in items.items()}, any(s for _, s in items.values())
-    if isinstance(value, list):
-        items = [unwrap(v) for v in value]
-        return [v for v, _ in items], any(s for _, s in items)
-    return value, False
 
 
 @dataclass
@@ -165,7 +151,7 @@ class SwarmMocks(pulumi.runtime.Mocks):
 
 
 class RecordingMonitor(MockMonitor):
-    def __init__(self, mocks: SwarmMocks):
+    def __init__(self, mocks: pulumi.runtime.Mocks):
         super().__init__(mocks)
         self.recorded: list[Resource] = []
 
@@ -199,13 +185,16 @@ def run_program(
     *,
     stack: str = "dev",
     secret_keys: tuple[str, ...] = (),
-    mocks: SwarmMocks | None = None,
+    mocks: pulumi.runtime.Mocks | None = None,
     base: bool = True,
+    main: Path = MAIN,
+    project: str = "swarm",
 ) -> Run:
-    """Run the program with `config` (keys with or without the `swarm:` prefix)."""
+    """Run a program (this one by default) with `config` (keys without a namespace get `swarm:`)."""
     mocks = mocks or SwarmMocks()
     monitor = RecordingMonitor(mocks)
-    pulumi.runtime.set_mocks(mocks, project="swarm", stack=stack, preview=False, monitor=monitor)
+    fresh_stack()
+    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False, monitor=monitor)
     full = dict(BASE_CONFIG) if base else {}
     for key, value in (config or {}).items():
         key = key if ":" in key else f"swarm:{key}"
@@ -218,21 +207,18 @@ def run_program(
     run = Run()
 
     def program():
-        namespace = runpy.run_path(str(MAIN), run_name="__main__")
-        for key, value in namespace["cluster"].outputs.items():
-            output = pulumi.Output.from_input(value)
-            run.outputs[key] = _sync_await(output.future())
-            if _sync_await(output.is_secret()):
-                run.secret_outputs.add(key)
+        runpy.run_path(str(main), run_name="__main__")
+        run.outputs, run.secret_outputs = stack_exports()
 
     try:
         _sync_await(run_pulumi_func(program))
     except Exception as error:
+        drop_pending_outputs()
         # Let tests check what was registered before the failure (for config errors: nothing).
         error.registered = [r for r in monitor.recorded if r.type != "pulumi:pulumi:Stack"]
         raise
     run.resources = monitor.recorded
-    run.invokes = mocks.invokes
+    run.invokes = getattr(mocks, "invokes", [])
     return run
 
 

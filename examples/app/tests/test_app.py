@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import runpy
 import stat
 from pathlib import Path
 
 import pulumi
 import pytest
 from app import REQUIRED_OUTPUTS, WebService, compose
-from harness import RecordingMonitor, unwrap
-from pulumi.runtime.stack import run_pulumi_func
-from pulumi.runtime.sync_await import _sync_await
+from harness import run_program, unwrap
 
 APP_MAIN = Path(__file__).resolve().parents[1] / "__main__.py"
 KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nYXBwLXRlc3Qta2V5LW5vdC1yZWFs\n-----END OPENSSH PRIVATE KEY-----\n"
@@ -53,30 +50,10 @@ def run_app(tmp_path, monkeypatch, outputs=None, secret_names=None, config=None,
     mocks = AppMocks(
         SWARM_OUTPUTS if outputs is None else outputs, SECRET_NAMES if secret_names is None else secret_names
     )
-    monitor = RecordingMonitor(mocks)
-    pulumi.runtime.set_mocks(mocks, project="swarm-app", stack="dev", preview=False, monitor=monitor)
     full = {"app:swarmStack": "organization/swarm/dev", "app:greeting": "hello from the swarm", **(config or {})}
-    pulumi.runtime.set_all_config(full, list(secret_keys))
-    exported: dict = {}
-
-    def program():
-        runpy.run_path(str(APP_MAIN), run_name="__main__")
-        for key, value in pulumi.runtime.settings.get_root_resource().outputs.items():
-            output = pulumi.Output.from_input(value)
-            exported[key] = (_sync_await(output.future()), _sync_await(output.is_secret()))
-
-    pulumi.runtime.settings.set_root_resource(None)
-    pulumi.runtime.set_mocks(mocks, project="swarm-app", stack="dev", preview=False, monitor=monitor)
-    try:
-        _sync_await(run_pulumi_func(program))
-    except Exception:
-        # The SDK keeps a failed run's pending outputs globally; the next test must not inherit them.
-        leftovers = list(pulumi.runtime.settings.SETTINGS.outputs)
-        pulumi.runtime.settings.SETTINGS.outputs.clear()
-        for task in leftovers:
-            task.cancel()
-        raise
-    resources = {r.type.split(":")[-1] if r.type.startswith("docker:") else r.type: r for r in monitor.recorded}
+    run = run_program(full, secret_keys=secret_keys, mocks=mocks, base=False, main=APP_MAIN, project="swarm-app")
+    resources = {r.type.split(":")[-1] if r.type.startswith("docker:") else r.type: r for r in run.resources}
+    exported = {key: (value, key in run.secret_outputs) for key, value in run.outputs.items()}
     return resources, exported, mocks
 
 
