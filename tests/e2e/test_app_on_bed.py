@@ -28,16 +28,7 @@ GREETING = "hello from an app repo"
 
 def test_example_app_deploys_with_the_docker_cli_from_stack_outputs(bed, log_dir, tmp_path):
     vpc = app_vpc(bed)
-    config = {
-        "aws:region": "eu-west-1",
-        "swarm:sshAllowedCidrs": [str(bed.network)],
-        "swarm:vpcCidr": str(vpc),
-        "swarm:s3Endpoint": bed.s3_endpoint,
-        "swarm:mirrorUpstream": bed.upstream_url,
-        "swarm:managerCount": 1,
-        "swarm:workerCount": 1,
-    }
-    engine = Engine(bed, config, stack="apps", log_dir=log_dir)
+    engine = Engine(bed, bed.program_config(1, 1, str(vpc)), stack="apps", log_dir=log_dir)
     try:
         check_app(bed, engine.up().outputs, tmp_path)
     finally:  # this stack's machines go, so the other scenarios see only their own

@@ -29,16 +29,7 @@ def fp(value: str) -> str:
 
 @pytest.fixture(scope="module")
 def engine(bed, log_dir):
-    config = {
-        "aws:region": "eu-west-1",
-        "swarm:sshAllowedCidrs": [str(bed.network)],
-        "swarm:vpcCidr": str(bed.network),
-        "swarm:s3Endpoint": bed.s3_endpoint,
-        "swarm:mirrorUpstream": bed.upstream_url,
-        "swarm:managerCount": 3,
-        "swarm:workerCount": 2,
-    }
-    return Engine(bed, config, stack=STACK, log_dir=log_dir)
+    return Engine(bed, bed.program_config(3, 2), stack=STACK, log_dir=log_dir)
 
 
 @pytest.fixture(scope="module")

@@ -407,6 +407,19 @@ class Bed:
     def upstream_url(self) -> str:
         return f"http://{self.gateway}:{UPSTREAM_PORT}"
 
+    def program_config(self, managers: int, workers: int, vpc_cidr: str | None = None) -> dict:
+        """The program's config for a stack on this bed: its VPC is the bed's network (or a
+        part of it), S3 is moto, the mirror's upstream is the bed's registry."""
+        return {
+            "aws:region": BED_REGION,
+            "swarm:sshAllowedCidrs": [str(self.network)],
+            "swarm:vpcCidr": vpc_cidr or str(self.network),
+            "swarm:s3Endpoint": self.s3_endpoint,
+            "swarm:mirrorUpstream": self.upstream_url,
+            "swarm:managerCount": managers,
+            "swarm:workerCount": workers,
+        }
+
     def s3(self):
         import boto3
 

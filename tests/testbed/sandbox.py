@@ -73,16 +73,7 @@ def main(argv: list[str]) -> int:
     forward = None
     try:
         bed.start()
-        config = {
-            "aws:region": "eu-west-1",
-            "swarm:sshAllowedCidrs": [str(bed.network)],
-            "swarm:vpcCidr": str(bed.network),
-            "swarm:s3Endpoint": bed.s3_endpoint,
-            "swarm:mirrorUpstream": bed.upstream_url,
-            "swarm:managerCount": args.managers,
-            "swarm:workerCount": args.workers,
-        }
-        engine = Engine(bed, config, stack=STACK)
+        engine = Engine(bed, bed.program_config(args.managers, args.workers), stack=STACK)
         print(
             f"sandbox: forming {args.managers} managers + {args.workers} workers (log: {engine.log_path})", flush=True
         )
