@@ -1,4 +1,9 @@
-"""SwarmCluster: one environment's swarm on AWS, composed of the other components.
+"""SwarmCluster: one environment's swarm, composed of the other components.
+
+The machines are EC2 instances in a VPC (`Network`, `NodeRole`, `Nodes`) or the user's
+own (`Hosts`, with `swarm:hosts`); from there on `SwarmFormation` and `RegistryMirror`
+are the same code. The state bucket is created (protected) unless the user names one
+(`swarm:existingStateBucket`) or keeps backups elsewhere (`swarm:backupTarget`).
 
 It owns the outputs contract that app repos read through `StackReference` (see the
 README's outputs table): names only ever get added, `outputsVersion` says which set a
@@ -11,6 +16,7 @@ from typing import Any
 
 import pulumi
 
+from components.hosts import Hosts
 from components.mirror import RegistryMirror
 from components.network import Network
 from components.nodes import Nodes, NodesArgs
@@ -28,32 +34,47 @@ class SwarmCluster(pulumi.ComponentResource):
         super().__init__("swarm:index:SwarmCluster", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
 
-        network = Network(f"{name}-network", settings, opts=child)
         # A root resource, not a child: it is the one part that outlives the cluster, and
         # its protection should not hinge on this component staying in the state.
-        state = StateStore(f"{name}-state", settings)
-        role = NodeRole(f"{name}-node", settings, state.bucket_arn, opts=child)
-        nodes = Nodes(
-            f"{name}-nodes",
-            settings,
-            NodesArgs(
-                subnet_ids=[network.subnet_ids[i] for i in range(len(settings.subnets))],
-                security_group_ids=[network.cluster_security_group_id, network.ssh_security_group_id],
-                instance_profile_name=role.instance_profile_name,
-                bucket_name=state.bucket_name,
-                depends_on=[*network.node_dependencies, *role.node_dependencies],
-            ),
-            opts=child,
-        )
+        bucket_name: pulumi.Input[str] = settings.existing_state_bucket or ""
+        bucket_arn: pulumi.Input[str] = bucket_arn_of(settings.existing_state_bucket or "", settings.region)
+        if settings.backup_target == "s3" and not settings.existing_state_bucket:
+            state = StateStore(f"{name}-state", settings)
+            bucket_name, bucket_arn = state.bucket_name, state.bucket_arn
+
+        network: Network | None = None
+        machines: Nodes | Hosts
+        if settings.hosts_mode:
+            machines = Hosts(f"{name}-hosts", settings, bucket_name, opts=child)
+        else:
+            network = Network(f"{name}-network", settings, opts=child)
+            role = NodeRole(f"{name}-node", settings, bucket_arn, opts=child)
+            machines = Nodes(
+                f"{name}-nodes",
+                settings,
+                NodesArgs(
+                    subnet_ids=[network.subnet_ids[i] for i in range(len(settings.subnets))],
+                    security_group_ids=[network.cluster_security_group_id, network.ssh_security_group_id],
+                    instance_profile_name=role.instance_profile_name,
+                    bucket_name=bucket_name,
+                    depends_on=[*network.node_dependencies, *role.node_dependencies],
+                ),
+                opts=child,
+            )
         formation = SwarmFormation(
             f"{name}-swarm",
             SwarmFormationArgs(
-                managers=nodes.managers,
-                workers=nodes.workers,
+                managers=machines.managers,
+                workers=machines.workers,
                 ssh_user=settings.ssh_user,
-                ssh_private_key=nodes.ssh_private_key,
+                ssh_private_key=machines.ssh_private_key,
                 restore_from=settings.restore_from,
                 backup_on_destroy=settings.backup_on_destroy,
+                backup_target=settings.backup_target,
+                backup_directory=settings.backup_directory,
+                state_prefix=settings.state_prefix,
+                backup_keep=settings.backup_keep,
+                leave_on_destroy=settings.hosts_mode,
             ),
             opts=child,
         )
@@ -61,39 +82,74 @@ class SwarmCluster(pulumi.ComponentResource):
             RegistryMirror(f"{name}-mirror", formation, opts=child)
 
         leader = formation.leader
-        managers = [nodes.instances[n.name] for n in settings.managers]
-        workers = [nodes.instances[n.name] for n in settings.workers]
+        login = pulumi.Output.concat(leader.user or settings.ssh_user, "@", leader.connect_host)
         self.outputs = {
             "outputsVersion": OUTPUTS_VERSION,
+            "mode": "hosts" if settings.hosts_mode else "ec2",
             "managerPrivateIps": [n.private_ip for n in settings.managers],
-            "managerPublicIps": pulumi.Output.all(*[i.public_ip for i in managers]),
-            "workerPrivateIps": pulumi.Output.all(*[i.private_ip for i in workers]),
             "leaderAddress": formation.leader_address,
             "bootstrapResult": formation.bootstrap_result,
-            "dockerHost": pulumi.Output.concat("ssh://", settings.ssh_user, "@", leader.connect_host),
+            "dockerHost": pulumi.Output.concat("ssh://", login, "" if leader.port == 22 else f":{leader.port}"),
             "sshUser": settings.ssh_user,
             "workerJoinToken": formation.worker_join_token,
             "managerJoinToken": formation.manager_join_token,
             "registryMirrors": settings.registry_mirrors,
-            "stateBucket": state.bucket_name,
+            "stateBucket": bucket_name,
             "statePrefix": settings.state_prefix,
-            "vpcId": network.vpc_id,
-            "subnetIds": network.subnet_ids,
-            "clusterSecurityGroupId": network.cluster_security_group_id,
+            "backupTarget": settings.backup_target,
+            "vpcId": network.vpc_id if network else "",
+            "subnetIds": network.subnet_ids if network else [],
+            "clusterSecurityGroupId": network.cluster_security_group_id if network else "",
+            **machines_outputs(settings, machines),
+        }
+        if machines.ssh_key_generated:
+            self.outputs["sshPrivateKey"] = machines.ssh_private_key
+        self.register_outputs(self.outputs)
+
+
+def bucket_arn_of(bucket: str, region: str | None) -> str:
+    """The ARN of a bucket the program does not create (its partition follows the region)."""
+    if not bucket:
+        return ""
+    partition = "aws-cn" if (region or "").startswith("cn-") else "aws-us-gov" if "-gov-" in (region or "") else "aws"
+    return f"arn:{partition}:s3:::{bucket}"
+
+
+def machines_outputs(settings: Settings, machines: Nodes | Hosts) -> dict[str, Any]:
+    """Per-node outputs: from the instances (EC2) or straight from swarm:hosts."""
+    if isinstance(machines, Hosts):
+        plans = settings.nodes
+        return {
+            "managerPublicIps": [p.address for p in settings.managers],
+            "workerPrivateIps": [p.private_ip for p in settings.workers],
             "nodes": [
-                pulumi.Output.all(i.id, i.private_ip, i.public_ip, i.availability_zone).apply(
-                    lambda v, plan=plan: {
-                        "name": plan.name,
-                        "role": plan.role,
-                        "instanceId": v[0],
-                        "privateIp": v[1],
-                        "publicIp": v[2],
-                        "availabilityZone": v[3],
-                    }
-                )
-                for plan, i in ((p, nodes.instances[p.name]) for p in settings.nodes)
+                {
+                    "name": p.name,
+                    "role": p.role,
+                    "instanceId": "",
+                    "privateIp": p.private_ip,
+                    "publicIp": p.address,
+                    "availabilityZone": "",
+                }
+                for p in plans
             ],
         }
-        if nodes.ssh_key_generated:
-            self.outputs["sshPrivateKey"] = nodes.ssh_private_key
-        self.register_outputs(self.outputs)
+    managers = [machines.instances[n.name] for n in settings.managers]
+    workers = [machines.instances[n.name] for n in settings.workers]
+    return {
+        "managerPublicIps": pulumi.Output.all(*[i.public_ip for i in managers]),
+        "workerPrivateIps": pulumi.Output.all(*[i.private_ip for i in workers]),
+        "nodes": [
+            pulumi.Output.all(i.id, i.private_ip, i.public_ip, i.availability_zone).apply(
+                lambda v, plan=plan: {
+                    "name": plan.name,
+                    "role": plan.role,
+                    "instanceId": v[0],
+                    "privateIp": v[1],
+                    "publicIp": v[2],
+                    "availabilityZone": v[3],
+                }
+            )
+            for plan, i in ((p, machines.instances[p.name]) for p in settings.nodes)
+        ],
+    }

@@ -19,29 +19,9 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_tls as tls
 
-from components.payload import gzip_base64, render_user_data
-from components.settings import NodePlan, Settings
+from components.payload import gzip_base64, node_environment, render_user_data
+from components.settings import Settings
 from components.swarm import SwarmNode
-
-
-def node_environment(settings: Settings, node: NodePlan, bucket_name: str) -> dict[str, str]:
-    """What /etc/swarm/env says on a node; the verbs read nothing else."""
-    return {
-        "SWARM_STACK": settings.stack,
-        "SWARM_CLUSTER": settings.cluster_name,
-        "SWARM_NODE_NAME": node.name,
-        "SWARM_ROLE": node.role,
-        "SWARM_ADVERTISE_ADDR": node.private_ip or "",
-        "SWARM_BUCKET": bucket_name,
-        "SWARM_PREFIX": settings.state_prefix,
-        "SWARM_REGION": settings.region,
-        "SWARM_S3_ENDPOINT": settings.s3_endpoint or "",
-        "SWARM_REGISTRY_MIRRORS": " ".join(settings.registry_mirrors),
-        "SWARM_MIRROR_PORT": str(settings.mirror_port),
-        "SWARM_MIRROR_UPSTREAM": settings.mirror_upstream,
-        "SWARM_BACKUP_KEEP": str(settings.backup_keep),
-        "SWARM_SSH_USER": settings.ssh_user,
-    }
 
 
 @dataclass

@@ -19,6 +19,10 @@ import shlex
 import tarfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from components.settings import NodePlan, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_SCRIPTS = ROOT / "scripts" / "node"
@@ -71,6 +75,28 @@ def _user_data_template() -> str:
     if SETTINGS_MARKER not in template:
         raise RuntimeError(f"{USER_DATA_TEMPLATE} lost its settings marker {SETTINGS_MARKER!r}")
     return template
+
+
+def node_environment(settings: Settings, node: NodePlan, bucket_name: str) -> dict[str, str]:
+    """What /etc/swarm/env says on a node; the verbs read nothing else."""
+    return {
+        "SWARM_STACK": settings.stack,
+        "SWARM_CLUSTER": settings.cluster_name,
+        "SWARM_NODE_NAME": node.name,
+        "SWARM_ROLE": node.role,
+        "SWARM_ADVERTISE_ADDR": node.private_ip or "",
+        "SWARM_BUCKET": bucket_name,
+        "SWARM_PREFIX": settings.state_prefix,
+        "SWARM_REGION": settings.region or "",
+        "SWARM_S3_ENDPOINT": settings.s3_endpoint or "",
+        "SWARM_REGISTRY_MIRRORS": " ".join(settings.registry_mirrors),
+        "SWARM_MIRROR_PORT": str(settings.mirror_port),
+        "SWARM_MIRROR_UPSTREAM": settings.mirror_upstream,
+        "SWARM_BACKUP_KEEP": str(settings.backup_keep),
+        "SWARM_SSH_USER": node.user or settings.ssh_user,
+        "SWARM_BACKUP_TARGET": settings.backup_target,
+        "SWARM_MIRROR_STORAGE": settings.mirror_storage,
+    }
 
 
 def render_user_data(values: Mapping[str, str | None], payload: str | None = None) -> str:

@@ -40,7 +40,29 @@ DEFAULTS: dict[str, Any] = {
     "backupRetentionDays": 30,
     "backupKeep": 14,
     "restoreFrom": "latest",
+    "backupTarget": "s3",
+    "backupDirectory": "~/.swarm/backups",
 }
+
+# Keys that only mean something when the program creates EC2 machines; with swarm:hosts a
+# value other than the default is a mistake worth stopping for (the CLI fills in defaults).
+EC2_ONLY_KEYS = (
+    "managerCount",
+    "workerCount",
+    "instanceType",
+    "architecture",
+    "amiId",
+    "vpcId",
+    "subnetIds",
+    "vpcCidr",
+    "azCount",
+    "connectVia",
+    "rootVolumeSize",
+    "sshAllowedCidrs",
+    "sshPublicKey",
+)
+HOST_KEYS = ("name", "address", "role", "privateAddress", "user", "port")
+BACKUP_TARGETS = ("s3", "local", "none")
 
 DEFAULT_INSTANCE_TYPE = {"x86_64": "t3.medium", "arm64": "t4g.medium"}
 AL2023_SSM_PARAMETER = {
@@ -65,6 +87,10 @@ _INSTANCE_TYPE = re.compile(r"^(?P<family>[a-z]+)(?P<gen>\d+)(?P<attrs>[a-z-]*)\
 _BACKUP_KEY = re.compile(r"^backups/[A-Za-z0-9._-]+\.tar\.gz$")
 _SSH_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _AMI_ID = re.compile(r"^ami-[0-9a-f]{8,17}$")
+_HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DNS_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
 class ConfigError(pulumi.RunError):
@@ -93,7 +119,11 @@ class NodePlan:
     role: str  # "manager" | "worker"
     index: int
     subnet_index: int
-    private_ip: str | None  # pinned for managers, AWS-assigned for workers
+    private_ip: str | None  # EC2: pinned for managers, AWS-assigned for workers; hosts: advertised
+    # Only for machines the user brings (swarm:hosts): where and as whom Pulumi logs in.
+    address: str | None = None
+    user: str | None = None
+    port: int = 22
 
 
 @dataclass(frozen=True)
@@ -128,6 +158,18 @@ class Settings:
     state_bucket_name: str | None
     tags: dict[str, str]
     nodes: list[NodePlan] = field(default_factory=list)
+    # Bring-your-own-machines mode (swarm:hosts): no VPC, instances or key pair.
+    hosts_mode: bool = False
+    backup_target: str = "s3"  # s3 | local | none
+    backup_directory: str | None = None  # local: where backups land on the Pulumi machine
+    existing_state_bucket: str | None = None  # s3: the user's bucket, not created here
+    s3_access_key_id: pulumi.Output[str] | None = None  # hosts + s3: the hosts' credentials
+    s3_secret_access_key: pulumi.Output[str] | None = None
+
+    @property
+    def mirror_storage(self) -> str:
+        """Where the mirror keeps its cache: the state bucket, or a volume on each manager."""
+        return "s3" if self.backup_target == "s3" else "filesystem"
 
     @property
     def state_prefix(self) -> str:
@@ -318,11 +360,25 @@ def load_settings(
     stack = stack or pulumi.get_stack()
     project = project or pulumi.get_project()
     r = _Reader(config)
+    # With swarm:hosts the user brings the machines: no VPC, instances or key pair.
+    hosts_mode = r.raw("hosts") is not None
+    backup_target = r.string("backupTarget") or DEFAULTS["backupTarget"]
+    if backup_target not in BACKUP_TARGETS:
+        r.problem("backupTarget", f"must be s3, local or none (got {backup_target!r})", "s3")
+        backup_target = DEFAULTS["backupTarget"]
+    elif backup_target != "s3" and not hosts_mode:
+        r.problem(
+            "backupTarget",
+            f"is {backup_target}, which is for machines you bring (swarm:hosts); on EC2 backups "
+            "and the mirror cache go to the state bucket",
+            "s3",
+        )
 
     # The AWS provider also takes the region from the environment; so do we.
     region = pulumi.Config("aws").get("region") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if not region:
-        r.problems.append("aws:region is not set; fix: pulumi config set aws:region eu-west-1")
+    if not region and backup_target == "s3":
+        why = " (the hosts reach the state bucket in it)" if hosts_mode else ""
+        r.problems.append(f"aws:region is not set{why}; fix: pulumi config set aws:region eu-west-1")
 
     managers = r.integer(
         "managerCount",
@@ -355,7 +411,7 @@ def load_settings(
         r.problem("amiId", f"must look like ami-0123456789abcdef0 (got {ami_id!r})", "ami-0123456789abcdef0")
 
     ssh_cidrs = r.string_list("sshAllowedCidrs", "203.0.113.10/32")
-    if r.raw("sshAllowedCidrs") is None or ssh_cidrs == []:
+    if not hosts_mode and (r.raw("sshAllowedCidrs") is None or ssh_cidrs == []):
         r.problem(
             "sshAllowedCidrs",
             "is required (no default): the networks allowed to SSH to the nodes",
@@ -387,13 +443,18 @@ def load_settings(
     ssh_public_key = r.string("sshPublicKey")
     ssh_private_key = config.get_secret("sshPrivateKey")
     has_private = r.raw("sshPrivateKey") is not None
+    if hosts_mode and not has_private:
+        r.problems.append(
+            f"{NAMESPACE}:sshPrivateKey is required with {NAMESPACE}:hosts (the key Pulumi logs in to your "
+            f"machines with); fix: pulumi config set --secret {NAMESPACE}:sshPrivateKey < ~/.ssh/id_ed25519"
+        )
     if ssh_public_key and not has_private:
         r.problems.append(
             f"{NAMESPACE}:sshPrivateKey is required when {NAMESPACE}:sshPublicKey is set (the program "
             f"connects to the nodes with it); fix: pulumi config set --secret {NAMESPACE}:sshPrivateKey "
             f"< ~/.ssh/id_ed25519"
         )
-    if has_private and not ssh_public_key:
+    if has_private and not ssh_public_key and not hosts_mode:
         r.problem("sshPublicKey", "is required when swarm:sshPrivateKey is set", '"$(cat ~/.ssh/id_ed25519.pub)"')
     if ssh_public_key and not re.match(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+", ssh_public_key):
         r.problem(
@@ -431,7 +492,7 @@ def load_settings(
     restore_from = r.string("restoreFrom") or DEFAULTS["restoreFrom"]
     if restore_from not in ("latest", "none") and not _BACKUP_KEY.match(restore_from):
         r.problem("restoreFrom", f"must be latest, none or backups/<name>.tar.gz (got {restore_from!r})", "latest")
-    elif restore_from != "latest":
+    elif restore_from != "latest" and backup_target != "none":
         # Bootstrap only restores onto a fresh manager 0, but a pin left in place would
         # bring this backup (or a new swarm) back every morning.
         pulumi.log.warn(
@@ -440,10 +501,50 @@ def load_settings(
         )
 
     state_bucket_name = r.string("stateBucketName")
-    if state_bucket_name and not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", state_bucket_name):
+    if state_bucket_name and not _BUCKET.match(state_bucket_name):
         r.problem(
             "stateBucketName", f"is not a valid S3 bucket name (got {state_bucket_name!r})", f"my-company-swarm-{stack}"
         )
+    existing_bucket = r.string("existingStateBucket")
+    if existing_bucket and not _BUCKET.match(existing_bucket):
+        r.problem("existingStateBucket", f"is not a valid S3 bucket name (got {existing_bucket!r})", "my-backups")
+    if existing_bucket and state_bucket_name:
+        r.problem(
+            "stateBucketName",
+            "names a bucket to create, but swarm:existingStateBucket says to use one that exists; keep one",
+            '""',
+        )
+    if existing_bucket and backup_target != "s3":
+        r.problem("existingStateBucket", f"is not used with swarm:backupTarget {backup_target}", '""')
+
+    access_key_id = config.get_secret("s3AccessKeyId")
+    secret_access_key = config.get_secret("s3SecretAccessKey")
+    has_keys = {key: r.raw(key) is not None for key in ("s3AccessKeyId", "s3SecretAccessKey")}
+    for key, present in has_keys.items():
+        secret_fix = f"pulumi config set --secret {NAMESPACE}:{key} <value>"
+        if not hosts_mode and present:
+            r.problems.append(
+                f"{NAMESPACE}:{key} is for machines you bring (swarm:hosts); EC2 nodes use their instance "
+                f"role; fix: pulumi config rm {NAMESPACE}:{key}"
+            )
+        elif hosts_mode and backup_target == "s3" and not present:
+            r.problems.append(
+                f"{NAMESPACE}:{key} is required with swarm:hosts and swarm:backupTarget s3 (the hosts' "
+                f"credentials for the state bucket, written on each host readable by root only); fix: {secret_fix}"
+            )
+        elif hosts_mode and backup_target != "s3" and present:
+            r.problems.append(
+                f"{NAMESPACE}:{key} is not used with swarm:backupTarget {backup_target}; "
+                f"fix: pulumi config rm {NAMESPACE}:{key}"
+            )
+
+    backup_directory = r.string("backupDirectory") or DEFAULTS["backupDirectory"]
+    if backup_target == "local":
+        backup_directory = os.path.abspath(os.path.expanduser(backup_directory))
+    elif r.string("backupDirectory") not in (None, DEFAULTS["backupDirectory"]):
+        r.problem("backupDirectory", f"is only used with swarm:backupTarget local (it is {backup_target})", '""')
+    if backup_target == "none" and restore_from not in ("latest", "none"):
+        r.problem("restoreFrom", "names a backup, but swarm:backupTarget is none", "none")
 
     tags = r.string_map("tags", "platform")
 
@@ -469,11 +570,20 @@ def load_settings(
         elif not 16 <= vpc_net.prefixlen <= 24:
             r.problem("vpcCidr", f"must be between /16 and /24 (got /{vpc_net.prefixlen})", "10.42.0.0/16")
 
+    cluster_name = f"swarm-{_sanitize(stack)}"
+    if hosts_mode:
+        _refuse_ec2_only_keys(r)
+        nodes = read_hosts(r, ssh_user)
+        managers = sum(1 for n in nodes if n.role == "manager")
+        workers = len(nodes) - managers
+        subnets: list[SubnetPlan] = []
     if r.problems:
         raise ConfigError(r.problems)
 
     # Only now ask AWS about zones and subnets: the plain values are known to be sane.
-    if vpc_id:
+    if hosts_mode:
+        pass
+    elif vpc_id:
         subnets = []
         for subnet_id in subnet_ids:
             plan = (lookup_subnet or _lookup_subnet)(subnet_id)
@@ -500,11 +610,13 @@ def load_settings(
             for cidr, zone in zip(vpc_net.subnets(new_prefix=subnet_prefix), zones[:az_count], strict=False)
         ]
         fix = ("vpcCidr", "10.42.0.0/16", None)
-    _check_subnet_room(r, subnets, managers, workers, *fix)
+    if not hosts_mode:
+        _check_subnet_room(r, subnets, managers, workers, *fix)
     if r.problems:
         raise ConfigError(r.problems)
+    if not hosts_mode:
+        nodes = plan_nodes(cluster_name, managers, workers, subnets)
 
-    cluster_name = f"swarm-{_sanitize(stack)}"
     base_tags = {"swarm:stack": stack, "swarm:cluster": cluster_name, "managed-by": "pulumi"}
     return Settings(
         stack=stack,
@@ -536,8 +648,144 @@ def load_settings(
         restore_from=restore_from,
         state_bucket_name=state_bucket_name,
         tags={**tags, **base_tags},
-        nodes=plan_nodes(cluster_name, managers, workers, subnets),
+        nodes=nodes,
+        hosts_mode=hosts_mode,
+        backup_target=backup_target,
+        backup_directory=backup_directory if backup_target == "local" else None,
+        existing_state_bucket=existing_bucket,
+        s3_access_key_id=access_key_id if hosts_mode and backup_target == "s3" else None,
+        s3_secret_access_key=secret_access_key if hosts_mode and backup_target == "s3" else None,
     )
+
+
+def _refuse_ec2_only_keys(r: _Reader) -> None:
+    """With swarm:hosts, an EC2 setting changed from its default is a mistake: say so."""
+    for key in EC2_ONLY_KEYS:
+        raw = r.raw(key)
+        if raw is None:
+            continue
+        text = str(raw).strip()
+        if text in ("", "[]") or text.lower() == str(DEFAULTS.get(key, "")).lower():
+            continue
+        r.problems.append(
+            f"{NAMESPACE}:{key} applies only when the program creates EC2 machines, not with "
+            f"{NAMESPACE}:hosts; fix: pulumi config rm {NAMESPACE}:{key}"
+        )
+
+
+def _ipv4(text: str) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == 4
+    except ValueError:
+        return False
+
+
+def read_hosts(r: _Reader, default_user: str) -> list[NodePlan]:
+    """swarm:hosts: the machines the user brings. Managers first, in the order given.
+
+    The first manager listed is manager 0: it bootstraps, restores and backs up.
+    """
+    example = '\'{"name":"node-1","address":"192.168.1.11","role":"manager"}\''
+    raw = r.raw("hosts")
+    try:
+        hosts = json.loads(raw) if raw is not None else None
+    except json.JSONDecodeError:
+        hosts = None
+    if not isinstance(hosts, list) or not hosts:
+        r.problem("hosts", "must be a list of hosts with name, address and role (see the README)", example, "[0]")
+        return []
+
+    plans: list[NodePlan] = []
+    seen_names: dict[str, int] = {}
+    seen_logins: dict[tuple[str, int], int] = {}
+    seen_advertised: dict[str, int] = {}
+    counters = {"manager": 0, "worker": 0}
+    for i, host in enumerate(hosts):
+        at = f"[{i}]"
+
+        def bad(field_name: str, what: str, value_example: str, at: str = at) -> None:
+            fix = _fix("hosts", value_example, f"{at}.{field_name}")
+            r.problems.append(f"{NAMESPACE}:hosts{at}.{field_name} {what}; fix: {fix}")
+
+        if not isinstance(host, dict):
+            r.problem("hosts", f"{at} must be a map with name, address and role (got {host!r})", example, at)
+            continue
+        unknown = sorted(set(host) - set(HOST_KEYS))
+        if unknown:
+            r.problems.append(
+                f"{NAMESPACE}:hosts{at} has unknown field(s) {', '.join(unknown)} (known: {', '.join(HOST_KEYS)}); "
+                f"fix: pulumi config rm --path '{NAMESPACE}:hosts{at}.{unknown[0]}'"
+            )
+        name = str(host.get("name") or "").strip()
+        address = str(host.get("address") or "").strip()
+        role = str(host.get("role") or "").strip()
+        private = str(host.get("privateAddress") or "").strip()
+        user = str(host.get("user") or "").strip() or default_user
+        port_raw = host.get("port", 22)
+
+        if not _HOSTNAME.match(name):
+            bad("name", f"must be a lowercase host name of letters, digits and '-' (got {name!r})", "node-1")
+        elif name in seen_names:
+            bad("name", f"repeats {name!r} from hosts[{seen_names[name]}]; names are unique", "node-2")
+        else:
+            seen_names[name] = i
+        if not address:
+            bad("address", "is required: where Pulumi connects over SSH (IP or DNS name)", "192.168.1.11")
+        elif not (_is_ip(address) or _DNS_NAME.match(address)):
+            bad("address", f"is not an IP address or DNS name (got {address!r})", "192.168.1.11")
+        if role not in ("manager", "worker"):
+            bad("role", f"must be manager or worker (got {role!r})", "manager")
+        if private and not _ipv4(private):
+            bad("privateAddress", f"must be an IPv4 address (got {private!r})", "10.0.0.11")
+        if not private and address and not _ipv4(address):
+            bad(
+                "privateAddress",
+                f"is required because address {address!r} is not an IPv4 address: the node advertises "
+                "this IP to the swarm",
+                "10.0.0.11",
+            )
+        advertised = private or address
+        if advertised and _ipv4(advertised):
+            if advertised in seen_advertised:
+                which = "privateAddress" if private else "address"
+                bad(which, f"{advertised} is also advertised by hosts[{seen_advertised[advertised]}]", "10.0.0.12")
+            else:
+                seen_advertised[advertised] = i
+        if not _SSH_USER.match(user):
+            bad("user", f"is not a valid Linux user name (got {user!r})", "ubuntu")
+        try:
+            port = int(port_raw)
+            if str(port_raw).strip() != str(port) or not 1 <= port <= 65535:
+                raise ValueError
+        except (TypeError, ValueError):
+            bad("port", f"must be a TCP port from 1 to 65535 (got {port_raw!r})", "22")
+            port = 22
+        login = (address, port)
+        if address and login in seen_logins:
+            bad("address", f"{address}:{port} is also hosts[{seen_logins[login]}]'s SSH address", "192.168.1.12")
+        elif address:
+            seen_logins[login] = i
+        if role in counters:
+            plans.append(NodePlan(name, role, counters[role], 0, advertised or None, address, user, port))
+            counters[role] += 1
+
+    managers = counters["manager"]
+    if not 1 <= managers <= MAX_MANAGERS or managers % 2 == 0:
+        r.problem(
+            "hosts",
+            f"has {managers} manager(s); a swarm needs an odd number from 1 to {MAX_MANAGERS} (Raft needs a majority)",
+            "manager",
+            f"[{len(hosts) - 1}].role",
+        )
+    return sorted(plans, key=lambda p: p.role != "manager")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _lookup_subnet(subnet_id: str) -> SubnetPlan:

@@ -4,9 +4,16 @@ It knows nothing of EC2: it receives `SwarmNode`s (where to connect, which addre
 node advertises, what changes when the machine is replaced) and runs the verbs of
 `scripts/node/swarm-node` on them, in this order:
 
-    ready (every node) -> bootstrap (manager 0: nothing | restore | init) -> tokens
+    ready (every node) -> [stage: a local backup pushed to manager 0]
+    -> bootstrap (manager 0: nothing | restore | init) -> tokens
     -> manager joins, one at a time -> worker joins, in parallel -> reconcile
+    -> [leave, per node: its `delete` makes the node leave the swarm]
     -> backup (a command whose `delete` backs the swarm up before the machines go)
+
+Destroy runs this backwards: the backup first, then (machines the user brings, which
+stay) every node leaves, then the machines go (EC2) or stay clean (hosts). The backup
+goes to S3 from manager 0, or (`local`) through `scripts/swarm_backup_local.py` to the
+machine running Pulumi, which also pushes it back before the next bootstrap.
 
 Join tokens are secrets end to end: `tokens` runs with logging off and secret outputs,
 the values derived from its stdout are wrapped in `Output.secret`, and joins receive
@@ -20,9 +27,9 @@ import shlex
 from dataclasses import dataclass, field
 
 import pulumi
-from pulumi_command import remote
+from pulumi_command import local, remote
 
-from components.payload import NODE_CLI
+from components.payload import NODE_CLI, ROOT
 from components.settings import BACKUP_DIAL_ERROR_LIMIT, DIAL_ERROR_LIMIT, PER_DIAL_TIMEOUT
 
 SWARM_PORT = 2377
@@ -41,8 +48,26 @@ WAIT_READY = (
 )
 
 
+# Run by local.Commands from the project directory with the python3 on PATH (stdlib only).
+LOCAL_BACKUP = "scripts/swarm_backup_local.py"
+LOCAL_KEY_ENV = "SWARM_SSH_PRIVATE_KEY"
+
+
 def node_cli(*args: str) -> str:
     return " ".join(["sudo", NODE_CLI, *(shlex.quote(a) for a in args)])
+
+
+def ssh_connection(
+    node: SwarmNode, user: pulumi.Input[str], private_key: pulumi.Input[str], dial_error_limit: int = DIAL_ERROR_LIMIT
+) -> remote.ConnectionArgs:
+    return remote.ConnectionArgs(
+        host=node.connect_host,
+        port=node.port,
+        user=node.user or user,
+        private_key=private_key,
+        dial_error_limit=dial_error_limit,
+        per_dial_timeout=PER_DIAL_TIMEOUT,
+    )
 
 
 @dataclass
@@ -67,6 +92,12 @@ class SwarmFormationArgs:
     ssh_private_key: pulumi.Input[str]
     restore_from: str = "latest"
     backup_on_destroy: bool = True
+    backup_target: str = "s3"  # s3 | local | none
+    backup_directory: str | None = None  # local: on the machine running Pulumi
+    state_prefix: str = ""  # local: the layout under backup_directory, as in S3
+    backup_keep: int = 14
+    # Machines that outlive `pulumi destroy` (swarm:hosts) leave the swarm after the backup.
+    leave_on_destroy: bool = False
 
 
 class SwarmFormation(pulumi.ComponentResource):
@@ -90,11 +121,22 @@ class SwarmFormation(pulumi.ComponentResource):
             for node in args.managers + args.workers
         }
 
+        restore = args.restore_from if args.backup_target != "none" else "none"
+        staged: list[pulumi.Resource] = []
+        if args.backup_target == "local" and restore != "none":
+            staged.append(
+                self._local(
+                    f"{name}-stage-restore",
+                    leader,
+                    create=self._local_backup("push", leader, "--restore", restore),
+                    depends_on=[ready[leader.name]],
+                )
+            )
         self.bootstrap = self._command(
             f"{name}-bootstrap",
             leader,
-            create=node_cli("bootstrap", "--restore", args.restore_from),
-            depends_on=[ready[leader.name]],
+            create=node_cli("bootstrap", "--restore", restore),
+            depends_on=[ready[leader.name], *staged],
         )
         self.bootstrap_result = self.bootstrap.stdout.apply(lambda out: (out or "").strip())
 
@@ -139,19 +181,44 @@ class SwarmFormation(pulumi.ComponentResource):
             triggers=[r for n in args.managers + args.workers for r in n.replaced_by],
         )
 
-        self.backup: remote.Command | None = None
-        if args.backup_on_destroy:
+        # Deleted after the backup (which depends on them): then each node leaves.
+        self.leaves: list[remote.Command] = []
+        if args.leave_on_destroy:
+            for node, joined in zip(args.managers + args.workers, [self.bootstrap, *self.joins], strict=True):
+                self.leaves.append(
+                    self._command(
+                        f"{name}-leave-{node.name}",
+                        node,
+                        create=node_cli("wait-ready"),
+                        delete=node_cli("leave"),
+                        depends_on=[joined],
+                        dial_error_limit=BACKUP_DIAL_ERROR_LIMIT,
+                    )
+                )
+
+        self.backup: remote.Command | local.Command | None = None
+        if args.backup_on_destroy and args.backup_target == "s3":
             # Its `delete` runs before the machines it depends on are deleted.
             self.backup = self._command(
                 f"{name}-backup",
                 leader,
                 create=node_cli("wait-ready"),
                 delete=node_cli("backup"),
-                depends_on=[self.reconcile],
+                depends_on=[self.reconcile, *self.leaves],
                 dial_error_limit=BACKUP_DIAL_ERROR_LIMIT,
                 # Never replaced: a replacement would run `delete` (a backup) against
                 # yesterday's address. A new manager 0 only updates the connection.
                 triggers=[],
+            )
+        elif args.backup_on_destroy and args.backup_target == "local":
+            # `create` checks the directory now, so a broken setup fails in the morning.
+            self.backup = self._local(
+                f"{name}-backup",
+                leader,
+                create=self._local_backup("check", None),
+                delete=self._local_backup("fetch", leader, "--keep", str(args.backup_keep)),
+                depends_on=[self.reconcile, *self.leaves],
+                triggers=[],  # as the S3 hook: never a fetch from yesterday's address
             )
 
         self.register_outputs(
@@ -163,13 +230,37 @@ class SwarmFormation(pulumi.ComponentResource):
         )
 
     def connection(self, node: SwarmNode, dial_error_limit: int = DIAL_ERROR_LIMIT) -> remote.ConnectionArgs:
-        return remote.ConnectionArgs(
-            host=node.connect_host,
-            port=node.port,
-            user=node.user or self._args.ssh_user,
-            private_key=self._args.ssh_private_key,
-            dial_error_limit=dial_error_limit,
-            per_dial_timeout=PER_DIAL_TIMEOUT,
+        return ssh_connection(node, self._args.ssh_user, self._args.ssh_private_key, dial_error_limit)
+
+    def _local_backup(self, verb: str, node: SwarmNode | None, *extra: str) -> pulumi.Output[str]:
+        """The command line of scripts/swarm_backup_local.py; the key travels in the environment."""
+        args = self._args
+        base = ["python3", LOCAL_BACKUP, verb, "--dir", args.backup_directory or "", "--prefix", args.state_prefix]
+        if node is None:
+            return pulumi.Output.from_input(shlex.join(base))
+        return pulumi.Output.all(node.connect_host, node.user or args.ssh_user).apply(
+            lambda v: shlex.join([*base, "--host", v[0], "--port", str(node.port), "--user", v[1], *extra])
+        )
+
+    def _local(
+        self,
+        resource_name: str,
+        node: SwarmNode,
+        *,
+        create: pulumi.Input[str],
+        depends_on: list[pulumi.Resource],
+        delete: pulumi.Input[str] | None = None,
+        triggers: list | None = None,
+    ) -> local.Command:
+        return local.Command(
+            resource_name,
+            create=create,
+            delete=delete,
+            dir=str(ROOT),
+            environment={LOCAL_KEY_ENV: pulumi.Output.secret(self._args.ssh_private_key)},
+            triggers=triggers if triggers is not None else list(node.replaced_by),
+            add_previous_output_in_env=False,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=depends_on, additional_secret_outputs=["environment"]),
         )
 
     def _join(self, name: str, node: SwarmNode, role: str, after: list[pulumi.Resource]) -> remote.Command:

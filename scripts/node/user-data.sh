@@ -2,13 +2,18 @@
 # Node user-data: runs once as root via cloud-init (and is safe to run again). Python
 # replaces the marker line below with shlex-quoted SWARM_* assignments. It prepares the
 # host (hostname, docker, aws cli, daemon.json, /etc/swarm/env, node scripts) but does
-# no swarm work: the swarm-node verbs, run later by Pulumi, do that.
+# no swarm work: the swarm-node verbs, run later by Pulumi, do that. On EC2 cloud-init
+# runs it at boot; on machines the user brings, Pulumi runs it over SSH (`sudo bash -s`)
+# with the hosts' S3 credentials, if any, on stdin: they are written root-only and
+# never reach /etc/swarm/env, a log or an argv.
 set -euo pipefail
 # @SWARM_SETTINGS@
 : "${SWARM_STACK:?}" "${SWARM_CLUSTER:?}" "${SWARM_NODE_NAME:?}" "${SWARM_ROLE:?}"
-: "${SWARM_ADVERTISE_ADDR=}" "${SWARM_BUCKET:?}" "${SWARM_PREFIX:?}" "${SWARM_REGION:?}"
+: "${SWARM_ADVERTISE_ADDR=}" "${SWARM_BUCKET=}" "${SWARM_PREFIX:?}" "${SWARM_REGION=}"
 : "${SWARM_S3_ENDPOINT=}" "${SWARM_REGISTRY_MIRRORS=}" "${SWARM_MIRROR_PORT:?}"
 : "${SWARM_MIRROR_UPSTREAM:?}" "${SWARM_BACKUP_KEEP:?}" "${SWARM_SSH_USER:?}" "${SWARM_PAYLOAD:?}"
+: "${SWARM_BACKUP_TARGET:=s3}" "${SWARM_MIRROR_STORAGE:=s3}"
+: "${SWARM_AWS_ACCESS_KEY_ID=}" "${SWARM_AWS_SECRET_ACCESS_KEY=}"
 
 PATH=$PATH:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 umask 022
@@ -20,6 +25,27 @@ set -E
 trap 'echo "line $LINENO: $BASH_COMMAND (exit $?)" >/etc/swarm/failed' ERR
 fail() { echo "$*" >/etc/swarm/failed; echo "user-data: $*" >&2; exit 1; }
 rm -f /etc/swarm/failed /etc/swarm/ready
+case $SWARM_BACKUP_TARGET in
+  s3) [[ -n $SWARM_BUCKET && -n $SWARM_REGION ]] || fail "backup target s3 needs SWARM_BUCKET and SWARM_REGION" ;;
+  local | none) ;;
+  *) fail "unknown backup target '$SWARM_BACKUP_TARGET'" ;;
+esac
+
+# The hosts' own S3 credentials (machines the user brings): root-only, outside /etc/swarm/env.
+creds=/etc/swarm/aws-credentials
+if [[ -n $SWARM_AWS_ACCESS_KEY_ID ]]; then
+  (
+    umask 077
+    # printf is a builtin: the keys never appear in a process list.
+    printf '[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n' \
+      "$SWARM_AWS_ACCESS_KEY_ID" "$SWARM_AWS_SECRET_ACCESS_KEY" >"$creds.new"
+  )
+  chown root:root "$creds.new"
+  mv "$creds.new" "$creds"
+else
+  rm -f "$creds"
+fi
+unset SWARM_AWS_ACCESS_KEY_ID SWARM_AWS_SECRET_ACCESS_KEY
 
 if ! hostnamectl set-hostname "$SWARM_NODE_NAME" 2>/dev/null; then
   hostname "$SWARM_NODE_NAME"
@@ -49,7 +75,7 @@ esac
 if ! command -v docker >/dev/null; then
   if [[ $ID == amzn ]]; then pkg docker; else pkg docker.io; fi
 fi
-if ! command -v aws >/dev/null; then
+if [[ $SWARM_BACKUP_TARGET == s3 ]] && ! command -v aws >/dev/null; then
   if [[ $ID == amzn ]]; then pkg awscli-2
   # Ubuntu 24.04 dropped the awscli deb; the snap is the supported route there.
   elif ! pkg awscli; then snap install aws-cli --classic; fi
@@ -87,7 +113,8 @@ fi
 {
   for var in SWARM_STACK SWARM_CLUSTER SWARM_NODE_NAME SWARM_ROLE SWARM_ADVERTISE_ADDR \
     SWARM_BUCKET SWARM_PREFIX SWARM_REGION SWARM_S3_ENDPOINT SWARM_REGISTRY_MIRRORS \
-    SWARM_MIRROR_PORT SWARM_MIRROR_UPSTREAM SWARM_BACKUP_KEEP SWARM_SSH_USER; do
+    SWARM_MIRROR_PORT SWARM_MIRROR_UPSTREAM SWARM_BACKUP_KEEP SWARM_SSH_USER \
+    SWARM_BACKUP_TARGET SWARM_MIRROR_STORAGE; do
     printf '%s=%q\n' "$var" "${!var}"
   done
 } >/etc/swarm/env.new

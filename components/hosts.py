@@ -1,0 +1,82 @@
+"""Machines the user brings (`swarm:hosts`): the same swarm without EC2.
+
+Instead of an instance booting with user-data, each host gets one `remote.Command` that
+runs the very same `scripts/node/user-data.sh` over SSH as root (`sudo`). The script
+travels on stdin, marked secret (it carries the hosts' S3 keys when the backups go to
+S3), is written to a root-only temporary file and run with stdin closed, so nothing in
+it can swallow the rest of the script. From there on the hosts are `SwarmNode`s like any
+other: `SwarmFormation` cannot tell them apart, except that they leave the swarm at
+`pulumi destroy`, because they stay.
+
+The host's `name` becomes its hostname (the swarm and `reconcile` know nodes by it),
+and the first manager listed is manager 0.
+"""
+
+from __future__ import annotations
+
+import pulumi
+from pulumi_command import remote
+
+from components.payload import node_environment, render_user_data
+from components.settings import DIAL_ERROR_LIMIT, Settings
+from components.swarm import SwarmNode, ssh_connection
+
+# Root-only copy of the script, run with stdin closed (apt, dnf or docker reading stdin
+# would otherwise eat the rest of a script piped into `bash -s`).
+PROVISION = """sudo sh -c 'umask 077; f=$(mktemp) || exit 1; trap "rm -f $f" EXIT; cat >"$f" && bash "$f" </dev/null'"""
+
+
+class Hosts(pulumi.ComponentResource):
+    ssh_private_key: pulumi.Output[str]
+    ssh_key_generated = False
+    managers: list[SwarmNode]
+    workers: list[SwarmNode]
+    provisions: dict[str, remote.Command]
+
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        bucket_name: pulumi.Input[str],
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("swarm:index:Hosts", name, None, opts)
+        self.ssh_private_key = pulumi.Output.secret(settings.ssh_private_key)
+        credentials = {}
+        if settings.s3_access_key_id is not None:
+            credentials = {
+                "SWARM_AWS_ACCESS_KEY_ID": settings.s3_access_key_id,
+                "SWARM_AWS_SECRET_ACCESS_KEY": settings.s3_secret_access_key,
+            }
+
+        self.managers, self.workers, self.provisions = [], [], {}
+        for plan in settings.nodes:
+            values = pulumi.Output.all(bucket=bucket_name, **credentials).apply(
+                lambda v, plan=plan: render_user_data(
+                    {**node_environment(settings, plan, v.pop("bucket")), **v},
+                )
+            )
+            handle = SwarmNode(
+                name=plan.name,
+                role=plan.role,
+                connect_host=plan.address,
+                private_ip=plan.private_ip,
+                # A host at another address is another machine: it joins afresh.
+                replaced_by=[plan.address, plan.private_ip, str(plan.port)],
+                user=plan.user,
+                port=plan.port,
+            )
+            provision = remote.Command(
+                f"{name}-provision-{plan.name}",
+                connection=ssh_connection(handle, settings.ssh_user, self.ssh_private_key, DIAL_ERROR_LIMIT),
+                create=PROVISION,
+                stdin=pulumi.Output.secret(values),
+                triggers=list(handle.replaced_by),
+                add_previous_output_in_env=False,
+                opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["stdin"]),
+            )
+            handle.depends_on = [provision]
+            self.provisions[plan.name] = provision
+            (self.managers if plan.role == "manager" else self.workers).append(handle)
+
+        self.register_outputs({})

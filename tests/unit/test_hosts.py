@@ -1,0 +1,285 @@
+"""Bring your own machines (swarm:hosts): the same swarm, backup and mirror, with no EC2."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from harness import PRIVATE_KEY, ROOT, run_program
+
+from components.hosts import PROVISION
+from components.settings import ConfigError
+
+ACCESS_KEY = "AKIAMOCKHOSTKEY00001"
+SECRET_KEY = "mock/host/secret/key/0000000000000000000"
+HOSTS = [
+    {"name": "pi-0", "address": "192.168.1.10", "role": "manager", "user": "pi"},
+    {"name": "pi-1", "address": "192.168.1.11", "role": "worker"},
+    {"name": "nuc", "address": "nuc.lan", "privateAddress": "192.168.1.12", "role": "worker", "port": 2222},
+]
+
+
+def hosts_config(**extra) -> dict:
+    config = {
+        "sshAllowedCidrs": None,
+        "hosts": HOSTS,
+        "sshUser": "ubuntu",
+        "sshPrivateKey": PRIVATE_KEY,
+        "s3AccessKeyId": ACCESS_KEY,
+        "s3SecretAccessKey": SECRET_KEY,
+    }
+    config.update(extra)
+    return config
+
+
+SECRETS = ("sshPrivateKey", "s3AccessKeyId", "s3SecretAccessKey")
+
+
+def run_hosts(**extra):
+    return run_program(hosts_config(**extra), secret_keys=SECRETS)
+
+
+def config_problems(config: dict) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        run_program(config, secret_keys=SECRETS)
+    assert info.value.registered == [], "a config error must stop the program before any resource"
+    return info.value.problems
+
+
+@pytest.fixture(scope="module")
+def s3_run():
+    return run_hosts()
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    return run_hosts(
+        backupTarget="local",
+        backupDirectory=str(tmp_path_factory.mktemp("backups")),
+        s3AccessKeyId=None,
+        s3SecretAccessKey=None,
+    )
+
+
+def assignment(script: str, name: str) -> str | None:
+    m = re.search(rf"^{name}=(.*)$", script, re.M)
+    return shlex.split(m.group(1))[0] if m and m.group(1) else ("" if m else None)
+
+
+def test_no_network_instances_or_key_pair(s3_run):
+    types = {r.type for r in s3_run.resources}
+    assert not {t for t in types if t.startswith("aws:ec2/") or t.startswith("aws:iam/") or t.startswith("tls:")}
+    # The bucket is still created, protected, as on EC2.
+    bucket = s3_run.of_type("aws:s3/bucket:Bucket")
+    assert len(bucket) == 1 and bucket[0].protect
+
+
+def test_each_host_is_provisioned_over_ssh_with_the_same_user_data(s3_run):
+    for plan in HOSTS:
+        provision = s3_run.command(f"provision-{plan['name']}")
+        assert provision.inputs["create"] == PROVISION
+        conn = provision.inputs["connection"]
+        assert conn["host"] == plan["address"] and conn["port"] == plan.get("port", 22)
+        assert conn["user"] == plan.get("user", "ubuntu")
+        script = provision.inputs["stdin"]
+        assert script.startswith("#!/usr/bin/env bash") and "# @SWARM_SETTINGS@" not in script
+        assert assignment(script, "SWARM_NODE_NAME") == plan["name"]
+        assert assignment(script, "SWARM_ADVERTISE_ADDR") == plan.get("privateAddress", plan["address"])
+        assert assignment(script, "SWARM_BACKUP_TARGET") == "s3"
+        assert assignment(script, "SWARM_MIRROR_STORAGE") == "s3"
+        assert assignment(script, "SWARM_AWS_ACCESS_KEY_ID") == ACCESS_KEY
+        assert assignment(script, "SWARM_AWS_SECRET_ACCESS_KEY") == SECRET_KEY
+        # The keys ride in stdin, which is secret in the state and in the outputs.
+        assert "stdin" in provision.secret_inputs and "stdin" in provision.additional_secret_outputs
+        assert SECRET_KEY not in provision.inputs["create"]
+        assert "connection" in provision.secret_inputs
+
+
+def test_the_provision_script_never_reads_the_rest_of_itself_from_stdin():
+    # Written to a root-only file and run with stdin closed.
+    assert "umask 077" in PROVISION and 'bash "$f" </dev/null' in PROVISION
+    assert PROVISION.startswith("sudo ")
+
+
+def test_the_formation_waits_for_provisioning_and_uses_each_hosts_login(s3_run):
+    for plan in HOSTS:
+        ready = s3_run.command(f"ready-{plan['name']}")
+        assert s3_run.depends_on(ready, s3_run.command(f"provision-{plan['name']}"))
+        assert ready.inputs["connection"]["port"] == plan.get("port", 22)
+    join = s3_run.command("join-nuc")
+    assert join.inputs["create"].endswith(" 192.168.1.10:2377")  # manager 0's advertised address
+
+
+def test_destroy_backs_up_first_then_every_node_leaves(s3_run):
+    backup = s3_run.command("-backup")
+    assert backup.inputs["delete"].endswith("swarm-node backup")
+    leaves = [s3_run.command(f"leave-{h['name']}") for h in HOSTS]
+    for plan, leave in zip(HOSTS, leaves, strict=True):
+        assert leave.inputs["delete"].endswith("swarm-node leave")
+        assert leave.inputs["connection"]["host"] == plan["address"]
+        # Destroy deletes dependents first: the backup runs while every node is still in.
+        assert s3_run.depends_on(backup, leave)
+    assert s3_run.depends_on(s3_run.command("leave-pi-1"), s3_run.command("join-pi-1"))
+    assert s3_run.depends_on(s3_run.command("leave-pi-0"), s3_run.command("-bootstrap"))
+
+
+def test_ec2_mode_has_no_leave_commands():
+    run = run_program()
+    assert not [c for c in run.commands() if "-leave-" in c.name]
+
+
+def test_outputs_describe_the_hosts(s3_run):
+    out = s3_run.outputs
+    assert out["mode"] == "hosts" and out["backupTarget"] == "s3"
+    assert out["dockerHost"] == "ssh://pi@192.168.1.10"
+    assert out["managerPrivateIps"] == ["192.168.1.10"] and out["managerPublicIps"] == ["192.168.1.10"]
+    assert out["workerPrivateIps"] == ["192.168.1.11", "192.168.1.12"]
+    assert out["vpcId"] == "" and out["subnetIds"] == [] and out["clusterSecurityGroupId"] == ""
+    assert [n["name"] for n in out["nodes"]] == ["pi-0", "pi-1", "nuc"]
+    assert out["registryMirrors"] == ["http://192.168.1.10:5000"]
+    assert "sshPrivateKey" not in out  # the user's own key is not echoed back
+    assert {"workerJoinToken", "managerJoinToken"} <= s3_run.secret_outputs
+
+
+def test_docker_host_carries_a_non_default_port():
+    hosts = [{"name": "box", "address": "127.0.0.1", "privateAddress": "10.0.2.15", "role": "manager", "port": 2222}]
+    run = run_hosts(hosts=hosts, backupTarget="none", s3AccessKeyId=None, s3SecretAccessKey=None)
+    assert run.outputs["dockerHost"] == "ssh://ubuntu@127.0.0.1:2222"
+
+
+def test_an_existing_bucket_is_used_not_created():
+    run = run_hosts(existingStateBucket="team-backups")
+    assert run.of_type("aws:s3/bucket:Bucket") == []
+    assert run.outputs["stateBucket"] == "team-backups"
+    assert assignment(run.command("provision-pi-0").inputs["stdin"], "SWARM_BUCKET") == "team-backups"
+
+
+def test_an_existing_bucket_on_ec2_scopes_the_role_to_it():
+    run = run_program({"existingStateBucket": "team-backups"})
+    assert run.of_type("aws:s3/bucket:Bucket") == []
+    policy = run.of_type("aws:iam/rolePolicy:RolePolicy")[0].inputs["policy"]
+    assert "arn:aws:s3:::team-backups/swarm/dev/*" in policy
+
+
+def test_local_backups_go_to_the_pulumi_machine(local_run, tmp_path):
+    assert local_run.of_type("aws:s3/bucket:Bucket") == []
+    [backup] = [r for r in local_run.of_type("command:local:Command") if r.name.endswith("-backup")]
+    create, delete = shlex.split(backup.inputs["create"]), shlex.split(backup.inputs["delete"])
+    assert create[:3] == ["python3", "scripts/swarm_backup_local.py", "check"]
+    assert delete[:3] == ["python3", "scripts/swarm_backup_local.py", "fetch"]
+    assert delete[delete.index("--host") + 1] == "192.168.1.10" and delete[delete.index("--user") + 1] == "pi"
+    assert Path(delete[delete.index("--dir") + 1]).is_absolute()
+    assert delete[delete.index("--prefix") + 1] == "swarm/dev/"
+    assert backup.inputs["dir"] == str(ROOT) and (ROOT / "scripts/swarm_backup_local.py").is_file()
+    # The key reaches the helper in its environment only, secret in the state.
+    assert backup.inputs["environment"]["SWARM_SSH_PRIVATE_KEY"] == PRIVATE_KEY
+    assert "environment" in backup.secret_inputs and "environment" in backup.additional_secret_outputs
+    assert "PRIVATE KEY" not in backup.inputs["delete"]
+    for h in HOSTS:
+        assert local_run.depends_on(backup, local_run.command(f"leave-{h['name']}"))
+    assert local_run.outputs["backupTarget"] == "local" and local_run.outputs["stateBucket"] == ""
+
+
+def test_a_local_backup_is_staged_before_bootstrap(local_run):
+    [stage] = [r for r in local_run.of_type("command:local:Command") if r.name.endswith("-stage-restore")]
+    argv = shlex.split(stage.inputs["create"])
+    assert argv[2] == "push" and argv[argv.index("--restore") + 1] == "latest"
+    assert local_run.depends_on(local_run.command("-bootstrap"), stage)
+
+
+def test_local_target_keeps_the_mirror_cache_on_the_managers(local_run):
+    script = local_run.command("provision-pi-0").inputs["stdin"]
+    assert assignment(script, "SWARM_BACKUP_TARGET") == "local"
+    assert assignment(script, "SWARM_MIRROR_STORAGE") == "filesystem"
+    assert assignment(script, "SWARM_AWS_ACCESS_KEY_ID") is None
+    assert assignment(script, "SWARM_BUCKET") == ""
+
+
+def test_no_backup_target_means_a_new_swarm_every_morning():
+    run = run_hosts(backupTarget="none", s3AccessKeyId=None, s3SecretAccessKey=None)
+    assert run.of_type("aws:s3/bucket:Bucket") == [] and run.of_type("command:local:Command") == []
+    assert not [c for c in run.commands() if c.name.endswith("-backup")]
+    assert run.command("-bootstrap").inputs["create"].endswith("bootstrap --restore none")
+    # The nodes still leave the swarm at destroy.
+    assert len([c for c in run.commands() if "-leave-" in c.name]) == len(HOSTS)
+
+
+def test_no_aws_region_is_needed_without_s3():
+    run = run_hosts(**{"aws:region": None, "backupTarget": "local", "s3AccessKeyId": None, "s3SecretAccessKey": None})
+    assert assignment(run.command("provision-pi-0").inputs["stdin"], "SWARM_REGION") == ""
+
+
+BAD = [
+    ("even managers", {"hosts": [{**HOSTS[0]}, {**HOSTS[1], "role": "manager"}]}, "odd number"),
+    ("no manager", {"hosts": [HOSTS[1]]}, "has 0 manager(s)"),
+    ("duplicate name", {"hosts": [HOSTS[0], {**HOSTS[1], "name": "pi-0"}]}, "hosts[1].name repeats 'pi-0'"),
+    ("duplicate login", {"hosts": [HOSTS[0], {**HOSTS[1], "address": "192.168.1.10", "privateAddress": "10.0.0.2"}]},
+     "192.168.1.10:22 is also hosts[0]'s SSH address"),
+    ("duplicate advertised address", {"hosts": [HOSTS[0], {**HOSTS[1], "privateAddress": "192.168.1.10"}]},
+     "192.168.1.10 is also advertised by hosts[0]"),
+    ("name address needs a private IP", {"hosts": [{**HOSTS[0], "address": "pi0.lan"}]},
+     "hosts[0].privateAddress is required"),
+    ("unknown field", {"hosts": [{**HOSTS[0], "adress": "x"}]}, "unknown field(s) adress"),
+    ("bad role", {"hosts": [{**HOSTS[0], "role": "leader"}]}, "hosts[0].role must be manager or worker"),
+    ("bad port", {"hosts": [{**HOSTS[0], "port": 70000}]}, "hosts[0].port must be a TCP port"),
+    ("bad name", {"hosts": [{**HOSTS[0], "name": "Pi_0"}]}, "hosts[0].name must be a lowercase host name"),
+    ("not a list", {"hosts": {"name": "pi-0"}}, "swarm:hosts must be a list"),
+    ("missing key", {"sshPrivateKey": None}, "swarm:sshPrivateKey is required with swarm:hosts"),
+    ("missing S3 keys", {"s3SecretAccessKey": None}, "swarm:s3SecretAccessKey is required with swarm:hosts"),
+    ("EC2-only setting", {"instanceType": "t3.large"}, "swarm:instanceType applies only when the program creates EC2"),
+    ("local keys unused", {"backupTarget": "local"}, "swarm:s3AccessKeyId is not used with swarm:backupTarget local"),
+    ("pinned restore without backups", {"backupTarget": "none", "s3AccessKeyId": None, "s3SecretAccessKey": None,
+     "restoreFrom": "backups/20261101T000000Z.tar.gz"}, "swarm:restoreFrom names a backup"),
+    ("two buckets", {"existingStateBucket": "a-bucket", "stateBucketName": "b-bucket"}, "keep one"),
+    ("unknown target", {"backupTarget": "nfs"}, "swarm:backupTarget must be s3, local or none"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("config, expected", [(c, e) for _, c, e in BAD], ids=[i for i, _, _ in BAD])
+def test_bad_hosts_config_stops_before_any_resource(config, expected):
+    problems = config_problems(hosts_config(**config))
+    assert any(expected in p for p in problems), problems
+    # Every line says how to fix it.
+    assert all("fix: pulumi config" in p for p in problems), problems
+
+
+def test_the_same_address_on_two_ports_is_two_machines():
+    hosts = [
+        {"name": "vm-0", "address": "127.0.0.1", "port": 2222, "privateAddress": "10.0.0.10", "role": "manager"},
+        {"name": "vm-1", "address": "127.0.0.1", "port": 2200, "privateAddress": "10.0.0.11", "role": "worker"},
+    ]
+    run = run_hosts(hosts=hosts)
+    assert run.command("join-vm-1").inputs["connection"]["port"] == 2200
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        ({"backupTarget": "local"}, "swarm:backupTarget is local, which is for machines you bring"),
+        ({"s3AccessKeyId": ACCESS_KEY}, "swarm:s3AccessKeyId is for machines you bring"),
+    ],
+)
+def test_host_only_settings_are_refused_on_ec2(config, expected):
+    problems = config_problems(config)
+    assert any(expected in p for p in problems), problems
+
+
+def test_no_credentials_or_key_in_plain_outputs(s3_run):
+    text = repr({k: v for k, v in s3_run.outputs.items() if k not in s3_run.secret_outputs})
+    for secret in (ACCESS_KEY, SECRET_KEY, "PRIVATE KEY"):
+        assert secret not in text
+
+
+def test_nothing_the_nodes_run_is_x86_only():
+    """ARM hosts (Raspberry Pis, Graviton) run the same scripts and the same mirror image."""
+    files = [*(ROOT / "scripts/node").iterdir(), *(ROOT / "scripts/stacks").iterdir()]
+    pattern = re.compile(r"amd64|x86_64|x86-64|i[3-6]86|platform:|--platform", re.I)
+    offenders = [f"{f.name}: {line}" for f in files for line in f.read_text().splitlines() if pattern.search(line)]
+    assert offenders == []
+    # The mirror image is a multi-arch tag, not a digest of one architecture's image.
+    assert re.search(r"^\s+image: registry:2$", (ROOT / "scripts/stacks/mirror.yml").read_text(), re.M)
+    # Docker and the AWS CLI come from the distribution's packages, which exist for arm64.
+    user_data = (ROOT / "scripts/node/user-data.sh").read_text()
+    assert "get.docker.com" not in user_data and "awscli-exe-linux" not in user_data
