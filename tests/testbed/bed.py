@@ -52,6 +52,7 @@ TOOLS = {
     "dockerd": "docker.io",
     "docker": "docker.io",
     "sshd": "openssh-server",
+    "ssh": "openssh-client",  # swarm_backup_local.py, on the machine running Pulumi
     "sudo": "sudo",
     "docker-registry": "docker-registry",
     "busybox": "busybox-static",
@@ -232,8 +233,11 @@ while :; do sleep 3600 & wait $! || true; done
         self.init_pid = int(children[0])
         self.alive = True
 
-    def provision(self, ssh_user: str) -> None:
-        """What the AMI holds: the SSH user, sudo, sshd running, the stand-in systemctl."""
+    def provision(self, ssh_user: str, imds: bool = True) -> None:
+        """What the AMI holds: the SSH user, sudo, sshd running, the stand-in systemctl.
+
+        `imds=False` is a machine outside EC2: nothing answers at 169.254.169.254, so
+        S3 works only with credentials the program gives the host."""
         # Scripts go in on stdin: the host has its own /tmp, /home and /root, where a checkout may live.
         standin = (HERE / "systemctl").read_text().replace("@CGROUP_PARENT@", self.cgroup_parent)
         self.run(
@@ -242,7 +246,7 @@ while :; do sleep 3600 & wait $! || true; done
         )
         image = (HERE / "host-image.sh").read_bytes()
         self.run(["bash", "-s", "--", ssh_user, self.ip or "127.0.0.1"], input=image)
-        for chain in ("OUTPUT", "PREROUTING"):
+        for chain in ("OUTPUT", "PREROUTING") if imds else ():
             match = ["-d", IMDS_ADDRESS, "-p", "tcp", "--dport", "80"]
             target = ["-j", "DNAT", "--to-destination", f"{self.bed.gateway}:{IMDS_PORT}"]
             self.run(["iptables", "-t", "nat", "-A", chain, *match, *target])
@@ -564,7 +568,7 @@ class Bed:
             del self.hosts[host.name]
 
     # -- hosts -------------------------------------------------------------------------
-    def create_host(self, name: str, ip: str) -> Host:
+    def create_host(self, name: str, ip: str, imds: bool = True) -> Host:
         """A fresh machine at `ip`, booted as far as the AMI goes (no user-data yet)."""
         with self._lock:
             if name in self.hosts:
@@ -577,7 +581,7 @@ class Bed:
             host = Host(self, name, ip, self._index)
             self.hosts[name] = host
         host.create(self.seed)
-        host.provision(self.ssh_user)
+        host.provision(self.ssh_user, imds)
         return host
 
     def wipe_host(self, name: str) -> None:

@@ -11,7 +11,9 @@ The program runs under Pulumi's mocks (`set_mocks(preview=False)`, config from
 - `command:remote:Command` runs its `create` (or `update`) over SSH with paramiko, with
   its `stdin`, retrying the dial as pulumi-command does (`dialErrorLimit`,
   `perDialTimeout`); its stdout and stderr are real, and a non-zero exit is an error.
-  `remote:CopyToRemote` copies over SFTP.
+  `remote:CopyToRemote` copies over SFTP. `command:local:Command` runs here, as the
+  provider would on the machine running Pulumi: its interpreter in its `dir`, with its
+  `environment` and `stdin`.
 - Everything else echoes its inputs, with the ids and computed fields AWS would add.
 
 A resource is registered only once the resources it depends on are done (the SDK waits
@@ -37,8 +39,10 @@ import io
 import ipaddress
 import json
 import logging
+import os
 import runpy
 import secrets
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +64,8 @@ from testbed.sdk import SECRET_SIG, SIG_KEY, drop_pending_outputs, fresh_stack, 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "__main__.py"
 COMMAND = "command:remote:Command"
+LOCAL = "command:local:Command"
+LOCAL_TIMEOUT = 900
 COPY = "command:remote:CopyToRemote"
 INSTANCE = "aws:ec2/instance:Instance"
 MAX_COMMAND_SECONDS = 1200  # no command of the program may take longer, in the bed
@@ -387,7 +393,7 @@ class Engine:
             return new
         if old is None:
             op = "create"
-        elif type_ == COMMAND:
+        elif type_ in (COMMAND, LOCAL):
             op = "replace" if old.inputs.get("triggers") != new.inputs.get("triggers") else "update"
         elif type_ in (INSTANCE, COPY):
             op = "replace"
@@ -398,10 +404,11 @@ class Engine:
             self._delete_one(old)
         if not custom:
             new.id, new.outputs = "", {}
-        elif type_ == COMMAND:
+        elif type_ in (COMMAND, LOCAL):
             script = new.inputs.get("update") if op == "update" and new.inputs.get("update") else new.inputs["create"]
             new.id = old.id if op == "update" else f"{name}-{secrets.token_hex(4)}"
-            new.outputs = {**new.inputs, **self._run_command(new, script or "")}
+            run = self._run_command if type_ == COMMAND else self._run_local
+            new.outputs = {**new.inputs, **run(new, script or "")}
         elif type_ == COPY:
             new.id = f"{name}-{secrets.token_hex(4)}"
             new.outputs = dict(new.inputs)
@@ -513,10 +520,32 @@ class Engine:
     def _run_command(self, state: State, script: str) -> dict:
         inputs = state.inputs
         conn = inputs["connection"]
-        logging_mode = inputs.get("logging") or "stdoutAndStderr"
         started = time.monotonic()
         code, stdout, stderr = ssh_run(conn, script, inputs.get("stdin"), self.log, state.name)
-        seconds = time.monotonic() - started
+        return self._finish(state, script, code, stdout, stderr, time.monotonic() - started)
+
+    def _run_local(self, state: State, script: str) -> dict:
+        """local.Command: the interpreter (default /bin/sh -c) here, in `dir`, with `environment`."""
+        inputs = state.inputs
+        started = time.monotonic()
+        try:
+            proc = subprocess.run(
+                [*(inputs.get("interpreter") or ["/bin/sh", "-c"]), script],
+                cwd=inputs.get("dir") or None,
+                env={**os.environ, **(inputs.get("environment") or {})},
+                input=inputs.get("stdin"),
+                capture_output=True,
+                text=True,
+                timeout=LOCAL_TIMEOUT,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as error:
+            raise EngineError(f"{state.urn}: still running after {LOCAL_TIMEOUT}s: {script!r}") from error
+        return self._finish(state, script, proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
+
+    def _finish(self, state: State, script: str, code: int, stdout: str, stderr: str, seconds: float) -> dict:
+        inputs = state.inputs
+        logging_mode = inputs.get("logging") or "stdoutAndStderr"
         self.log(f"{state.name}: exit {code} after {seconds:.1f}s")
         if logging_mode in ("stdout", "stdoutAndStderr"):
             for line in stdout.splitlines():
@@ -595,9 +624,10 @@ class Engine:
         return None
 
     def _delete_one(self, state: State) -> None:
-        if state.type == COMMAND and state.inputs.get("delete"):
+        if state.type in (COMMAND, LOCAL) and state.inputs.get("delete"):
             self.log(f"delete hook of {state.name}")
-            self._run_command(state, state.inputs["delete"])
+            run = self._run_command if state.type == COMMAND else self._run_local
+            run(state, state.inputs["delete"])
         elif state.type == INSTANCE and state.host:
             self.log(f"terminate {state.host}")
             if state.host in self.bed.hosts:

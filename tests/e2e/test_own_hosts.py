@@ -1,0 +1,183 @@
+"""Machines the user brings (swarm:hosts), on the bed: form, destroy, form again, restore.
+
+The bed makes the machines first, as a user would own them (sshd, a sudo user with a
+key, no Docker swarm, and no EC2 metadata service, so S3 works only with the keys the
+program hands the hosts). They are given to the program as `swarm:hosts`. `destroy`
+must back up and leave them clean (`docker info`: swarm inactive) but standing; the next
+`up` must bring back the same join tokens and yesterday's service.
+
+Two stacks: one backs up to an existing S3 bucket with keys from config (and its mirror
+caches there through those keys), the other to a directory on this machine (its mirror
+caches in a volume on the manager).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from testbed.bed import BED_REGION, LOCAL_BUSYBOX, wait_until
+from testbed.engine import Engine, files_under, generate_key, scan_for
+
+pytestmark = pytest.mark.e2e
+
+ACCESS_KEY = "AKIABEDHOSTKEY000001"
+SECRET_KEY = "bed/host/secret/0000000000000000000000"
+SECRETS = ("swarm:sshPrivateKey", "swarm:s3AccessKeyId", "swarm:s3SecretAccessKey")
+
+
+def fp(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()[:16]
+
+
+def own_machines(bed, names: list[str], third_octet: int) -> tuple[list[dict], str]:
+    """Machines made before any Pulumi, as a user owns them: the key is theirs."""
+    key = generate_key("ED25519")
+    hosts = []
+    for i, name in enumerate(names):
+        ip = str(bed.network[third_octet * 256 + 10 + i])
+        host = bed.create_host(name, ip, imds=False)
+        host.authorize(bed.ssh_user, key["publicKeyOpenssh"])
+        hosts.append({"name": name, "address": ip, "role": "manager" if i == 0 else "worker"})
+    return hosts, key["privateKeyOpenssh"]
+
+
+def config(bed, hosts: list[dict], private_key: str, **extra) -> dict:
+    return {
+        "aws:region": BED_REGION,
+        "swarm:hosts": hosts,
+        "swarm:sshUser": bed.ssh_user,
+        "swarm:sshPrivateKey": private_key,
+        "swarm:s3Endpoint": bed.s3_endpoint,
+        "swarm:mirrorUpstream": bed.upstream_url,
+        **{f"swarm:{k}": v for k, v in extra.items()},
+    }
+
+
+def swarm_state(host) -> str:
+    return host.docker("info", "--format", "{{.Swarm.LocalNodeState}}").strip()
+
+
+def swarm_tasks(host) -> str:
+    return host.docker("ps", "-aq", "--filter", "label=com.docker.swarm.task.id").strip()
+
+
+def ready_nodes(host) -> list[str]:
+    lines = host.docker("node", "ls", "--format", "{{json .}}").splitlines()
+    return sorted(n["Hostname"] for n in map(json.loads, lines) if n["Status"] == "Ready")
+
+
+def leave_yesterdays_service(leader) -> None:
+    leader.run(["sh", "-c", "printf day1 | docker secret create own-secret -"])
+    leader.docker("service", "create", "--detach", "--name", "own-yesterday", "--replicas", "2",
+                  "--secret", "own-secret", LOCAL_BUSYBOX, "sleep", "86400")  # fmt: skip
+
+
+def check_restored(bed, hosts, first, second) -> None:
+    leader = bed.hosts[hosts[0]["name"]]
+    assert second.outputs["bootstrapResult"].startswith("bootstrap: restored from backups/"), second.outputs
+    for key in ("workerJoinToken", "managerJoinToken"):
+        assert fp(second.outputs[key]) == fp(first.outputs[key]), key
+    assert ready_nodes(leader) == sorted(h["name"] for h in hosts)  # no stale twin
+    services = leader.docker("service", "ls", "--format", "{{.Name}}").split()
+    assert "own-yesterday" in services, services
+    assert "own-secret" in leader.docker("secret", "ls", "--format", "{{.Name}}").split()
+
+
+def check_left_clean(bed, hosts) -> None:
+    for h in hosts:
+        host = bed.hosts[h["name"]]  # the machine is still there ...
+        assert swarm_state(host) == "inactive", h["name"]  # ... and out of the swarm
+        # No task of the swarm (the mirror, yesterday's service) is left running.
+        wait_until(f"{h['name']}'s swarm tasks to stop", lambda host=host: not swarm_tasks(host), 60)
+        leftovers = host.run(["sh", "-c", "ls /etc/swarm/aws-credentials /var/lib/swarm/restore 2>&1 || true"])
+        assert b"No such file" in leftovers.stdout and leftovers.stdout.count(b"No such file") == 2
+
+
+def wipe(bed, hosts) -> None:
+    for h in hosts:
+        if h["name"] in bed.hosts:
+            bed.wipe_host(h["name"])
+
+
+def test_own_hosts_back_up_to_an_existing_bucket_leave_and_come_back(bed, log_dir):
+    hosts, key = own_machines(bed, ["own-s3-0", "own-s3-1"], 200)
+    bucket = "team-backups"
+    bed.s3().create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": BED_REGION})
+    engine = Engine(
+        bed,
+        config(bed, hosts, key, existingStateBucket=bucket, s3AccessKeyId=ACCESS_KEY, s3SecretAccessKey=SECRET_KEY),
+        stack="own-s3",
+        secret_keys=SECRETS,
+        log_dir=log_dir,
+    )
+    try:
+        first = engine.up()
+        assert first.outputs["mode"] == "hosts" and first.outputs["stateBucket"] == bucket
+        leader, worker = (bed.hosts[h["name"]] for h in hosts)
+        assert ready_nodes(leader) == ["own-s3-0", "own-s3-1"]
+        # The hosts' keys: a root-only file, not the world-readable env file.
+        mode = leader.run(["stat", "-c", "%a %U", "/etc/swarm/aws-credentials"]).stdout.decode().strip()
+        assert mode == "600 root"
+        assert ACCESS_KEY not in leader.run(["cat", "/etc/swarm/env"]).stdout.decode()
+        # The mirror reaches the bucket with those keys (there is no metadata service):
+        # the worker pulls an image only the upstream has, and its blobs land in S3.
+        worker.docker("pull", "busybox", timeout=180)
+        cached = bed.s3().list_objects_v2(Bucket=bucket, Prefix="swarm/own-s3/mirror/").get("Contents", [])
+        assert any("/blobs/" in o["Key"] for o in cached)
+        leave_yesterdays_service(leader)
+
+        engine.destroy()
+        check_left_clean(bed, hosts)
+        latest = bed.s3().get_object(Bucket=bucket, Key="swarm/own-s3/backups/latest")["Body"].read().decode()
+        assert latest.startswith("backups/") and len(latest.split()) == 2
+
+        second = engine.up()
+        check_restored(bed, hosts, first, second)
+
+        engine.destroy()
+        check_left_clean(bed, hosts)
+        # The keys given as config never reached a log or the recorded state.
+        logs = files_under(log_dir)
+        assert scan_for([SECRET_KEY, *key.strip().splitlines()[1:-1]], logs) == []
+    finally:
+        wipe(bed, hosts)
+
+
+def test_own_hosts_back_up_to_this_machine_and_restore_from_it(bed, log_dir, tmp_path):
+    hosts, key = own_machines(bed, ["own-local-0"], 201)
+    backups = tmp_path / "backups"
+    engine = Engine(
+        bed,
+        config(bed, hosts, key, backupTarget="local", backupDirectory=str(backups)),
+        stack="own-local",
+        secret_keys=SECRETS,
+        log_dir=log_dir,
+    )
+    try:
+        first = engine.up()
+        leader = bed.hosts["own-local-0"]
+        assert first.outputs["backupTarget"] == "local" and first.outputs["stateBucket"] == ""
+        # Without S3 the mirror keeps its cache in a volume on the manager.
+        leader.docker("pull", "busybox", timeout=180)
+        volumes = leader.docker("volume", "ls", "--format", "{{.Name}}").split()
+        assert "swarm-mirror_cache" in volumes, volumes
+        leave_yesterdays_service(leader)
+
+        engine.destroy()
+        check_left_clean(bed, hosts)
+        store = backups / "swarm" / "own-local" / "backups"
+        name, sha = (store / "latest").read_text().split()
+        tarball = backups / "swarm" / "own-local" / name
+        assert hashlib.sha256(tarball.read_bytes()).hexdigest() == sha
+        assert oct(tarball.stat().st_mode & 0o777) == "0o600"
+
+        second = engine.up()
+        check_restored(bed, hosts, first, second)
+
+        engine.destroy()
+        check_left_clean(bed, hosts)
+        assert len([p for p in store.iterdir() if p.name.endswith(".tar.gz")]) == 2
+    finally:
+        wipe(bed, hosts)
