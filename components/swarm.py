@@ -38,10 +38,10 @@ READY_TIMEOUT = 900
 # the line that broke), then for Docker. Bounded; user-data installs the verb script,
 # so this part cannot be one of its verbs.
 WAIT_READY = (
-    f"i=0; while [ $i -lt {READY_TIMEOUT // 2} ]; do "
+    f"i=0; while [ $i -lt {READY_TIMEOUT} ]; do "
     'if [ -e /etc/swarm/failed ]; then echo "user-data failed: $(cat /etc/swarm/failed)" >&2; '
     "echo 'see /var/log/swarm-user-data.log on the node' >&2; exit 1; fi; "
-    "[ -e /etc/swarm/ready ] && break; i=$((i+1)); sleep 2; done; "
+    "[ -e /etc/swarm/ready ] && break; i=$((i+1)); sleep 1; done; "
     "if [ ! -e /etc/swarm/ready ]; then "
     f"echo 'user-data did not finish within {READY_TIMEOUT}s (no /etc/swarm/ready)' >&2; exit 1; fi; "
     f"sudo {NODE_CLI} wait-ready"

@@ -371,7 +371,7 @@ class Bed:
         self._start_imds()
         self._build_images()
         self._start_upstream()
-        self._push_upstream()
+        self.push_upstream()
         self._build_seed()
         self.log(f"bed {self.run_id}: {self.network} on {self.bridge}, ready in {time.monotonic() - started:.1f}s")
         return self
@@ -492,9 +492,12 @@ class Bed:
                 self.upstream.kill()
                 self.upstream.wait(timeout=10)
 
-    def _push_upstream(self) -> None:
-        """Push busybox as library/busybox:latest with the registry HTTP API."""
+    def push_upstream(self, repository: str = UPSTREAM_IMAGE, extra: bytes = b"") -> None:
+        """Push busybox as `repository`:latest with the registry HTTP API. `extra`, as one
+        more file in the layer, makes an image whose blobs no cache has seen yet."""
         raw = (self.root / "busybox.tar").read_bytes()
+        if extra:
+            raw = _with_file(raw, "bench-payload", extra)
         layer = gzip.compress(raw, mtime=0)
         arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
         config = json.dumps(
@@ -505,7 +508,7 @@ class Bed:
                 "rootfs": {"type": "layers", "diff_ids": [_digest(raw)]},
             }
         ).encode()
-        base = f"{self.upstream_url}/v2/{UPSTREAM_IMAGE}"
+        base = f"{self.upstream_url}/v2/{repository}"
         for blob in (layer, config):
             with _request("POST", f"{base}/blobs/uploads/") as response:
                 location = response.headers["Location"]
@@ -644,6 +647,18 @@ def reap_stale_beds(base: Path, log=print) -> None:
                 sh("iptables", "-D", *line.split()[1:], check=False)
         _remove_cgroups(f"swarmbed-{run_id}-*")
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _with_file(tar_bytes: bytes, name: str, data: bytes) -> bytes:
+    """A copy of an uncompressed tar with one more regular file."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as src, tarfile.open(fileobj=out, mode="w") as dst:
+        for member in src.getmembers():
+            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        dst.addfile(info, io.BytesIO(data))
+    return out.getvalue()
 
 
 def _digest(blob: bytes) -> str:

@@ -162,6 +162,8 @@ class Result:
     secret_outputs: set[str] = field(default_factory=set)
     changes: dict[str, str] = field(default_factory=dict)  # urn -> create|update|replace|same|delete
     seconds: float = 0.0
+    # resource name -> (start, end) of its step, in seconds since the run began (benchmarks)
+    timings: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def changed(self) -> dict[str, str]:
         return {urn: op for urn, op in self.changes.items() if op != "same"}
@@ -230,8 +232,15 @@ class Engine:
         secret_keys: tuple[str, ...] = (),
         log_dir: Path | None = None,
         program: Path = MAIN,
+        parallelism: int = 64,
+        wait_for_boot: bool = False,
     ):
+        """`parallelism` 1 executes one resource at a time (the benchmarks' baseline);
+        `wait_for_boot` makes an instance done only once its user-data has finished, so
+        that "every host ready" is a moment in the timings."""
         self.bed = bed
+        self.parallelism = parallelism
+        self.wait_for_boot = wait_for_boot
         self.program = program
         self.stack = stack
         self.config = dict(config)
@@ -245,12 +254,13 @@ class Engine:
         self._new: dict[str, State] = {}
         self._result = Result()
         self._failure: Exception | None = None
+        self._started = time.monotonic()
         self._ips: set[str] = set()
 
     # -- the two verbs ---------------------------------------------------------------
     def up(self) -> Result:
         """`pulumi up --yes`: raises EngineError naming the resource that failed."""
-        started = time.monotonic()
+        started = self._started = time.monotonic()
         self._new, self._result, self._failure = {}, Result(), None
         self.log(f"== up {self.stack}")
         outputs, secret_names, program_error = self._run_program()
@@ -310,7 +320,7 @@ class Engine:
         pulumi.runtime.set_all_config(config, secret)
         loop = _ensure_event_loop()
         # Registrations run on the loop's default executor: let independent ones run at once.
-        loop.set_default_executor(ThreadPoolExecutor(max_workers=64, thread_name_prefix="engine"))
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=self.parallelism, thread_name_prefix="engine"))
         # Dependents of a failed resource fail too; the failure itself is reported once.
         seen: set[str] = set()
 
@@ -341,8 +351,11 @@ class Engine:
         with self._lock:
             if self._failure is not None:
                 raise EngineError(f"{urn}: not attempted because an earlier step failed")
+        started = time.monotonic()
         try:
             state = self._apply(**request)
+            with self._lock:
+                self._result.timings[request["name"]] = (started - self._started, time.monotonic() - self._started)
         except Exception as error:
             with self._lock:
                 if self._failure is None:
@@ -494,10 +507,12 @@ class Engine:
                 ["sh", "-c", "mkdir -p /var/lib/cloud/instance && cat >/var/lib/cloud/instance/user-data.txt"],
                 input=user_data,
             )
-            host.start(
+            boot = host.start(
                 ["bash", "/var/lib/cloud/instance/user-data.txt"],
                 self.log_dir / f"user-data-{name}-{new.id}.log",
             )
+            if self.wait_for_boot:
+                boot.wait(timeout=600)
         self.log(f"instance {name} at {ip} booted; user-data runs in the background")
         public = ip if inputs.get("associatePublicIpAddress") else ""
         return {

@@ -1,0 +1,121 @@
+"""Formation and next-morning restore on the test bed: the program's way against one at a time.
+
+For each size (3 managers + 2, 6 and 12 workers by default), in one run of one bed:
+
+1. *parallel*: `up` of the real program with the bed's engine executing independent
+   resources at once (as the Pulumi engine does): a fresh morning.
+2. *restore*: `destroy` (the backup hook runs), then `up` again: the next morning, which
+   downloads, verifies and restores the backup onto manager 0 (`force-new-cluster`),
+   then joins and reconciles.
+3. *one at a time*: a fresh morning of the same size with the engine executing one
+   resource at a time: the same scripts, run node after node, as the seeds' manual
+   procedure did.
+
+Formation is measured from the moment every host is ready (the engine counts an instance
+as created once its user-data has finished, as a booted machine) to the end of
+`reconcile` (every node Ready), from the engine's own timings: the `ready` checks,
+bootstrap, tokens, joins and reconcile. The mirror comes after it. Whole `up` times are
+reported too.
+
+    sudo venv/bin/python benchmarks/formation.py                  # 2, 6, 12 workers
+    sudo venv/bin/python benchmarks/formation.py --workers 2 --json out.json
+
+Needs root and the packages `.ci/run` installs (it says what is missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from testbed.bed import Bed, missing_prerequisites  # noqa: E402
+from testbed.engine import Engine, Result  # noqa: E402
+
+
+def window(result: Result) -> dict:
+    """Formation window and the hosts' readiness, from the engine's per-resource timings."""
+    timings = result.timings
+
+    def one(suffix: str) -> tuple[float, float]:
+        [span] = [span for name, span in timings.items() if name.endswith(suffix)]
+        return span
+
+    hosts_ready = max(
+        end for name, (_, end) in timings.items() if "-nodes-manager-" in name or "-nodes-worker-" in name
+    )
+    bootstrap_start, bootstrap_end = one("-swarm-bootstrap")
+    _, reconcile_end = one("-swarm-reconcile")
+    return {
+        "up_seconds": round(result.seconds, 1),
+        "hosts_ready_at": round(hosts_ready, 1),
+        "formation_seconds": round(reconcile_end - hosts_ready, 1),
+        "bootstrap_seconds": round(bootstrap_end - bootstrap_start, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, nargs="+", default=[2, 6, 12])
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    problems = missing_prerequisites()
+    if problems:
+        sys.exit("formation benchmark: the bed cannot start here:\n  " + "\n  ".join(problems))
+
+    logs = Path(tempfile.mkdtemp(prefix="swarm-bench-"))
+    rows = []
+    started = time.monotonic()
+    with Bed() as bed:
+        for workers in args.workers:
+            config = bed.program_config(3, workers)
+            parallel = Engine(bed, config, stack=f"par{workers}", log_dir=logs, wait_for_boot=True)
+            fresh = window(parallel.up())
+            parallel.destroy()
+            restore_result = parallel.up()
+            assert restore_result.outputs["bootstrapResult"].startswith("bootstrap: restored from"), restore_result
+            restore = window(restore_result)
+            parallel.destroy()
+            serial = Engine(bed, config, stack=f"seq{workers}", log_dir=logs, parallelism=1, wait_for_boot=True)
+            one_at_a_time = window(serial.up())
+            serial.destroy()
+            row = {
+                "managers": 3,
+                "workers": workers,
+                "parallel": fresh,
+                "restore": restore,
+                "one_at_a_time": one_at_a_time,
+                "formation_ratio": round(fresh["formation_seconds"] / one_at_a_time["formation_seconds"], 2),
+                "restore_ratio": round(restore["formation_seconds"] / fresh["formation_seconds"], 2),
+                "restore_up_ratio": round(restore["up_seconds"] / fresh["up_seconds"], 2),
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+
+    print(f"\nmachine: {platform.node()}, {platform.machine()}, Python {platform.python_version()}")
+    print(f"bed run: {time.monotonic() - started:.0f} s; engine logs in {logs}\n")
+    print(
+        "| 3 managers + | formation, program | formation, one at a time | ratio "
+        "| restore formation | restore / fresh | `up`: fresh / restore / one at a time |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        p, s, x = r["parallel"], r["one_at_a_time"], r["restore"]
+        print(
+            f"| {r['workers']} workers | {p['formation_seconds']} s | {s['formation_seconds']} s | "
+            f"{r['formation_ratio']} | {x['formation_seconds']} s | {r['restore_ratio']} | "
+            f"{p['up_seconds']} / {x['up_seconds']} / {s['up_seconds']} s |"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
