@@ -118,7 +118,6 @@ def bucket_arn_of(bucket: str, region: str | None) -> str:
 def machines_outputs(settings: Settings, machines: Nodes | Hosts) -> dict[str, Any]:
     """Per-node outputs: from the instances (EC2) or straight from swarm:hosts."""
     if isinstance(machines, Hosts):
-        plans = settings.nodes
         return {
             "managerPublicIps": [p.address for p in settings.managers],
             "workerPrivateIps": [p.private_ip for p in settings.workers],
@@ -131,7 +130,7 @@ def machines_outputs(settings: Settings, machines: Nodes | Hosts) -> dict[str, A
                     "publicIp": p.address,
                     "availabilityZone": "",
                 }
-                for p in plans
+                for p in settings.nodes
             ],
         }
     managers = [machines.instances[n.name] for n in settings.managers]

@@ -18,7 +18,7 @@ import pulumi
 from pulumi_command import remote
 
 from components.payload import node_environment, render_user_data
-from components.settings import DIAL_ERROR_LIMIT, Settings
+from components.settings import Settings
 from components.swarm import SwarmNode, ssh_connection
 
 # Root-only copy of the script, run with stdin closed (apt, dnf or docker reading stdin
@@ -68,7 +68,7 @@ class Hosts(pulumi.ComponentResource):
             )
             provision = remote.Command(
                 f"{name}-provision-{plan.name}",
-                connection=ssh_connection(handle, settings.ssh_user, self.ssh_private_key, DIAL_ERROR_LIMIT),
+                connection=ssh_connection(handle, settings.ssh_user, self.ssh_private_key),
                 create=PROVISION,
                 stdin=pulumi.Output.secret(values),
                 triggers=list(handle.replaced_by),

@@ -673,11 +673,12 @@ def _refuse_ec2_only_keys(r: _Reader) -> None:
         )
 
 
-def _ipv4(text: str) -> bool:
+def _ip_version(text: str) -> int | None:
+    """4 or 6 for an IP address, None for anything else (a DNS name, a typo)."""
     try:
-        return ipaddress.ip_address(text).version == 4
+        return ipaddress.ip_address(text).version
     except ValueError:
-        return False
+        return None
 
 
 def read_hosts(r: _Reader, default_user: str) -> list[NodePlan]:
@@ -731,13 +732,13 @@ def read_hosts(r: _Reader, default_user: str) -> list[NodePlan]:
             seen_names[name] = i
         if not address:
             bad("address", "is required: where Pulumi connects over SSH (IP or DNS name)", "192.168.1.11")
-        elif not (_is_ip(address) or _DNS_NAME.match(address)):
+        elif not (_ip_version(address) or _DNS_NAME.match(address)):
             bad("address", f"is not an IP address or DNS name (got {address!r})", "192.168.1.11")
         if role not in ("manager", "worker"):
             bad("role", f"must be manager or worker (got {role!r})", "manager")
-        if private and not _ipv4(private):
+        if private and _ip_version(private) != 4:
             bad("privateAddress", f"must be an IPv4 address (got {private!r})", "10.0.0.11")
-        if not private and address and not _ipv4(address):
+        if not private and address and _ip_version(address) != 4:
             bad(
                 "privateAddress",
                 f"is required because address {address!r} is not an IPv4 address: the node advertises "
@@ -745,7 +746,7 @@ def read_hosts(r: _Reader, default_user: str) -> list[NodePlan]:
                 "10.0.0.11",
             )
         advertised = private or address
-        if advertised and _ipv4(advertised):
+        if advertised and _ip_version(advertised) == 4:
             if advertised in seen_advertised:
                 which = "privateAddress" if private else "address"
                 bad(which, f"{advertised} is also advertised by hosts[{seen_advertised[advertised]}]", "10.0.0.12")
@@ -778,14 +779,6 @@ def read_hosts(r: _Reader, default_user: str) -> list[NodePlan]:
             f"[{len(hosts) - 1}].role",
         )
     return sorted(plans, key=lambda p: p.role != "manager")
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _lookup_subnet(subnet_id: str) -> SubnetPlan:
