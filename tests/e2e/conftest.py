@@ -36,10 +36,10 @@ def _interrupt(signum, frame):
 
 
 @pytest.fixture(scope="session")
-def bed(bed_prerequisites):
+def bed(bed_prerequisites, log_dir):
     # A CI timeout sends SIGTERM: turn it into an interrupt, so the bed is still removed.
     previous = signal.signal(signal.SIGTERM, _interrupt)
-    instance = Bed()
+    instance = Bed(log_dir=log_dir)
     try:
         instance.start()
     except BedError as error:

@@ -2,15 +2,15 @@
 
 A `Bed` owns a private bridge with its own /16, a moto S3 server and an instance-metadata
 stand-in on the bridge's address, and an upstream registry that plays Docker Hub. Its
-`Host`s are the machines: each is a network namespace on the bridge with its own IP,
-plus its own mount, UTS and PID namespaces, in which `/etc`, `/usr` and `/var` are
-copy-on-write overlays of this machine's, `/var/lib/docker` is private, and `/run`,
-`/tmp`, `/home` and `/root` are empty. A host runs sshd (key login as the SSH user,
-passwordless sudo) and, once user-data starts it, dockerd from Debian's docker.io.
+`Host`s (`host.py`) are the machines: Debian images (`image.py`) booted with real
+systemd by systemd-nspawn, each in its own network namespace on the bridge, with sshd,
+Docker behind its `docker.socket`, and cloud-init, which runs an instance's user-data
+from a NoCloud seed as it runs EC2's from the metadata service.
 
-Killing a host is a crash: PID 1 of its namespace gets SIGKILL, so every process in it
-dies at once, and its link goes down. Wiping it is a terminated instance: nothing of it
-is left. Everything has a per-run name, and `close()` removes it all, also after errors.
+Two machines may share a name, as two EC2 instances may (a replacement and the machine
+it replaces): `hosts` is keyed by a unique key, the name itself unless it is taken.
+Everything has a per-run name, and `close()` removes it all, also after errors; a later
+run removes what a killed run left (`reap_stale_beds`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
-import io
 import ipaddress
 import json
 import os
@@ -26,50 +25,46 @@ import random
 import secrets
 import shutil
 import subprocess
-import tarfile
 import threading
 import time
 import urllib.request
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+from testbed import image as images
+from testbed.host import BedError, Host, cgroup_left, remove_cgroups, sh, wait_until
+from testbed.image import HOST_PATH, LOCAL_BUSYBOX, Image
+
+__all__ = ["BED_REGION", "LOCAL_BUSYBOX", "UPSTREAM_PORT", "Bed", "BedError", "Host", "sh", "wait_until"]
+
 S3_PORT = 9000
 UPSTREAM_PORT = 5001
 IMDS_PORT = 8169
-IMDS_ADDRESS = "169.254.169.254"
 BED_REGION = "eu-west-1"
 # Fake credentials for moto; the IMDS stand-in hands the same ones to the hosts.
 S3_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-LOCAL_BUSYBOX = "swarm-bed/busybox:latest"  # loaded on every host, for test services
 UPSTREAM_IMAGE = "library/busybox"  # only in the upstream: pulling it proves the mirror
 
+# What this machine needs (the hosts carry their own Docker, sshd and AWS CLI).
 TOOLS = {
     "ip": "iproute2",
     "iptables": "iptables",
     "nsenter": "util-linux",
     "unshare": "util-linux",
-    "dockerd": "docker.io",
-    "docker": "docker.io",
-    "sshd": "openssh-server",
+    "findmnt": "util-linux",
+    "systemd-nspawn": "systemd-container",
+    "debootstrap": "debootstrap",
+    "docker": "docker.io",  # the client only: app tests and the sandbox talk to the hosts' Docker
     "ssh": "openssh-client",  # swarm_backup_local.py, on the machine running Pulumi
-    "sudo": "sudo",
     "docker-registry": "docker-registry",
     "busybox": "busybox-static",
-    "aws": "awscli",
-    "curl": "curl",
 }
-
-
-class BedError(RuntimeError):
-    """The bed itself could not do what was asked (not a failure of the program)."""
 
 
 def missing_prerequisites() -> list[str]:
     """What stops the bed from starting here, one line each with its fix."""
     problems = []
     if os.geteuid() != 0:
-        problems.append("the bed needs root (network namespaces, bridges, iptables, mounts)")
+        problems.append("the bed needs root (network namespaces, bridges, iptables, mounts, systemd-nspawn)")
     if not Path("/proc/self/ns/net").exists():
         problems.append("this kernel has no network namespaces")
     search = f"{HOST_PATH}:{os.environ.get('PATH', '')}"
@@ -82,26 +77,6 @@ def missing_prerequisites() -> list[str]:
         except ImportError:
             problems.append(f"python module {module} is missing: scripts/setup --dev installs {package}")
     return problems
-
-
-def sh(*args: str, check: bool = True, input: bytes | None = None, timeout: float = 120) -> str:
-    """Run a command on this machine (not in a host); its output, or BedError with its stderr."""
-    result = subprocess.run(args, input=input, capture_output=True, timeout=timeout, check=False)
-    if check and result.returncode != 0:
-        raise BedError(f"{' '.join(args)} failed ({result.returncode}): {result.stderr.decode(errors='replace')}")
-    return result.stdout.decode(errors="replace")
-
-
-def wait_until(what: str, predicate, timeout: float, interval: float = 0.25):
-    """Poll `predicate` until it returns something truthy; BedError after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BedError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def _free_network() -> ipaddress.IPv4Network:
@@ -122,226 +97,34 @@ def _free_network() -> ipaddress.IPv4Network:
     raise BedError("no free /16 in 10.200.0.0-10.254.255.255 for the bed's bridge")
 
 
-def _rootfs_tar(files: dict[str, str], links: dict[str, str]) -> bytes:
-    """A tar of `files` (path in image -> file here) and symlinks, for `docker import`."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for arcname, source in files.items():
-            tar.add(source, arcname=arcname)
-        for arcname, target in links.items():
-            info = tarfile.TarInfo(arcname)
-            info.type, info.linkname, info.mode = tarfile.SYMTYPE, target, 0o777
-            tar.addfile(info)
-        for directory in ("tmp", "etc/docker/registry", "var/lib/registry"):
-            info = tarfile.TarInfo(directory)
-            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if directory == "tmp" else 0o755
-            tar.addfile(info)
-    return buf.getvalue()
-
-
-def _busybox_files() -> tuple[dict[str, str], dict[str, str]]:
-    busybox = shutil.which("busybox", path=f"{HOST_PATH}:{os.environ.get('PATH', '')}")
-    applets = sh(busybox, "--list").split()
-    return {"bin/busybox": busybox}, {f"bin/{a}": "busybox" for a in applets if a != "busybox"}
-
-
-def _shared_libraries(binary: str) -> dict[str, str]:
-    """The libraries `binary` loads, by the paths ldd reports (any architecture)."""
-    libs = {}
-    for line in sh("ldd", binary, check=False).splitlines():
-        for word in line.split():
-            if word.startswith("/") and Path(word).exists():
-                libs[word.lstrip("/")] = os.path.realpath(word)
-    return libs
-
-
-class Host:
-    """One machine of the bed. Create it with `Bed.create_host`."""
-
-    def __init__(self, bed: Bed, name: str, ip: str | None, index: int):
-        self.bed, self.name, self.ip, self.index = bed, name, ip, index
-        self.dir = bed.root / "hosts" / name
-        self.netns = f"swarmbed-{bed.run_id}-{name}"
-        self.veth = f"sb{bed.run_id}-{index}"
-        self.cgroup_parent = f"/swarmbed-{bed.run_id}-{name}"
-        self.holder: subprocess.Popen | None = None
-        self.init_pid: int | None = None
-        self.background: list[subprocess.Popen] = []
-        self.alive = False
-
-    # -- lifecycle ---------------------------------------------------------------------
-    def create(self, seed: Path | None) -> None:
-        for sub in ("etc-up", "etc-work", "usr-up", "usr-work", "var-up", "var-work", "home", "root"):
-            (self.dir / sub).mkdir(parents=True, exist_ok=True)
-        if seed is not None:
-            sh("cp", "-a", f"{seed}/.", str(self.dir / "docker"))
-        else:
-            (self.dir / "docker").mkdir()
-        sh("ip", "netns", "add", self.netns)
-        netns_opt = f"--net=/var/run/netns/{self.netns}"
-        if self.ip is not None:
-            sh("ip", "link", "add", self.veth, "type", "veth", "peer", "name", "eth0", "netns", self.netns)
-            sh("ip", "link", "set", self.veth, "master", self.bed.bridge, "up")
-            sh("ip", "-n", self.netns, "addr", "add", f"{self.ip}/{self.bed.network.prefixlen}", "dev", "eth0")
-            sh("ip", "-n", self.netns, "link", "set", "eth0", "up")
-            sh("ip", "-n", self.netns, "route", "add", IMDS_ADDRESS, "dev", "eth0")
-        sh("ip", "-n", self.netns, "link", "set", "lo", "up")
-        d = self.dir
-        ready = d / "holder.ready"
-        # PID 1 of the host: mounts the host's private view, then reaps orphans forever.
-        script = f"""
-set -e
-mount -t overlay overlay -o lowerdir=/etc,upperdir={d}/etc-up,workdir={d}/etc-work /etc
-mount -t overlay overlay -o lowerdir=/usr,upperdir={d}/usr-up,workdir={d}/usr-work /usr
-mount -t overlay overlay -o lowerdir=/var,upperdir={d}/var-up,workdir={d}/var-work /var
-mkdir -p /var/lib/docker
-mount --bind {d}/docker /var/lib/docker
-mount --bind {d}/home /home
-mount --bind {d}/root /root
-mount -t tmpfs -o mode=0755 tmpfs /run
-mount -t tmpfs -o mode=1777 tmpfs /tmp
-hostname {self.name}
-echo {self.name} >/etc/hostname
-touch {ready}
-trap '' TERM
-while :; do sleep 3600 & wait $! || true; done
-"""
-        self.holder = subprocess.Popen(
-            [
-                "nsenter",
-                netns_opt,
-                "unshare",
-                "--mount",
-                "--uts",
-                "--pid",
-                "--fork",
-                "--mount-proc",
-                "--propagation",
-                "private",
-                "bash",
-                "-c",
-                script,
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=open(d / "holder.log", "wb"),
-        )
-        wait_until(f"host {self.name} to mount its filesystems", lambda: ready.exists() or self.holder.poll(), 20)
-        if not ready.exists():
-            raise BedError(f"host {self.name} did not start: {(d / 'holder.log').read_text()}")
-        children = Path(f"/proc/{self.holder.pid}/task/{self.holder.pid}/children").read_text().split()
-        self.init_pid = int(children[0])
-        self.alive = True
-
-    def provision(self, ssh_user: str, imds: bool = True) -> None:
-        """What the AMI holds: the SSH user, sudo, sshd running, the stand-in systemctl.
-
-        `imds=False` is a machine outside EC2: nothing answers at 169.254.169.254, so
-        S3 works only with credentials the program gives the host."""
-        # Scripts go in on stdin: the host has its own /tmp, /home and /root, where a checkout may live.
-        standin = (HERE / "systemctl").read_text().replace("@CGROUP_PARENT@", self.cgroup_parent)
-        self.run(
-            ["sh", "-c", "cat >/usr/local/sbin/systemctl && chmod 0755 /usr/local/sbin/systemctl"],
-            input=standin.encode(),
-        )
-        image = (HERE / "host-image.sh").read_bytes()
-        self.run(["bash", "-s", "--", ssh_user, self.ip or "127.0.0.1"], input=image)
-        for chain in ("OUTPUT", "PREROUTING") if imds else ():
-            match = ["-d", IMDS_ADDRESS, "-p", "tcp", "--dport", "80"]
-            target = ["-j", "DNAT", "--to-destination", f"{self.bed.gateway}:{IMDS_PORT}"]
-            self.run(["iptables", "-t", "nat", "-A", chain, *match, *target])
-
-    def authorize(self, user: str, public_key: str) -> None:
-        self.run(
-            ["sh", "-c", f"cat >>~{user}/.ssh/authorized_keys && chown {user}: ~{user}/.ssh/authorized_keys"],
-            input=(public_key.strip() + "\n").encode(),
-        )
-
-    def kill(self) -> None:
-        """A crash: every process of the host dies at once and its address stops answering."""
-        if self.init_pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.init_pid, 9)
-        if self.holder is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.holder.wait(timeout=30)
-        for process in self.background:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=10)
-        if self.ip is not None:
-            sh("ip", "link", "set", self.veth, "down", check=False)
-        self.alive = False
-
-    def wipe(self) -> None:
-        """A terminated instance: nothing of the host is left."""
-        self.kill()
-        # Anything that still holds the network namespace (nothing should) goes too.
-        for pid in sh("ip", "netns", "pids", self.netns, check=False).split():
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(pid), 9)
-        sh("ip", "netns", "del", self.netns, check=False)
-        sh("ip", "link", "del", self.veth, check=False)
-        _remove_cgroups(self.cgroup_parent.lstrip("/"))
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    # -- running things inside ---------------------------------------------------------
-    def command(self, args: list[str]) -> list[str]:
-        if not self.alive or self.init_pid is None:
-            raise BedError(f"host {self.name} is not running")
-        env = ["env", "-i", f"PATH={HOST_PATH}", "HOME=/root", "LANG=C.UTF-8"]
-        return ["nsenter", "-t", str(self.init_pid), "-m", "-u", "-n", "-p", "--wd=/", "--", *env, *args]
-
-    def run(
-        self,
-        args: list[str] | str,
-        *,
-        input: bytes | None = None,
-        check: bool = True,
-        timeout: float = 180,
-    ) -> subprocess.CompletedProcess:
-        """Run as root inside the host (a string runs through sh -c)."""
-        argv = ["sh", "-c", args] if isinstance(args, str) else list(args)
-        result = subprocess.run(self.command(argv), input=input, capture_output=True, timeout=timeout, check=False)
-        if check and result.returncode != 0:
-            raise BedError(
-                f"on {self.name}: {argv} failed ({result.returncode}):\n"
-                f"{result.stdout.decode(errors='replace')}{result.stderr.decode(errors='replace')}"
-            )
-        return result
-
-    def docker(self, *args: str, check: bool = True, timeout: float = 180) -> str:
-        return self.run(["docker", *args], check=check, timeout=timeout).stdout.decode(errors="replace")
-
-    def start(self, args: list[str], log: Path, input: bytes | None = None) -> subprocess.Popen:
-        """Start something in the background (user-data, as cloud-init would)."""
-        out = open(log, "wb")
-        process = subprocess.Popen(self.command(args), stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT)
-        if input is not None:
-            process.stdin.write(input)
-        process.stdin.close()
-        self.background.append(process)
-        return process
-
-
 class Bed:
     """The bridge, S3, IMDS, the upstream registry and the hosts of one test run."""
 
-    def __init__(self, ssh_user: str = "ec2-user", log=None):
+    imds_port = IMDS_PORT
+
+    def __init__(self, ssh_user: str = "ec2-user", log=None, image: str | None = None, log_dir: Path | None = None):
+        """`image` is the default image of its hosts (`image.RECIPES`); `log_dir`, if
+        given, receives each host's journal and logs when it is wiped."""
         self.run_id = secrets.token_hex(3)
         self.ssh_user = ssh_user
-        # Not under /etc, /usr, /var, /tmp, /home, /root or /run: the hosts overlay those.
         self.root = Path(os.environ.get("SWARM_BED_DIR", "/srv/swarm-bed")) / self.run_id
         self.bridge = f"sb{self.run_id}-br"
         self.network: ipaddress.IPv4Network | None = None
         self.gateway = ""
         self.hosts: dict[str, Host] = {}
+        self.image_name = image or images.DEFAULT_IMAGE
+        self.images: dict[str, Image] = {}
+        self.log_dir = log_dir
         self._index = 0
         self._undo: list = []  # what close() does, newest first
-        self._servers: list = []
         self.upstream: subprocess.Popen | None = None
-        self.seed: Path | None = None
         self.log = log or (lambda message: None)
         self._lock = threading.Lock()
+        self._image_lock = threading.Lock()
+
+    @property
+    def prefixlen(self) -> int:
+        return self.network.prefixlen
 
     # -- setup -------------------------------------------------------------------------
     def start(self) -> Bed:
@@ -353,6 +136,7 @@ class Bed:
         self.root.mkdir(parents=True)
         self._undo.append(lambda: shutil.rmtree(self.root, ignore_errors=True))
         (self.root / "owner").write_text(str(os.getpid()))
+        self.image(self.image_name)
         self.network = _free_network()
         self.gateway = str(self.network[-2])
         sh("ip", "link", "add", self.bridge, "type", "bridge")
@@ -365,24 +149,34 @@ class Bed:
             ("2", ["FORWARD", "-i", self.bridge, "-j", "DROP"]),
             ("1", ["INPUT", "-i", self.bridge, "-j", "ACCEPT"]),
         ):
-            sh("iptables", "-I", rule[0], position, *rule[1:])
-            self._undo.append(lambda rule=rule: sh("iptables", "-D", *rule, check=False))
+            sh("iptables", "-w", "10", "-I", rule[0], position, *rule[1:])
+            self._undo.append(lambda rule=rule: sh("iptables", "-w", "10", "-D", *rule, check=False))
         self._start_s3()
         self._start_imds()
-        self._build_images()
+        (self.root / "busybox.tar").write_bytes(images.busybox_tar())
         self._start_upstream()
         self.push_upstream()
-        self._build_seed()
         self.log(f"bed {self.run_id}: {self.network} on {self.bridge}, ready in {time.monotonic() - started:.1f}s")
         return self
+
+    def image(self, name: str | None = None) -> Image:
+        """An image for hosts (built once and cached: see image.py)."""
+        name = name or self.image_name
+        with self._image_lock:
+            if name not in self.images:
+                try:
+                    self.images[name] = images.image(name, log=self.log)
+                except images.ImageError as error:
+                    raise BedError(f"image {name}: {error}") from None
+            return self.images[name]
 
     def close(self) -> None:
         errors = []
         for host in list(self.hosts.values()):
             try:
-                host.wipe()
+                host.wipe(self.log_dir)
             except Exception as error:
-                errors.append(f"{host.name}: {error}")
+                errors.append(f"{host.key}: {error}")
         self.hosts.clear()
         while self._undo:
             step = self._undo.pop()
@@ -447,15 +241,6 @@ class Bed:
         server = serve(self.gateway, IMDS_PORT, BED_REGION, S3_CREDENTIALS)
         self._undo.append(lambda: (server.shutdown(), server.server_close()))
 
-    def _build_images(self) -> None:
-        """registry:2 from Debian's docker-registry binary, busybox from busybox-static."""
-        files, links = _busybox_files()
-        (self.root / "busybox.tar").write_bytes(_rootfs_tar(files, links))
-        registry = shutil.which("docker-registry")
-        reg_files = {"bin/registry": registry, **files, **_shared_libraries(registry)}
-        reg_links = {"bin/sh": "busybox", "bin/wget": "busybox"}
-        (self.root / "registry.tar").write_bytes(_rootfs_tar(reg_files, reg_links))
-
     def _start_upstream(self) -> None:
         """A plain registry on the bridge: Docker Hub's stand-in for the mirror."""
         config = self.root / "upstream.yml"
@@ -497,7 +282,7 @@ class Bed:
         more file in the layer, makes an image whose blobs no cache has seen yet."""
         raw = (self.root / "busybox.tar").read_bytes()
         if extra:
-            raw = _with_file(raw, "bench-payload", extra)
+            raw = images.with_file(raw, "bench-payload", extra)
         layer = gzip.compress(raw, mtime=0)
         arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
         config = json.dumps(
@@ -540,72 +325,56 @@ class Bed:
         with _request("PUT", f"{base}/manifests/latest", manifest, headers):
             pass
 
-    def _build_seed(self) -> None:
-        """The hosts' /var/lib/docker starts from this: the images an AMI would have baked in."""
-        host = Host(self, "seed", None, 0)
-        self.hosts[host.name] = host
-        try:
-            host.create(None)
-            host.provision(self.ssh_user)
-            host.run(["systemctl", "start", "docker"])
-            wait_until(
-                "dockerd in the seed host", lambda: host.run(["docker", "info"], check=False).returncode == 0, 60
-            )
-            registry_entry = 'ENTRYPOINT ["/bin/registry", "serve", "/etc/docker/registry/config.yml"]'
-            host.run(
-                ["docker", "import", "--change", registry_entry, "-", "registry:2"],
-                input=(self.root / "registry.tar").read_bytes(),
-            )
-            host.run(
-                ["docker", "import", "--change", 'CMD ["sh"]', "-", LOCAL_BUSYBOX],
-                input=(self.root / "busybox.tar").read_bytes(),
-            )
-            host.run(["systemctl", "stop", "docker"])
-            self.seed = self.root / "seed"
-            sh("cp", "-a", str(host.dir / "docker"), str(self.seed))
-            # Per-machine state a real AMI would not carry either.
-            for leftover in ("network", "swarm", "containers"):
-                shutil.rmtree(self.seed / leftover, ignore_errors=True)
-        finally:
-            host.wipe()
-            del self.hosts[host.name]
-
     # -- hosts -------------------------------------------------------------------------
-    def create_host(self, name: str, ip: str, imds: bool = True) -> Host:
-        """A fresh machine at `ip`, booted as far as the AMI goes (no user-data yet)."""
+    def create_host(
+        self,
+        name: str,
+        ip: str,
+        imds: bool = True,
+        *,
+        image: str | None = None,
+        user_data: bytes | None = None,
+        meta_data: dict | None = None,
+    ) -> Host:
+        """A fresh machine at `ip`.
+
+        With `user_data` or `meta_data` it is an EC2 instance: it boots, cloud-init finds
+        both in its NoCloud seed, makes the SSH user with the meta-data's `public-keys`
+        and runs the user-data in its final stage; this returns as soon as the machine
+        runs, as EC2's RunInstances does. Without, it is a machine someone set up by hand:
+        booted, with the SSH user and passwordless sudo, ready for `authorize`.
+        `imds=False`: nothing answers at 169.254.169.254 (a machine outside EC2)."""
+        chosen = self.image(image)
         with self._lock:
-            if name in self.hosts:
-                raise BedError(f"host {name} exists; wipe it first")
             if ipaddress.ip_address(ip) not in self.network:
                 raise BedError(f"{ip} is outside the bed's network {self.network}")
-            if any(h.ip == ip for h in self.hosts.values()):
-                raise BedError(f"{ip} is taken by host {self.host_at(ip).name}")
+            taken = next((h for h in self.hosts.values() if h.ip == ip), None)
+            if taken is not None:
+                raise BedError(f"{ip} is taken by host {taken.key}")
+            key, n = name, 1
+            while key in self.hosts:
+                n += 1
+                key = f"{name}.{n}"
             self._index += 1
-            host = Host(self, name, ip, self._index)
-            self.hosts[name] = host
-        host.create(self.seed)
-        host.provision(self.ssh_user, imds)
+            host = Host(self, name, key, ip, self._index, chosen, imds)
+            self.hosts[key] = host
+        ec2 = user_data is not None or meta_data is not None
+        host.create(user_data=user_data, meta_data=meta_data, user=self.ssh_user if ec2 else None)
+        host.boot()
+        if not ec2:
+            host.wait_booted()
+            host.add_user(self.ssh_user)
         return host
 
-    def wipe_host(self, name: str) -> None:
-        host = self.hosts.pop(name)
-        host.wipe()
+    def wipe_host(self, key: str) -> None:
+        host = self.hosts.pop(key)
+        host.wipe(self.log_dir)
 
     def host_at(self, ip: str) -> Host:
         for host in self.hosts.values():
             if host.ip == ip:
                 return host
         raise BedError(f"no host at {ip}")
-
-
-def _remove_cgroups(pattern: str) -> None:
-    """The (empty) container cgroups a host's dockerd made under its --cgroup-parent."""
-    for controller in Path("/sys/fs/cgroup").iterdir():
-        for top in controller.glob(pattern):
-            for directory in [*sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True), top]:
-                if directory.is_dir():
-                    with contextlib.suppress(OSError):
-                        directory.rmdir()
 
 
 def _alive(pid: int) -> bool:
@@ -619,22 +388,31 @@ def _alive(pid: int) -> bool:
 
 
 def reap_stale_beds(base: Path, log=print) -> None:
-    """Remove what beds of runs that were killed (their owner process is gone) left behind."""
-    if not base.is_dir():
-        return
-    for root in base.iterdir():
-        owner = root / "owner"
-        with contextlib.suppress(ValueError, OSError):
-            if owner.exists() and _alive(int(owner.read_text())):
-                continue
-        run_id = root.name
+    """Remove what beds of runs that were killed (their owner process is gone) left behind:
+    machines, namespaces, links, iptables rules, cgroups, directories, unfinished images."""
+    runs = {}
+    if base.is_dir():
+        for root in base.iterdir():
+            owner = root / "owner"
+            with contextlib.suppress(ValueError, OSError):
+                if owner.exists() and _alive(int(owner.read_text())):
+                    continue
+            runs[root.name] = root
+    # An image's first boot runs outside any bed, named after the process that built it.
+    for netns in sh("ip", "netns", "list", check=False).split():
+        prefix = netns.split("-")[1] if netns.startswith("swarmbed-") else ""
+        if prefix.startswith("b") and prefix[1:].isdigit() and not _alive(int(prefix[1:])):
+            runs.setdefault(prefix, None)
+    for run_id, root in runs.items():
         log(f"removing what the killed bed run {run_id} left behind")
-        with contextlib.suppress(ValueError, OSError):
-            pid = int((root / "upstream.pid").read_text())
-            if _alive(pid) and "docker-registry" in Path(f"/proc/{pid}/cmdline").read_text():
-                os.kill(pid, 9)
+        if root is not None:
+            with contextlib.suppress(ValueError, OSError):
+                pid = int((root / "upstream.pid").read_text())
+                if _alive(pid) and "docker-registry" in Path(f"/proc/{pid}/cmdline").read_text():
+                    os.kill(pid, 9)
         for netns in sh("ip", "netns", "list", check=False).split():
             if netns.startswith(f"swarmbed-{run_id}-"):
+                # PID 1 of a machine is among them: its whole PID namespace dies with it.
                 for pid in sh("ip", "netns", "pids", netns, check=False).split():
                     with contextlib.suppress(ProcessLookupError, ValueError):
                         os.kill(int(pid), 9)
@@ -642,23 +420,19 @@ def reap_stale_beds(base: Path, log=print) -> None:
         for link in json.loads(sh("ip", "-j", "link", check=False) or "[]"):
             if link.get("ifname", "").startswith(f"sb{run_id}-"):
                 sh("ip", "link", "del", link["ifname"], check=False)
-        for line in sh("iptables", "-S", check=False).splitlines():
+        for line in sh("iptables", "-w", "10", "-S", check=False).splitlines():
             if f"sb{run_id}-br" in line and line.startswith("-A "):
-                sh("iptables", "-D", *line.split()[1:], check=False)
-        _remove_cgroups(f"swarmbed-{run_id}-*")
-        shutil.rmtree(root, ignore_errors=True)
+                sh("iptables", "-w", "10", "-D", *line.split()[1:], check=False)
+        with contextlib.suppress(BedError):
+            wait_until(f"the cgroups of run {run_id} to empty", lambda run_id=run_id: _reap_cgroups(run_id), 20)
+        if root is not None:
+            shutil.rmtree(root, ignore_errors=True)
+    images.remove_stale_builds(log)
 
 
-def _with_file(tar_bytes: bytes, name: str, data: bytes) -> bytes:
-    """A copy of an uncompressed tar with one more regular file."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as src, tarfile.open(fileobj=out, mode="w") as dst:
-        for member in src.getmembers():
-            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        dst.addfile(info, io.BytesIO(data))
-    return out.getvalue()
+def _reap_cgroups(run_id: str) -> bool:
+    remove_cgroups(f"swarmbed-{run_id}-*")
+    return not cgroup_left(f"swarmbed-{run_id}-*")
 
 
 def _digest(blob: bytes) -> str:

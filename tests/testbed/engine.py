@@ -1,31 +1,45 @@
 """An engine that runs the real `__main__.py` against the bed, as `pulumi up` would on AWS.
 
-The program runs under Pulumi's mocks (`set_mocks(preview=False)`, config from
-`set_all_config`), but the mock monitor *executes* each resource it is asked for:
+The program runs under Pulumi's mocks (`set_mocks`, config from `set_all_config`), but the
+mock monitor *executes* each resource it is asked for:
 
 - `aws:ec2/instance:Instance` becomes a fresh bed host at the instance's IP (its pinned
-  `privateIp`, or the next free address of its subnet). The key pair's public key goes to
-  the SSH user's `authorized_keys`, and the user-data runs there as root, in the
-  background, as cloud-init would run it.
+  `privateIp`, or the next free address of its subnet) that boots and hands cloud-init
+  the user-data and meta-data (the key pair's public key) through its NoCloud seed; an
+  instance's update that EC2 makes by stopping it (instance type, user-data) reboots it.
 - `aws:s3/bucket:Bucket` and `BucketVersioning` are created in moto.
-- `command:remote:Command` runs its `create` (or `update`) over SSH with paramiko, with
-  its `stdin`, retrying the dial as pulumi-command does (`dialErrorLimit`,
-  `perDialTimeout`); its stdout and stderr are real, and a non-zero exit is an error.
-  `remote:CopyToRemote` copies over SFTP. `command:local:Command` runs here, as the
-  provider would on the machine running Pulumi: its interpreter in its `dir`, with its
-  `environment` and `stdin`.
+- `command:remote:Command` runs its `create` (or `update`) over SSH (`ssh.py`), with its
+  `stdin`; its stdout and stderr are real, and a non-zero exit is an error. Its `delete`
+  runs when it is deleted. `remote:CopyToRemote` copies over SFTP; `command:local:Command`
+  runs here, as the provider would on the machine running Pulumi.
 - Everything else echoes its inputs, with the ids and computed fields AWS would add.
 
-A resource is registered only once the resources it depends on are done (the SDK waits
-for their outputs), and independent ones run in parallel, so the order is the engine's.
-Across runs the engine keeps a state, as the Pulumi backend does: an `up()` whose inputs
-are unchanged does nothing; changed `triggers` replace a command, other changes update
-it; instances replace; `ignore_changes` is honoured; resources no longer in the program
-are deleted. `destroy()` is `pulumi destroy --exclude-protected`: `delete` hooks run
-newest-dependents-first, then instance hosts are wiped; protected resources (the bucket)
-stay in the state and in moto. Secret values are kept out of the recorded state
-(`state.json` holds a placeholder wherever the program marked a value secret) and the log
-holds what pulumi-command would print.
+It follows the Pulumi engine's rules (pulumi/pulumi `pkg/resource/deploy/`):
+
+- `up()` previews first (`step_generator.go` with `preview`): the program runs, nothing
+  executes, and a resource to be created, replaced or updated hands the program unknowns
+  for what its provider computes (`providers.py`). A preview that fails runs nothing.
+- Which change replaces is the provider's answer (`providers.py`); `ignore_changes` keeps
+  the old value of a property for that diff, but a replacement is created from the
+  program's values (`continueStepsFromDiff` re-runs Check with the goal's properties).
+- A replacement is create-before-delete: the old resource's delete waits until every
+  create and update of the update is done (`deployment_executor.go`, `performPostSteps`),
+  with the deletes of resources dropped from the program, in reverse dependency order,
+  wave by wave (`ScheduleDeletes`).
+- `deleteBeforeReplace` deletes first, in the resource's own step chain, after deleting
+  the dependents whose inputs depend on it and whose providers would replace them with
+  those inputs unknown (`calculateDependentReplacements`); those are created again when
+  the program registers them.
+- A protected resource is never deleted: replacing it fails the update ("unable to
+  replace resource ... marked for protection"), dropping it fails it at the end
+  ("cannot be deleted because it is protected"), and `destroy()` is `--exclude-protected`
+  (the protected resources and everything they depend on stay).
+- `up(replace=[urn])` is `--replace`: a replacement whatever the diff.
+
+Across runs the engine keeps a state, as a backend does, including the old resources
+whose deletes are still due. Secret values are kept out of the recorded state
+(`state.json` holds a placeholder wherever the program marked a value secret) and the
+log holds what pulumi-command would print.
 """
 
 from __future__ import annotations
@@ -33,9 +47,7 @@ from __future__ import annotations
 import base64
 import collections
 import contextlib
-import gzip
 import hashlib
-import io
 import ipaddress
 import json
 import logging
@@ -52,46 +64,29 @@ from typing import Any
 
 import pulumi
 from google.protobuf import empty_pb2
+from pulumi.output import Unknown
 from pulumi.runtime import rpc
 from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.proto import resource_pb2
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _ensure_event_loop, _sync_await
 
+from testbed import providers
 from testbed.bed import BED_REGION, Bed, BedError
+from testbed.providers import BUCKET, COMMAND, COPY, INSTANCE, LOCAL
 from testbed.sdk import SECRET_SIG, SIG_KEY, drop_pending_outputs, fresh_stack, stack_exports, unwrap
+from testbed.ssh import SSHError, abort_all, generate_key, sftp_put, ssh_run
+
+__all__ = ["Engine", "EngineError", "Result", "abort_all", "files_under", "generate_key", "scan_for"]
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "__main__.py"
-COMMAND = "command:remote:Command"
-LOCAL = "command:local:Command"
 LOCAL_TIMEOUT = 900
-COPY = "command:remote:CopyToRemote"
-INSTANCE = "aws:ec2/instance:Instance"
-MAX_COMMAND_SECONDS = 1200  # no command of the program may take longer, in the bed
-MAX_DIAL_SECONDS = 600  # an unlimited dialErrorLimit still ends
 AMI = "ami-0bed0bed0bed0bed0"
 
 
 class EngineError(RuntimeError):
     """What `pulumi up` or `pulumi destroy` would report as the failure."""
-
-
-# Open SSH sessions, so an interrupted run can close them: a worker thread blocked on a
-# wiped host would otherwise hold the interpreter open until its timeout.
-_LIVE: set = set()
-_LIVE_LOCK = threading.Lock()
-_ABORT = threading.Event()
-
-
-def abort_all() -> None:
-    """Stop every dial and close every SSH session of every engine (an interrupted run)."""
-    _ABORT.set()
-    with _LIVE_LOCK:
-        clients = list(_LIVE)
-    for client in clients:
-        with contextlib.suppress(Exception):
-            client.close()
 
 
 def plain(value: Any) -> Any:
@@ -119,16 +114,29 @@ def redact(value: Any) -> Any:
     """What a checkpoint holds: every secret-marked value replaced, as Pulumi encrypts them."""
     if isinstance(value, dict):
         if value.get(SIG_KEY) == SECRET_SIG:
-            digest = hashlib.sha256(json.dumps(plain(value), sort_keys=True).encode()).hexdigest()[:12]
+            digest = hashlib.sha256(json.dumps(plain(value), sort_keys=True, default=str).encode()).hexdigest()[:12]
             return {"secure": f"[encrypted {digest}]"}
         return {k: redact(v) for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v) for v in value]
+    if isinstance(value, Unknown):
+        return "[unknown]"
     return value
 
 
 def as_secret(value: Any) -> dict:
     return {SIG_KEY: SECRET_SIG, "value": value}
+
+
+def to_wire(value: Any) -> Any:
+    """Unknowns as the RPC layer spells them."""
+    if isinstance(value, Unknown):
+        return rpc.UNKNOWN
+    if isinstance(value, dict):
+        return {k: to_wire(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [to_wire(v) for v in value]
+    return value
 
 
 @dataclass
@@ -146,7 +154,11 @@ class State:
     parent: str
     protect: bool
     delete_before_replace: bool
-    host: str | None = None  # bed host name, for instances
+    custom: bool = True
+    property_dependencies: dict[str, list[str]] = field(default_factory=dict)
+    ignore_changes: list[str] = field(default_factory=list)
+    host: str | None = None  # bed host key, for instances
+    pending_replacement: bool = False  # deleted by a delete-before-replace, not yet created again
 
     @property
     def inputs(self) -> dict:
@@ -154,6 +166,18 @@ class State:
 
     def raw_outputs(self) -> dict:
         return {k: as_secret(v) if k in self.secret_outputs else v for k, v in self.outputs.items()}
+
+    def depends_on(self) -> set[str]:
+        return {*self.dependencies, *(u for urns in self.property_dependencies.values() for u in urns), self.parent}
+
+
+@dataclass
+class Step:
+    op: str  # create | update | replace | delete | delete-replaced
+    urn: str
+    name: str
+    start: float
+    end: float
 
 
 @dataclass
@@ -164,16 +188,37 @@ class Result:
     seconds: float = 0.0
     # resource name -> (start, end) of its step, in seconds since the run began (benchmarks)
     timings: dict[str, tuple[float, float]] = field(default_factory=dict)
+    preview: dict[str, str] = field(default_factory=dict)  # urn -> what the preview planned
+    steps: list[Step] = field(default_factory=list)  # what ran, in order of completion
 
     def changed(self) -> dict[str, str]:
         return {urn: op for urn, op in self.changes.items() if op != "same"}
 
+    def order(self, *ops: str) -> list[tuple[str, str]]:
+        """(op, resource name) of the steps that ran, in order of completion."""
+        return [(s.op, s.name) for s in self.steps if not ops or s.op in ops]
+
+
+@dataclass
+class _Goal:
+    """One registration: what the program asks for."""
+
+    urn: str
+    type: str
+    name: str
+    raw_inputs: dict
+    dependencies: list[str]
+    property_dependencies: dict[str, list[str]]
+    parent: str
+    protect: bool
+    delete_before_replace: bool
+    ignore_changes: list[str]
+    additional_secret_outputs: list[str]
+    custom: bool
+
 
 class _Mocks(pulumi.runtime.Mocks):
     """Invokes: what AWS would answer for this program's lookups."""
-
-    def __init__(self, engine: Engine):
-        self.engine = engine
 
     def new_resource(self, args):  # pragma: no cover - the monitor executes instead
         raise NotImplementedError
@@ -189,23 +234,21 @@ class _Mocks(pulumi.runtime.Mocks):
 
 class _Monitor(MockMonitor):
     def __init__(self, engine: Engine):
-        super().__init__(_Mocks(engine))
+        super().__init__(_Mocks())
         self.engine = engine
-        self.stack_urn = ""
 
     def RegisterResource(self, request):
         urn = self.make_urn(request.parent, request.type, request.name)
         if request.type == "pulumi:pulumi:Stack":
-            self.stack_urn = urn
             return resource_pb2.RegisterResourceResponse(urn=urn)
         _ensure_event_loop()
-        raw = rpc.deserialize_properties(request.object, keep_unknowns=True)
-        state = self.engine._step(
+        goal = _Goal(
             urn=urn,
-            type_=request.type,
+            type=request.type,
             name=request.name,
-            raw_inputs=raw,
+            raw_inputs=rpc.deserialize_properties(request.object, keep_unknowns=True),
             dependencies=list(request.dependencies),
+            property_dependencies={k: list(v.urns) for k, v in request.propertyDependencies.items()},
             parent=request.parent,
             protect=bool(request.protect),
             delete_before_replace=bool(request.deleteBeforeReplace),
@@ -213,8 +256,9 @@ class _Monitor(MockMonitor):
             additional_secret_outputs=list(request.additionalSecretOutputs),
             custom=bool(request.custom),
         )
-        obj = _sync_await(rpc.serialize_properties(state.raw_outputs(), {}))
-        return resource_pb2.RegisterResourceResponse(urn=urn, id=state.id, object=obj)
+        resource_id, outputs = self.engine._register(goal)
+        obj = _sync_await(rpc.serialize_properties(to_wire(outputs), {}))
+        return resource_pb2.RegisterResourceResponse(urn=urn, id=resource_id, object=obj)
 
     def RegisterResourceOutputs(self, request):
         return empty_pb2.Empty()
@@ -234,13 +278,16 @@ class Engine:
         program: Path = MAIN,
         parallelism: int = 64,
         wait_for_boot: bool = False,
+        image: str | None = None,
     ):
         """`parallelism` 1 executes one resource at a time (the benchmarks' baseline);
-        `wait_for_boot` makes an instance done only once its user-data has finished, so
-        that "every host ready" is a moment in the timings."""
+        `wait_for_boot` makes an instance done only once cloud-init has run its
+        user-data, so that "every host ready" is a moment in the timings; `image` is the
+        bed image its instances boot (the bed's default otherwise)."""
         self.bed = bed
         self.parallelism = parallelism
         self.wait_for_boot = wait_for_boot
+        self.image = image
         self.program = program
         self.stack = stack
         self.config = dict(config)
@@ -250,30 +297,52 @@ class Engine:
         self.log_path = self.log_dir / f"engine-{stack}.log"
         self.state_path = self.log_dir / f"state-{stack}.json"
         self.state: dict[str, State] = {}
+        self.pending_deletes: list[State] = []  # replaced resources whose delete is still due
         self._lock = threading.Lock()
+        self._ips: set[str] = set()
+        self._begin(preview=False, replace=())
+
+    def _begin(self, *, preview: bool, replace) -> None:
+        self._preview = preview
+        self._replace = set(replace)
         self._new: dict[str, State] = {}
+        self._recreate: set[str] = set()  # deleted for a delete-before-replace this run
         self._result = Result()
         self._failure: Exception | None = None
         self._started = time.monotonic()
-        self._ips: set[str] = set()
 
     # -- the two verbs ---------------------------------------------------------------
-    def up(self) -> Result:
-        """`pulumi up --yes`: raises EngineError naming the resource that failed."""
-        started = self._started = time.monotonic()
-        self._new, self._result, self._failure = {}, Result(), None
-        self.log(f"== up {self.stack}")
-        outputs, secret_names, program_error = self._run_program()
-        failure = self._failure or program_error
-        # As the backend does: what was done is recorded even when the update fails.
-        merged = dict(self.state)
-        merged.update(self._new)
+    def up(self, replace: list[str] | tuple[str, ...] = ()) -> Result:
+        """`pulumi up --yes [--replace URN ...]`: a preview, then the update. Raises
+        EngineError naming the resource that failed (nothing runs if the preview fails)."""
+        started = time.monotonic()
+        unknown = [urn for urn in replace if urn not in self.state]
+        if unknown:
+            raise EngineError(f"--replace: no resource {unknown[0]} in the stack")
+        self.log(f"== preview {self.stack}" + (f" (replace {', '.join(replace)})" if replace else ""))
+        self._begin(preview=True, replace=replace)
+        _, _, error = self._run_program()
+        failure = self._failure or error
         if failure is None:
-            gone = [urn for urn in self.state if urn not in self._new]
-            self.state = merged
-            self._delete([urn for urn in gone], "delete")
-        else:
-            self.state = merged
+            failure = self._condemn(execute=False)
+        plan = dict(self._result.changes)
+        if failure is not None:
+            self.log(f"== preview failed: {failure}")
+            raise EngineError(f"preview failed: {failure}") from failure
+        counts = collections.Counter(op for op in plan.values() if op != "same")
+        self.log(f"== preview done: {dict(sorted(counts.items()))}")
+
+        self.log(f"== up {self.stack}")
+        self._begin(preview=False, replace=replace)
+        self._result.preview = plan
+        outputs, secret_names, error = self._run_program()
+        failure = self._failure or error
+        # As the backend does: what was done is recorded even when the update fails.
+        before = dict(self.state)
+        self.state.update(self._new)
+        if failure is None:
+            dropped = [s for urn, s in before.items() if urn not in self._new]
+            failure = self._condemn(execute=True, dropped=dropped)
         self._result.seconds = time.monotonic() - started
         self.checkpoint(outputs if failure is None else None, secret_names)
         if failure is not None:
@@ -286,21 +355,25 @@ class Engine:
 
     def destroy(self) -> Result:
         """`pulumi destroy --exclude-protected --yes`: delete hooks, then the machines."""
-        started = time.monotonic()
-        self._result = Result()
+        self._begin(preview=False, replace=())
         self.log(f"== destroy {self.stack}")
         keep = self._protected_closure()
-        doomed = [urn for urn in self.state if urn not in keep]
-        try:
-            self._delete(doomed, "delete")
-        except EngineError as error:
-            self.checkpoint(None, set())
-            self.log(f"== destroy failed: {error}")
-            raise
-        self._result.seconds = time.monotonic() - started
+        doomed = [s for urn, s in self.state.items() if urn not in keep] + self.pending_deletes
+        failure = self._delete_in_waves(doomed)
+        self._result.seconds = time.monotonic() - self._started
         self.checkpoint(None, set())
+        if failure is not None:
+            self.log(f"== destroy failed: {failure}")
+            raise failure
         self.log(f"== destroy done in {self._result.seconds:.1f}s")
         return self._result
+
+    def urn(self, suffix: str) -> str:
+        """The URN of the one resource whose name ends with `suffix` (for `up(replace=...)`)."""
+        found = [urn for urn, s in self.state.items() if s.name.endswith(suffix)]
+        if len(found) != 1:
+            raise EngineError(f"{len(found)} resources end with {suffix!r}: {found}")
+        return found[0]
 
     # -- running the program -----------------------------------------------------------
     def _run_program(self) -> tuple[dict, set, Exception | None]:
@@ -310,7 +383,7 @@ class Engine:
         logger.handlers = [_FileHandler(self)]
         logger.propagate = False
         pulumi.runtime.set_mocks(
-            monitor.mocks, project="swarm", stack=self.stack, preview=False, monitor=monitor, logger=logger
+            monitor.mocks, project="swarm", stack=self.stack, preview=self._preview, monitor=monitor, logger=logger
         )
         config = {}
         for key, value in self.config.items():
@@ -346,98 +419,298 @@ class Engine:
             drop_pending_outputs()
         return outputs, secret_names, error
 
-    def _step(self, **request) -> State:
-        urn = request["urn"]
+    def _register(self, goal: _Goal) -> tuple[str, dict]:
+        """One registration: diff, then (outside a preview) the steps it needs."""
         with self._lock:
             if self._failure is not None:
-                raise EngineError(f"{urn}: not attempted because an earlier step failed")
+                raise EngineError(f"{goal.urn}: not attempted because an earlier step failed")
         started = time.monotonic()
         try:
-            state = self._apply(**request)
-            with self._lock:
-                self._result.timings[request["name"]] = (started - self._started, time.monotonic() - self._started)
+            state = self._step(goal)
         except Exception as error:
             with self._lock:
                 if self._failure is None:
-                    self._failure = error if isinstance(error, EngineError) else EngineError(f"{urn}: {error}")
+                    self._failure = error if isinstance(error, EngineError) else EngineError(f"{goal.urn}: {error}")
             raise
         with self._lock:
-            self._new[urn] = state
-        return state
+            self._result.timings[goal.name] = (started - self._started, time.monotonic() - self._started)
+            if not self._preview:
+                self._new[goal.urn] = state
+        if self._preview:
+            return state.id, state.outputs
+        return state.id, state.raw_outputs()
 
-    def _apply(
-        self,
-        *,
-        urn,
-        type_,
-        name,
-        raw_inputs,
-        dependencies,
-        parent,
-        protect,
-        delete_before_replace,
-        ignore_changes,
-        additional_secret_outputs,
-        custom,
-    ) -> State:
-        old = self.state.get(urn)
-        if old is not None and ignore_changes:
-            raw_inputs = dict(raw_inputs)
-            for key in ignore_changes:
-                if key in old.raw_inputs:
-                    raw_inputs[key] = old.raw_inputs[key]
-        secret_outputs = set(additional_secret_outputs) | {k for k, v in raw_inputs.items() if is_secret(v)}
+    def _diff(self, goal: _Goal, old: State | None) -> tuple[str, dict]:
+        """create | same | update | replace | recreate, and the inputs the new state gets."""
+        raw = goal.raw_inputs
+        if old is None:
+            return "create", raw
+        if old.pending_replacement or goal.urn in self._recreate:
+            return "recreate", raw
+        processed = dict(raw)
+        for key in goal.ignore_changes:
+            top = key.split(".")[0].split("[")[0]
+            if top in old.raw_inputs:
+                processed[top] = old.raw_inputs[top]
+            else:
+                processed.pop(top, None)
+        if goal.urn in self._replace:
+            return "replace", raw
+        changed = providers.changed_keys(comparable(old.raw_inputs), comparable(processed))
+        if not changed:
+            return "same", processed
+        if changed & providers.replace_keys(goal.type, plain(processed)):
+            return "replace", raw  # ignore_changes does not hold across a replacement
+        return "update", processed
+
+    def _step(self, goal: _Goal) -> State:
+        old = self.state.get(goal.urn)
+        op, raw = self._diff(goal, old)
+        if op == "replace" and old.protect and goal.protect:
+            raise EngineError(
+                f"unable to replace resource {goal.urn!r}\nas it is currently marked for protection. "
+                "To unprotect the resource, remove the `protect` flag from the resource in your Pulumi "
+                "program and run `pulumi up`"
+            )
+        secret_outputs = set(goal.additional_secret_outputs) | {k for k, v in raw.items() if is_secret(v)}
         new = State(
-            urn=urn,
-            type=type_,
-            name=name,
+            urn=goal.urn,
+            type=goal.type,
+            name=goal.name,
             id="",
-            raw_inputs=raw_inputs,
+            raw_inputs=raw,
             outputs={},
             secret_outputs=secret_outputs,
-            dependencies=dependencies,
-            parent=parent,
-            protect=protect,
-            delete_before_replace=delete_before_replace,
+            dependencies=goal.dependencies,
+            parent=goal.parent,
+            protect=goal.protect,
+            delete_before_replace=goal.delete_before_replace,
+            custom=goal.custom,
+            property_dependencies=goal.property_dependencies,
+            ignore_changes=goal.ignore_changes,
         )
-        if old is not None and comparable(old.raw_inputs) == comparable(raw_inputs):
+        recorded = "replace" if op == "recreate" else op
+        with self._lock:
+            self._result.changes[goal.urn] = recorded
+        if op == "same":
             new.id, new.outputs, new.host = old.id, old.outputs, old.host
-            self._result.changes[urn] = "same"
+            if self._preview:
+                new.outputs = old.raw_outputs()
             return new
-        if old is None:
-            op = "create"
-        elif type_ in (COMMAND, LOCAL):
-            op = "replace" if old.inputs.get("triggers") != new.inputs.get("triggers") else "update"
-        elif type_ in (INSTANCE, COPY):
-            op = "replace"
-        else:
-            op = "update"
-        self.log(f"{op} {type_} {name}")
-        if op == "replace" and delete_before_replace:
-            self._delete_one(old)
-        if not custom:
+        dbr = op == "replace" and goal.delete_before_replace
+        if dbr:
+            self._delete_before_replace(old)
+        if self._preview:
+            return self._preview_outputs(new, old, op)
+        self.log(f"{recorded} {goal.type} {goal.name}" + (" (delete before replace)" if dbr else ""))
+        started = time.monotonic() - self._started
+        if not goal.custom:
             new.id, new.outputs = "", {}
-        elif type_ in (COMMAND, LOCAL):
-            script = new.inputs.get("update") if op == "update" and new.inputs.get("update") else new.inputs["create"]
-            new.id = old.id if op == "update" else f"{name}-{secrets.token_hex(4)}"
+        elif op == "update":
+            self._update(old, new)
+        else:
+            self._create(new)
+        self._record_step(recorded, new, started)
+        if op == "replace" and not dbr:
+            with self._lock:
+                self.pending_deletes.append(old)  # deleted at the end of the update
+        return new
+
+    def _preview_outputs(self, new: State, old: State | None, op: str) -> State:
+        """What a provider answers in a preview: inputs, and unknowns for what it computes."""
+        outputs = dict(new.raw_inputs)
+        inputs = plain(new.raw_inputs)
+        for key in providers.computed_keys(new.type, inputs):
+            if op == "update" and new.type not in (COMMAND, LOCAL) and old is not None and key in old.outputs:
+                outputs[key] = old.outputs[key]
+            else:
+                outputs[key] = Unknown()
+        new.id = old.id if op == "update" else ""
+        new.outputs = outputs
+        return new
+
+    # -- delete before replace -----------------------------------------------------------
+    def _delete_before_replace(self, old: State) -> None:
+        """Delete the dependents that must be replaced with `old`, then `old` itself."""
+        dependents = self._dependent_replacements(old)
+        for dependent in reversed(dependents):
+            with self._lock:
+                self._recreate.add(dependent.urn)
+                self._result.changes.setdefault(dependent.urn, "replace")
+            if not self._preview and not dependent.pending_replacement:
+                self._delete_step(dependent, "delete-replaced")
+                dependent.pending_replacement = True
+        if not self._preview and not old.pending_replacement:
+            self._delete_step(old, "delete-replaced")
+            old.pending_replacement = True
+
+    def _dependent_replacements(self, old: State) -> list[State]:
+        """calculateDependentReplacements: transitive dependents whose inputs depend on a
+        resource being replaced and whose provider would replace them with those unknown."""
+        replacing = {old.urn}
+        chosen: list[State] = []
+        with self._lock:
+            handled = set(self._new)
+        dependents = {s.urn for s in self._dependents_of({old.urn})}
+        for state in self._in_dependency_order():  # a dependency's verdict comes first
+            if state.urn not in dependents or state.urn in handled or not state.custom:
+                continue
+            keys = {k for k, urns in state.property_dependencies.items() if set(urns) & replacing}
+            keys -= {k.split(".")[0] for k in state.ignore_changes}
+            if keys & providers.replace_keys(state.type, state.inputs):
+                replacing.add(state.urn)
+                chosen.append(state)
+        return chosen
+
+    def _dependents_of(self, urns: set[str]) -> list[State]:
+        """Every resource that depends on any of `urns`, directly or not."""
+        found, todo = set(), set(urns)
+        while todo:
+            current = todo.pop()
+            for state in self.state.values():
+                if state.urn not in found and current in state.depends_on():
+                    found.add(state.urn)
+                    todo.add(state.urn)
+        return [self.state[u] for u in found]
+
+    def _in_dependency_order(self) -> list[State]:
+        ordered, seen = [], set()
+
+        def visit(state: State) -> None:
+            if state.urn in seen:
+                return
+            seen.add(state.urn)
+            for dep in sorted(state.depends_on()):
+                if dep in self.state:
+                    visit(self.state[dep])
+            ordered.append(state)
+
+        for state in list(self.state.values()):
+            visit(state)
+        return ordered
+
+    # -- deletes at the end --------------------------------------------------------------
+    def _condemn(self, *, execute: bool, dropped: list[State] | None = None) -> Exception | None:
+        """The deletes an update ends with: replaced resources and those the program dropped."""
+        if dropped is None:  # the preview: what would go
+            registered = set(self._result.changes)
+            dropped = [s for urn, s in self.state.items() if urn not in registered]
+        protected = [s for s in dropped if s.protect and not s.pending_replacement]
+        doomed = [s for s in dropped if not s.protect and not s.pending_replacement]
+        gone_already = [s for s in dropped if s.pending_replacement]  # removed without a provider call
+        if not execute:
+            for state in doomed:
+                self._result.changes[state.urn] = "delete"
+            return _protected_error(protected) if protected else None
+        for state in gone_already:
+            self.state.pop(state.urn, None)
+        keep = self._closure(protected)
+        # What a protected resource depends on stays with it.
+        failure = self._delete_in_waves([*self.pending_deletes, *(s for s in doomed if s.urn not in keep)])
+        if failure is None and protected:
+            failure = _protected_error(protected)
+        return failure
+
+    def _delete_in_waves(self, doomed: list[State]) -> EngineError | None:
+        """ScheduleDeletes: waves of resources nothing else doomed depends on... reversed:
+        the resources that depend on nothing doomed go last; each wave runs in parallel."""
+        remaining = list(doomed)
+        waves: list[list[State]] = []
+        while remaining:
+            urns = {id(s): s.urn for s in remaining}
+            wave = [s for s in remaining if not (s.depends_on() & (set(urns.values()) - {s.urn}))]
+            if not wave:
+                return EngineError(f"dependency cycle among {sorted(urns.values())}")
+            waves.append(wave)
+            remaining = [s for s in remaining if all(s is not w for w in wave)]
+        for wave in reversed(waves):
+            with ThreadPoolExecutor(max_workers=16) as pool:
+                errors = list(pool.map(self._try_delete, wave))
+            failures = [e for e in errors if e is not None]
+            if failures:
+                return EngineError("\n".join(failures))
+        return None
+
+    def _try_delete(self, state: State) -> str | None:
+        is_pending = any(state is p for p in self.pending_deletes)
+        try:
+            self._delete_step(state, "delete-replaced" if is_pending else "delete")
+        except Exception as error:
+            return f"{state.urn}: {error}"
+        with self._lock:
+            if is_pending:
+                self.pending_deletes = [p for p in self.pending_deletes if p is not state]
+            else:
+                self.state.pop(state.urn, None)
+                self._result.changes[state.urn] = "delete"
+        return None
+
+    def _delete_step(self, state: State, op: str) -> None:
+        started = time.monotonic() - self._started
+        self._delete_one(state)
+        self._record_step(op, state, started)
+
+    def _record_step(self, op: str, state: State, started: float) -> None:
+        with self._lock:
+            self._result.steps.append(Step(op, state.urn, state.name, started, time.monotonic() - self._started))
+
+    def _protected_closure(self) -> set[str]:
+        """Protected resources and everything they depend on stay (as --exclude-protected)."""
+        return self._closure([s for s in self.state.values() if s.protect])
+
+    def _closure(self, states: list[State]) -> set[str]:
+        keep = {s.urn for s in states}
+        todo = list(keep)
+        while todo:
+            s = self.state.get(todo.pop())
+            if s is None:
+                continue
+            for dep in s.depends_on():
+                if dep in self.state and dep not in keep:
+                    keep.add(dep)
+                    todo.append(dep)
+        return keep
+
+    # -- creating and updating -----------------------------------------------------------
+    def _create(self, new: State) -> None:
+        type_ = new.type
+        if type_ in (COMMAND, LOCAL):
+            new.id = f"{new.name}-{secrets.token_hex(4)}"
             run = self._run_command if type_ == COMMAND else self._run_local
-            new.outputs = {**new.inputs, **run(new, script or "")}
+            new.outputs = {**new.inputs, **run(new, new.inputs.get("create") or "")}
         elif type_ == COPY:
-            new.id = f"{name}-{secrets.token_hex(4)}"
+            new.id = f"{new.name}-{secrets.token_hex(4)}"
             new.outputs = dict(new.inputs)
             self._copy(new)
         elif type_ == INSTANCE:
             new.id = f"i-{secrets.token_hex(8)}"
             new.outputs = self._create_instance(new)
         else:
-            new.id = old.id if old is not None else self._id_for(type_, name)
-            new.outputs = {**new.inputs, **self._computed(type_, name, new, old)}
-            if type_ == "aws:s3/bucket:Bucket":
+            new.id = self._id_for(type_, new.name)
+            new.outputs = {**new.inputs, **self._computed(type_, new.name, new, None)}
+            if type_ == BUCKET:
                 new.id = new.outputs["bucket"]  # the provider's id of a bucket is its name
-        if op == "replace" and not delete_before_replace:
-            self._delete_one(old)
-        self._result.changes[urn] = op
-        return new
+
+    def _update(self, old: State, new: State) -> None:
+        type_ = new.type
+        new.id, new.host = old.id, old.host
+        if type_ in (COMMAND, LOCAL):
+            # pulumi-command: `update` if set, else `create`; neither: nothing runs.
+            script = new.inputs.get("update") or new.inputs.get("create")
+            run = self._run_command if type_ == COMMAND else self._run_local
+            new.outputs = {**new.inputs, **(run(new, script) if script else {"stdout": "", "stderr": ""})}
+        elif type_ == COPY:
+            new.outputs = dict(new.inputs)
+            self._copy(new)
+        elif type_ == INSTANCE:
+            new.outputs = {**new.inputs, **{k: v for k, v in old.outputs.items() if k not in new.inputs}}
+            changed = providers.changed_keys(comparable(old.raw_inputs), comparable(new.raw_inputs))
+            if changed & providers.INSTANCE_RESTART_KEYS:
+                self._restart_instance(old, new, changed)
+        else:
+            new.outputs = {**new.inputs, **self._computed(type_, new.name, new, old)}
+            if type_ == BUCKET:
+                new.id = new.outputs["bucket"]
 
     # -- resources -----------------------------------------------------------------------
     def _id_for(self, type_: str, name: str) -> str:
@@ -454,7 +727,7 @@ class Engine:
     def _computed(self, type_: str, name: str, new: State, old: State | None) -> dict:
         inputs = new.inputs
         previous = old.outputs if old is not None else {}
-        if type_ == "aws:s3/bucket:Bucket":
+        if type_ == BUCKET:
             bucket = previous.get("bucket") or inputs.get("bucket") or f"{name}-{secrets.token_hex(4)[:7]}"
             if old is None:
                 self.bed.s3().create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": BED_REGION})
@@ -470,7 +743,7 @@ class Engine:
             return generate_key(inputs.get("algorithm", "ED25519"))
         if type_ == "aws:ec2/keyPair:KeyPair":
             return {
-                "keyName": inputs.get("keyName") or f"{name}-{secrets.token_hex(4)}",
+                "keyName": inputs.get("keyName") or previous.get("keyName") or f"{name}-{secrets.token_hex(4)}",
                 "arn": f"arn:aws:ec2:::{name}",
             }
         if type_ in ("aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile"):
@@ -489,31 +762,29 @@ class Engine:
                 str(a) for a in list(cidr.hosts())[99:] if str(a) not in self._ips and str(a) != self.bed.gateway
             )
             if ip in self._ips:
-                raise EngineError(f"{new.name}: {ip} is in use by another instance")
+                # What EC2 answers while another instance (the one being replaced) holds it.
+                raise EngineError(f"{new.name}: InvalidIPAddress.InUse: address {ip} is in use")
             self._ips.add(ip)
         name = (inputs.get("tags") or {}).get("Name") or new.name
         key = self._find(
             lambda s: s.type == "aws:ec2/keyPair:KeyPair" and s.outputs.get("keyName") == inputs.get("keyName")
         )
-        host = self.bed.create_host(name, ip)
-        new.host = name
-        if key is not None:
-            host.authorize(self.bed.ssh_user, key.inputs["publicKey"])
-        user_data = base64.b64decode(inputs.get("userDataBase64") or "")
-        if user_data[:2] == b"\x1f\x8b":
-            user_data = gzip.decompress(user_data)
-        if user_data:
-            host.run(
-                ["sh", "-c", "mkdir -p /var/lib/cloud/instance && cat >/var/lib/cloud/instance/user-data.txt"],
-                input=user_data,
+        try:
+            host = self.bed.create_host(
+                name,
+                ip,
+                image=self.image,
+                user_data=base64.b64decode(inputs.get("userDataBase64") or ""),
+                meta_data=_meta_data(new.id, ip, key.inputs["publicKey"] if key else None),
             )
-            boot = host.start(
-                ["bash", "/var/lib/cloud/instance/user-data.txt"],
-                self.log_dir / f"user-data-{name}-{new.id}.log",
-            )
-            if self.wait_for_boot:
-                boot.wait(timeout=600)
-        self.log(f"instance {name} at {ip} booted; user-data runs in the background")
+        except BedError:
+            with self._lock:
+                self._ips.discard(ip)
+            raise
+        new.host = host.key
+        if self.wait_for_boot:
+            host.wait_cloud_init(600)
+        self.log(f"instance {name} ({host.key}) at {ip} booted; cloud-init runs its user-data")
         public = ip if inputs.get("associatePublicIpAddress") else ""
         return {
             **inputs,
@@ -526,6 +797,18 @@ class Engine:
             "instanceState": "running",
         }
 
+    def _restart_instance(self, old: State, new: State, changed: set[str]) -> None:
+        """EC2 applies a new instance type or user-data to a stopped instance, then starts
+        it: same disk, same private address; cloud-init does not run user-data again."""
+        host = self.bed.hosts.get(old.host or "")
+        if host is None:
+            raise EngineError(f"{new.name}: its machine {old.host} is gone")
+        self.log(f"instance {new.name}: stop, modify {', '.join(sorted(changed))}, start")
+        host.power_off()
+        user_data = base64.b64decode(new.inputs.get("userDataBase64") or "")
+        (host.dir / "up/var/lib/cloud/seed/nocloud/user-data").write_bytes(user_data)
+        host.boot()
+
     def _find(self, predicate) -> State | None:
         with self._lock:
             candidates = list(self._new.values()) + [s for u, s in self.state.items() if u not in self._new]
@@ -534,9 +817,11 @@ class Engine:
     # -- commands ------------------------------------------------------------------------
     def _run_command(self, state: State, script: str) -> dict:
         inputs = state.inputs
-        conn = inputs["connection"]
         started = time.monotonic()
-        code, stdout, stderr = ssh_run(conn, script, inputs.get("stdin"), self.log, state.name)
+        try:
+            code, stdout, stderr = ssh_run(inputs["connection"], script, inputs.get("stdin"), self.log, state.name)
+        except SSHError as error:
+            raise EngineError(str(error)) from None
         return self._finish(state, script, code, stdout, stderr, time.monotonic() - started)
 
     def _run_local(self, state: State, script: str) -> dict:
@@ -580,63 +865,11 @@ class Engine:
         path = getattr(source, "path", None) or (source.get("path") if isinstance(source, dict) else None)
         if not path or not Path(path).is_file():
             raise EngineError(f"{state.name}: the bed copies file assets only (source {source!r})")
-        client = ssh_connect(inputs["connection"], self.log, state.name)
         try:
-            with client.open_sftp() as sftp:
-                sftp.put(path, inputs["remotePath"])
-        finally:
-            with _LIVE_LOCK:
-                _LIVE.discard(client)
-            client.close()
+            sftp_put(inputs["connection"], path, inputs["remotePath"], self.log, state.name)
+        except SSHError as error:
+            raise EngineError(str(error)) from None
         self.log(f"{state.name}: copied {path} to {inputs['remotePath']}")
-
-    # -- deleting ------------------------------------------------------------------------
-    def _protected_closure(self) -> set[str]:
-        """Protected resources and everything they depend on stay (as --exclude-protected)."""
-        keep = {urn for urn, s in self.state.items() if s.protect}
-        todo = list(keep)
-        while todo:
-            s = self.state.get(todo.pop())
-            if s is None:
-                continue
-            for dep in [*s.dependencies, s.parent]:
-                if dep in self.state and dep not in keep:
-                    keep.add(dep)
-                    todo.append(dep)
-        return keep
-
-    def _delete(self, urns: list[str], op: str) -> None:
-        """Delete in waves: a resource goes once nothing left depends on it (or is its child)."""
-        remaining = set(urns)
-        while remaining:
-            wave = [
-                urn
-                for urn in remaining
-                if not any(
-                    urn in self.state[other].dependencies or self.state[other].parent == urn
-                    for other in remaining
-                    if other != urn
-                )
-            ]
-            if not wave:
-                raise EngineError(f"dependency cycle among {sorted(remaining)}")
-            with ThreadPoolExecutor(max_workers=16) as pool:
-                results = list(pool.map(self._try_delete, [self.state[u] for u in wave]))
-            for urn, error in zip(wave, results, strict=True):
-                if error is None:  # recorded as gone even if a sibling failed, as the backend does
-                    del self.state[urn]
-                    self._result.changes[urn] = op
-                    remaining.discard(urn)
-            failures = [error for error in results if error is not None]
-            if failures:
-                raise EngineError("\n".join(failures))
-
-    def _try_delete(self, state: State) -> str | None:
-        try:
-            self._delete_one(state)
-        except Exception as error:
-            return f"{state.urn}: {error}"
-        return None
 
     def _delete_one(self, state: State) -> None:
         if state.type in (COMMAND, LOCAL) and state.inputs.get("delete"):
@@ -649,7 +882,7 @@ class Engine:
                 self.bed.wipe_host(state.host)
             with self._lock:
                 self._ips.discard(state.outputs.get("privateIp"))
-        elif state.type == "aws:s3/bucket:Bucket":
+        elif state.type == BUCKET:
             raise EngineError(f"{state.name}: deleting the bucket is not something the bed's engine does")
 
     # -- records -------------------------------------------------------------------------
@@ -659,21 +892,25 @@ class Engine:
 
     def checkpoint(self, outputs: dict | None, secret_names: set[str]) -> None:
         """The state as a backend would store it: secret-marked values encrypted."""
+
+        def record(s: State, pending_delete: bool) -> dict:
+            return {
+                "urn": s.urn,
+                "type": s.type,
+                "id": s.id,
+                "protect": s.protect,
+                "delete": pending_delete,
+                "pendingReplacement": s.pending_replacement,
+                "inputs": redact(s.raw_inputs),
+                "outputs": redact(s.raw_outputs()),
+                "dependencies": s.dependencies,
+                "parent": s.parent,
+            }
+
         document = {
             "stack": self.stack,
-            "resources": [
-                {
-                    "urn": s.urn,
-                    "type": s.type,
-                    "id": s.id,
-                    "protect": s.protect,
-                    "inputs": redact(s.raw_inputs),
-                    "outputs": redact(s.raw_outputs()),
-                    "dependencies": s.dependencies,
-                    "parent": s.parent,
-                }
-                for s in self.state.values()
-            ],
+            "resources": [record(s, False) for s in self.state.values()]
+            + [record(s, True) for s in self.pending_deletes],
         }
         if outputs is not None:
             document["outputs"] = {k: redact(as_secret(v)) if k in secret_names else v for k, v in outputs.items()}
@@ -682,9 +919,34 @@ class Engine:
     def host_of(self, suffix: str):
         """The bed host of the instance whose name ends with `suffix` (e.g. 'manager-0')."""
         for s in self.state.values():
-            if s.type == INSTANCE and s.host and s.host.endswith(suffix):
+            if s.type == INSTANCE and s.host in self.bed.hosts and self.bed.hosts[s.host].name.endswith(suffix):
                 return self.bed.hosts[s.host]
         raise BedError(f"no instance ending {suffix!r} in the state")
+
+    def hosts(self) -> list:
+        """The bed hosts of every instance in the state (replaced ones awaiting deletion too)."""
+        return [
+            self.bed.hosts[s.host] for s in [*self.state.values(), *self.pending_deletes] if s.host in self.bed.hosts
+        ]
+
+
+def _protected_error(states: list[State]) -> EngineError:
+    return EngineError(
+        "\n".join(
+            f"resource {s.urn!r} cannot be deleted\nbecause it is protected. To unprotect the resource, "
+            "either remove the `protect` flag from the resource in your Pulumi program and run `pulumi up`, "
+            f"or use the command:\n`pulumi state unprotect '{s.urn}'`"
+            for s in states
+        )
+    )
+
+
+def _meta_data(instance_id: str, ip: str, public_key: str | None) -> dict:
+    """What EC2's metadata service would tell cloud-init about this instance."""
+    meta = {"instance-id": instance_id, "local-hostname": f"ip-{ip.replace('.', '-')}"}
+    if public_key:
+        meta["public-keys"] = [public_key.strip()]
+    return meta
 
 
 class _FileHandler(logging.Handler):
@@ -694,109 +956,6 @@ class _FileHandler(logging.Handler):
 
     def emit(self, record):
         self.engine.log(f"{record.levelname.lower()}: {record.getMessage()}")
-
-
-def generate_key(algorithm: str) -> dict:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-
-    if algorithm != "ED25519":
-        raise EngineError(f"the bed generates ED25519 keys only (asked for {algorithm})")
-    key = ed25519.Ed25519PrivateKey.generate()
-    return {
-        "privateKeyOpenssh": key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-        ).decode(),
-        "privateKeyPem": key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ).decode(),
-        "publicKeyOpenssh": key.public_key()
-        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        .decode()
-        + "\n",
-    }
-
-
-def _load_key(text: str):
-    import paramiko
-
-    for kind in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
-        with contextlib.suppress(paramiko.SSHException, ValueError):
-            return kind.from_private_key(io.StringIO(text))
-    raise EngineError("the connection's privateKey is not a key paramiko can read")
-
-
-def ssh_connect(conn: dict, log, name: str):
-    """Dial as pulumi-command does: dialErrorLimit retries (so limit + 1 attempts), each
-    bounded by perDialTimeout, waiting 100 ms * 1.5^n (at most 5 s) between them."""
-    import paramiko
-
-    limit = int(conn.get("dialErrorLimit", 10))
-    per_dial = float(conn.get("perDialTimeout", 15)) or None
-    key = _load_key(conn["privateKey"])
-    attempt, delay, deadline = 0, 0.1, time.monotonic() + MAX_DIAL_SECONDS
-    while True:
-        if _ABORT.is_set():
-            raise EngineError(f"{name}: the run was interrupted")
-        attempt += 1
-        client = paramiko.SSHClient()
-        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # noqa: S507 - no hostKey given
-        try:
-            client.connect(
-                conn["host"],
-                port=int(conn.get("port", 22)),
-                username=conn.get("user", "root"),
-                pkey=key,
-                timeout=per_dial,
-                banner_timeout=per_dial,
-                auth_timeout=per_dial,
-                look_for_keys=False,
-                allow_agent=False,
-            )
-            with _LIVE_LOCK:
-                _LIVE.add(client)
-            return client
-        except (OSError, paramiko.SSHException) as error:
-            client.close()
-            if (limit >= 0 and attempt > limit) or time.monotonic() > deadline:
-                raise EngineError(
-                    f"{name}: unable to connect to {conn['host']}:{conn.get('port', 22)} "
-                    f"after {attempt} attempts (dialErrorLimit {limit}): {error}"
-                ) from None
-            if attempt in (1, 5) or attempt % 10 == 0:
-                log(f"{name}: dial {attempt} to {conn['host']} failed ({error}); retrying")
-            time.sleep(delay)
-            delay = min(delay * 1.5, 5.0)
-
-
-def ssh_run(conn: dict, script: str, stdin: str | None, log, name: str) -> tuple[int, str, str]:
-    client = ssh_connect(conn, log, name)
-    try:
-        channel = client.get_transport().open_session()
-        channel.settimeout(MAX_COMMAND_SECONDS)
-        channel.exec_command(script)
-        if stdin:
-            channel.sendall(stdin.encode())
-        channel.shutdown_write()
-        chunks: dict[str, list[bytes]] = {"out": [], "err": []}
-
-        def pump(read, key):
-            while True:
-                data = read(65536)
-                if not data:
-                    return
-                chunks[key].append(data)
-
-        err_thread = threading.Thread(target=pump, args=(channel.recv_stderr, "err"), daemon=True)
-        err_thread.start()
-        pump(channel.recv, "out")
-        err_thread.join(timeout=MAX_COMMAND_SECONDS)
-        code = channel.recv_exit_status()
-        return code, b"".join(chunks["out"]).decode(errors="replace"), b"".join(chunks["err"]).decode(errors="replace")
-    finally:
-        with _LIVE_LOCK:
-            _LIVE.discard(client)
-        client.close()
 
 
 def scan_for(needles: list[str], paths: list[Path]) -> list[str]:

@@ -1,0 +1,118 @@
+"""What the providers would answer the engine: which changes replace, what is computed.
+
+The Pulumi engine asks a resource's provider to `Diff` old and new inputs; the provider
+says which changed properties force a replacement (Terraform's `ForceNew` for
+pulumi-aws, `replaceOnChanges` for pulumi-command, whose only such input is `triggers`:
+pulumi-command `provider/pkg/provider/common/inputs.go`). Everything else is an update in
+place. This table holds those answers for the types the program uses, from the
+providers' schemas; a type it does not list is updated in place on any change.
+
+It also says which outputs a provider computes, so that a preview (when providers run
+nothing) hands the program unknowns for exactly those.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pulumi.output import Unknown
+
+COMMAND = "command:remote:Command"
+LOCAL = "command:local:Command"
+COPY = "command:remote:CopyToRemote"
+INSTANCE = "aws:ec2/instance:Instance"
+BUCKET = "aws:s3/bucket:Bucket"
+
+# Input properties whose change replaces the resource (ForceNew / replaceOnChanges).
+REPLACE_KEYS: dict[str, set[str]] = {
+    COMMAND: {"triggers"},
+    LOCAL: {"triggers"},
+    COPY: {"triggers"},
+    INSTANCE: {
+        "ami",
+        "availabilityZone",
+        "keyName",
+        "privateIp",
+        "subnetId",
+        "associatePublicIpAddress",
+        "tenancy",
+        "placementGroup",
+        "hostId",
+        "cpuOptions",
+        "ebsBlockDevices",
+        "ephemeralBlockDevices",
+        "networkInterfaces",
+        "launchTemplate",
+    },
+    "aws:ec2/keyPair:KeyPair": {"keyName", "keyNamePrefix", "publicKey"},
+    "tls:index/privateKey:PrivateKey": {"algorithm", "ecdsaCurve", "rsaBits"},
+    "aws:ec2/vpc:Vpc": {"cidrBlock", "instanceTenancy", "ipv4IpamPoolId"},
+    "aws:ec2/subnet:Subnet": {"vpcId", "cidrBlock", "availabilityZone", "availabilityZoneId"},
+    "aws:ec2/securityGroup:SecurityGroup": {"name", "namePrefix", "description", "vpcId"},
+    "aws:ec2/routeTable:RouteTable": {"vpcId"},
+    "aws:ec2/routeTableAssociation:RouteTableAssociation": {"subnetId", "gatewayId"},
+    "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": {"securityGroupId"},
+    "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": {"securityGroupId"},
+    BUCKET: {"bucket", "bucketPrefix", "forceDestroy"},
+    "aws:s3/bucketVersioning:BucketVersioning": {"bucket", "expectedBucketOwner"},
+    "aws:s3/bucketPolicy:BucketPolicy": {"bucket"},
+    "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock": {"bucket"},
+    "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration": {"bucket"},
+    "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration": {"bucket"},
+    "aws:iam/role:Role": {"name", "namePrefix", "path"},
+    "aws:iam/instanceProfile:InstanceProfile": {"name", "namePrefix", "path"},
+    "aws:iam/rolePolicy:RolePolicy": {"name", "namePrefix", "role"},
+}
+
+# Changes an instance takes in place only by being stopped and started (the provider does it).
+INSTANCE_RESTART_KEYS = {"instanceType", "userDataBase64", "userData"}
+
+# Outputs each type computes; a preview hands the program unknowns for them.
+COMPUTED: dict[str, set[str]] = {
+    COMMAND: {"stdout", "stderr"},
+    LOCAL: {"stdout", "stderr"},
+    INSTANCE: {"privateIp", "publicIp", "privateDns", "availabilityZone", "arn", "instanceState"},
+    BUCKET: {"bucket", "arn", "region"},
+    "aws:ec2/keyPair:KeyPair": {"keyName", "arn"},
+    "tls:index/privateKey:PrivateKey": {"privateKeyOpenssh", "privateKeyPem", "publicKeyOpenssh"},
+    "aws:iam/role:Role": {"name", "arn"},
+    "aws:iam/instanceProfile:InstanceProfile": {"name", "arn"},
+}
+DEFAULT_COMPUTED = {"arn"}
+
+
+def replace_keys(type_: str, inputs: dict) -> set[str]:
+    keys = set(REPLACE_KEYS.get(type_, set()))
+    if type_ == INSTANCE and inputs.get("userDataReplaceOnChange"):
+        keys |= {"userDataBase64", "userData"}
+    return keys
+
+
+def changed_keys(old: dict, new: dict) -> set[str]:
+    """Top-level input properties that differ (an unknown differs from anything)."""
+    return {k for k in set(old) | set(new) if _differs(old.get(k), new.get(k))}
+
+
+def _differs(a: Any, b: Any) -> bool:
+    if has_unknown(a) or has_unknown(b):
+        return True
+    return a != b
+
+
+def has_unknown(value: Any) -> bool:
+    if isinstance(value, Unknown):
+        return True
+    if isinstance(value, dict):
+        return any(has_unknown(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(has_unknown(v) for v in value)
+    return False
+
+
+def computed_keys(type_: str, inputs: dict) -> set[str]:
+    keys = set(COMPUTED.get(type_, DEFAULT_COMPUTED))
+    if type_ == INSTANCE and inputs.get("privateIp"):
+        keys.discard("privateIp")  # pinned: known before the instance exists
+    if type_ == BUCKET and inputs.get("bucket"):
+        keys.discard("bucket")
+    return keys
