@@ -13,18 +13,17 @@ import json
 import time
 
 import pytest
-from testbed.bed import LOCAL_BUSYBOX, BedError, wait_until
+from testbed import verify
+from testbed.bed import LOCAL_BUSYBOX, wait_until
 from testbed.engine import Engine, EngineError, files_under, scan_for
+from testbed.image import image_archive
+from testbed.verify import bucket_of, fp, nodes, read, wait_service
 
 pytestmark = pytest.mark.e2e
 
 STACK = "bed"
 PREFIX = f"swarm/{STACK}/"
 SEEN_SECRETS: set[str] = set()  # every token and key the stack exported, for the last scenario
-
-
-def fp(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()[:16]
 
 
 @pytest.fixture(scope="module")
@@ -47,42 +46,8 @@ def up(engine: Engine, days: list):
     return result
 
 
-def nodes(host) -> list[dict]:
-    lines = host.docker("node", "ls", "--format", "{{json .}}").splitlines()
-    return [json.loads(line) for line in lines]
-
-
-def bucket_of(engine: Engine) -> str:
-    return next(s.outputs["bucket"] for s in engine.state.values() if s.type == "aws:s3/bucket:Bucket")
-
-
-def read(bed, bucket: str, key: str) -> bytes:
-    return bed.s3().get_object(Bucket=bucket, Key=key)["Body"].read()
-
-
-def assert_one_healthy_swarm(engine: Engine, managers: int = 3, workers: int = 2) -> list[dict]:
-    leader = engine.host_of("manager-0")
-    listing = nodes(leader)
-    status = sorted(n["ManagerStatus"] for n in listing)
-    assert status == sorted(["Leader"] + ["Reachable"] * (managers - 1) + [""] * workers), listing
-    assert all(n["Status"] == "Ready" for n in listing), listing
-    assert sorted(n["Hostname"] for n in listing) == sorted(
-        [f"swarm-{STACK}-manager-{i}" for i in range(managers)] + [f"swarm-{STACK}-worker-{i}" for i in range(workers)]
-    )
-    return listing
-
-
-def wait_service(host, name: str, replicas: int, timeout: float = 120) -> None:
-    def running():
-        out = host.docker("service", "ls", "--filter", f"name={name}", "--format", "{{.Name}} {{.Replicas}}")
-        # "5/5", or "5/5 (max 1 per node)" with --replicas-max-per-node
-        return any(line.split()[:2] == [name, f"{replicas}/{replicas}"] for line in out.splitlines())
-
-    try:
-        wait_until(f"service {name} at {replicas}/{replicas}", running, timeout, interval=1)
-    except BedError as error:
-        tasks = host.docker("service", "ps", "--no-trunc", "--format", "{{.Node}} {{.CurrentState}} {{.Error}}", name)
-        raise BedError(f"{error}; its tasks:\n{tasks}") from None
+def assert_one_healthy_swarm(engine, managers: int = 3, workers: int = 2) -> list[dict]:
+    return verify.assert_one_healthy_swarm(engine, STACK, managers, workers)
 
 
 # -- 1. Morning ---------------------------------------------------------------------------
@@ -156,6 +121,45 @@ def test_pulls_go_through_the_mirror_and_its_s3_cache(engine, days, bed):
         bed.start_upstream()
 
 
+# -- 5. On a node by itself: the image-cleanup timer and the journal ---------------------------
+def test_image_cleanup_timer_fires_and_spares_kept_and_recent_images(engine):
+    node = engine.host_of("worker-1")
+    timer = "swarm-image-cleanup.timer"
+    assert node.run(["systemctl", "is-active", timer]).stdout.decode().strip() == "active"
+    schedule = node.run(["systemctl", "show", timer, "-p", "TimersMonotonic", "--value"]).stdout.decode()
+    assert "OnBootUSec=1h" in schedule and "OnUnitActiveUSec=1d" in schedule, schedule
+    loads = {
+        "bed/old-unkept:1": image_archive("bed/old-unkept:1", created="2020-01-01T00:00:00Z"),
+        "bed/old-kept:1": image_archive("bed/old-kept:1", created="2020-01-01T00:00:00Z", labels={"swarm.keep": "1"}),
+        "bed/recent:1": image_archive("bed/recent:1", created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
+    }
+    for archive in loads.values():
+        node.run(["docker", "load", "-q"], input=archive)
+
+    def images() -> set[str]:
+        return set(node.docker("images", "--format", "{{.Repository}}:{{.Tag}}").split())
+
+    assert set(loads) <= images()
+    # Its schedule is an hour after boot; a runtime drop-in makes the same timer fire now.
+    dropin = "/run/systemd/system/swarm-image-cleanup.timer.d"
+    node.run(
+        f"mkdir -p {dropin} && printf '[Timer]\\nOnActiveSec=1s\\nRandomizedDelaySec=0\\n' >{dropin}/bed-now.conf"
+        f" && systemctl daemon-reload && systemctl restart {timer}"
+    )
+    try:
+        wait_until("the timer's cleanup to remove the old image", lambda: "bed/old-unkept:1" not in images(), 90)
+    finally:
+        node.run(f"rm -rf {dropin} && systemctl daemon-reload && systemctl restart {timer}")
+    service = "swarm-image-cleanup.service"
+    assert node.run(["systemctl", "show", service, "-p", "Result", "--value"]).stdout.decode().strip() == "success"
+    assert {"bed/old-kept:1", "bed/recent:1"} <= images()
+    ran = node.run(["journalctl", "-u", service, "--no-pager"]).stdout.decode()
+    assert "bed/old-unkept:1" in ran and "bed/old-kept" not in ran, ran
+    # The README sends operators to `journalctl -u docker`: it holds the daemon's log.
+    docker_log = node.run(["journalctl", "-u", "docker", "--no-pager"]).stdout.decode()
+    assert "Daemon has completed initialization" in docker_log
+
+
 # -- 3. Night and next morning -------------------------------------------------------------
 def test_night_then_next_morning_restores_everything(engine, days, bed):
     leader = engine.host_of("manager-0")
@@ -191,12 +195,7 @@ def test_night_then_next_morning_restores_everything(engine, days, bed):
     assert "day1-secret" in leader.docker("secret", "ls", "--format", "{{.Name}}").split()
     assert "day1-config" in leader.docker("config", "ls", "--format", "{{.Name}}").split()
     wait_service(leader, "day1-svc", 2, timeout=180)
-    task = leader.docker("service", "ps", "day1-svc", "--filter", "desired-state=running", "-q").split()[0]
-    node = leader.docker("inspect", "--format", "{{.NodeID}}", task).strip()
-    hostname = leader.docker("node", "inspect", "--format", "{{.Description.Hostname}}", node).strip()
-    holder = engine.host_of(hostname.removeprefix(f"swarm-{STACK}-"))
-    container = holder.docker("ps", "-q", "--filter", "label=com.docker.swarm.service.name=day1-svc").split()[0]
-    assert holder.docker("exec", container, "cat", "/run/secrets/day1-secret") == "day-one-value"
+    assert verify.secret_in_task(engine, STACK, "day1-svc", "day1-secret") == "day-one-value"
 
 
 # -- 5. Faults ----------------------------------------------------------------------------

@@ -1,11 +1,13 @@
 """The bed's engine itself: the semantics the scenarios rely on, checked on one real host.
 
 A tiny program (a CopyToRemote and a Command) runs through create, no-op, update,
-replace, a failing update and destroy, and each step is checked on the machine.
+replace, a failing update and destroy, and each step is checked on the machine. Then
+each of the Pulumi engine's rules the bed follows, with the source it follows.
 """
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import pytest
@@ -39,7 +41,7 @@ def host_and_key(bed):
     try:
         yield host, key["privateKeyOpenssh"]
     finally:
-        bed.wipe_host(host.name)
+        bed.wipe_host(host.key)
 
 
 def test_engine_create_noop_update_replace_fail_destroy(bed, host_and_key, tmp_path):
@@ -82,3 +84,173 @@ def test_engine_create_noop_update_replace_fail_destroy(bed, host_and_key, tmp_p
     assert engine.state == {}
     body = [line for line in key.splitlines() if "PRIVATE KEY" not in line]
     assert scan_for(body, files_under(tmp_path / "logs")) == []
+
+
+# -- Pulumi's step order, rule by rule ------------------------------------------------------
+# A program of commands on one host, each appending what it does to a log there, so the
+# order of creates and deletes is read off the machine. `t:spec` lists the resources:
+#   name, version (in its create), trigger (replaces it when changed), uses (names whose
+#   stdout its triggers carry: a property dependency), after (depends_on only), dbr,
+#   protect, ignore (ignore_changes).
+RULES_PROGRAM = textwrap.dedent(
+    """
+    import json
+    import pulumi
+    from pulumi_command import remote
+
+    cfg = pulumi.Config("t")
+    conn = remote.ConnectionArgs(host=cfg.require("host"), user="ec2-user", private_key=cfg.require_secret("key"),
+                                 dial_error_limit=1, per_dial_timeout=5)
+    log, seen = cfg.require("log"), cfg.require("seen")
+    made = {}
+    for r in json.loads(cfg.require("spec")):
+        name = r["name"]
+        made[name] = remote.Command(
+            name,
+            connection=conn,
+            create=f"echo create {name} {r.get('version', 1)} >>{log}; echo {name}-{r.get('version', 1)}",
+            delete=f"echo delete {name} >>{log}",
+            triggers=[r.get("trigger", 1), *[made[u].stdout for u in r.get("uses", [])]],
+            opts=pulumi.ResourceOptions(
+                depends_on=[made[a] for a in r.get("after", [])],
+                delete_before_replace=r.get("dbr", False),
+                protect=r.get("protect", False),
+                ignore_changes=r.get("ignore", []),
+            ),
+        )
+
+        # What the program sees of each stdout, in the preview and in the update: an
+        # unknown output never reaches an apply.
+        def note(out, name=name):
+            with open(seen, "a") as handle:
+                handle.write(f"{'preview' if pulumi.runtime.is_dry_run() else 'update'} {name} {out}\\n")
+
+        made[name].stdout.apply(note)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def rules_host(bed):
+    key = generate_key("ED25519")
+    host = bed.create_host("engine-rules", str(bed.network[200 * 256 + 20]))
+    host.authorize(bed.ssh_user, key["publicKeyOpenssh"])
+    try:
+        yield host, key["privateKeyOpenssh"]
+    finally:
+        bed.wipe_host(host.key)
+
+
+class Rules:
+    """One stack of RULES_PROGRAM on the rules host, and what its log and notes say."""
+
+    def __init__(self, bed, host, key, tmp_path, stack: str):
+        self.host, self.log_path, self.seen = host, f"/tmp/steps-{stack}.log", tmp_path / "seen.txt"
+        program = tmp_path / "program.py"
+        program.write_text(RULES_PROGRAM)
+        self.config = {"t:host": host.ip, "t:key": key, "t:log": self.log_path, "t:seen": str(self.seen)}
+        self.engine = Engine(
+            bed, self.config, stack=stack, secret_keys=("t:key",), log_dir=tmp_path / "logs", program=program
+        )
+
+    def up(self, spec: list[dict], replace: tuple[str, ...] = ()):
+        self.engine.config["t:spec"] = json.dumps(spec)
+        return self.engine.up(replace=[self.engine.urn(name) for name in replace])
+
+    def steps(self) -> list[str]:
+        """What ran on the host since the last call, in order."""
+        out = self.host.run(f"cat {self.log_path} 2>/dev/null; rm -f {self.log_path}").stdout.decode()
+        return out.splitlines()
+
+    def notes(self) -> list[str]:
+        lines = self.seen.read_text().splitlines() if self.seen.exists() else []
+        self.seen.unlink(missing_ok=True)
+        return lines
+
+
+def test_a_replacement_is_created_first_and_the_old_one_deleted_after_every_other_step(bed, rules_host, tmp_path):
+    """pulumi/pulumi step_generator.go continueStepsFromDiff ("the delete step is generated
+    later on, after all creates/updates finish") and deployment_executor.go performPostSteps."""
+    rules = Rules(bed, *rules_host, tmp_path, "rule-cbd")
+    rules.up([{"name": "a"}, {"name": "b", "after": ["a"]}])
+    assert rules.steps() == ["create a 1", "create b 1"]
+    # a is replaced (new trigger); b, which depends on it, is updated (new version).
+    result = rules.up([{"name": "a", "trigger": 2}, {"name": "b", "after": ["a"], "version": 2}])
+    assert rules.steps() == ["create a 1", "create b 2", "delete a"]
+    assert result.order() == [("replace", "a"), ("update", "b"), ("delete-replaced", "a")]
+    rules.engine.destroy()
+    assert rules.steps() == ["delete b", "delete a"]
+
+
+def test_delete_before_replace_deletes_the_dependents_it_must_first(bed, rules_host, tmp_path):
+    """pulumi/pulumi step_generator.go calculateDependentReplacements: dependents whose
+    inputs depend on the resource, and whose provider replaces them with those inputs
+    unknown, are deleted before it and created again after; a depends_on alone is not such."""
+    rules = Rules(bed, *rules_host, tmp_path, "rule-dbr")
+    spec = [{"name": "a", "dbr": True}, {"name": "b", "uses": ["a"]}, {"name": "c", "after": ["a"]}]
+    rules.up(spec)
+    assert sorted(rules.steps()) == ["create a 1", "create b 1", "create c 1"]
+    spec[0]["trigger"] = 2
+    result = rules.up(spec)
+    assert rules.steps() == ["delete b", "delete a", "create a 1", "create b 1"]
+    assert result.preview == {
+        rules.engine.urn("a"): "replace",
+        rules.engine.urn("b"): "replace",
+        rules.engine.urn("c"): "same",
+    }
+    rules.engine.destroy()
+
+
+def test_a_protected_resource_is_never_deleted(bed, rules_host, tmp_path):
+    """pulumi/pulumi step_generator.go continueStepsFromDiff ("unable to replace resource ...
+    marked for protection") and step.go deleteProtectedError; destroy --exclude-protected
+    keeps what a protected resource depends on (destroy.go getProtectedExcludes)."""
+    rules = Rules(bed, *rules_host, tmp_path, "rule-protect")
+    base = {"name": "base"}
+    rules.up([base, {"name": "kept", "protect": True, "after": ["base"]}, {"name": "other"}])
+    rules.steps()
+
+    with pytest.raises(EngineError) as replacing:
+        rules.up([base, {"name": "kept", "protect": True, "after": ["base"], "trigger": 2}, {"name": "other"}])
+    assert "unable to replace resource" in str(replacing.value) and "marked for protection" in str(replacing.value)
+    assert rules.steps() == [], "a failed preview ran something"
+
+    with pytest.raises(EngineError) as dropping:
+        rules.up([base, {"name": "other", "version": 2}])
+    assert "cannot be deleted\nbecause it is protected" in str(dropping.value)
+    assert "pulumi state unprotect" in str(dropping.value)
+    assert rules.steps() == [], "dropping a protected resource is refused in the preview"
+
+    rules.engine.destroy()
+    assert rules.steps() == ["delete other"], "destroy deleted a protected resource or what it depends on"
+    assert sorted(s.name for s in rules.engine.state.values()) == ["base", "kept"]
+
+
+def test_replace_forces_a_replacement_and_ignore_changes_does_not_hold_across_it(bed, rules_host, tmp_path):
+    """pulumi/pulumi step_generator.go: a --replace target replaces whatever the diff
+    (isTargetedReplace), and the replacement is checked with the goal's own properties,
+    not the ones ignore_changes kept."""
+    rules = Rules(bed, *rules_host, tmp_path, "rule-replace")
+    rules.up([{"name": "r", "ignore": ["create"]}])
+    rules.steps()
+    assert rules.up([{"name": "r", "ignore": ["create"], "version": 2}]).changed() == {}
+    assert rules.steps() == [], "an ignored change ran something"
+    assert rules.up([{"name": "r", "ignore": ["create"], "version": 2}], replace=("r",)).changed()
+    assert rules.steps() == ["create r 2", "delete r"]
+    rules.engine.destroy()
+
+
+def test_every_up_previews_first_running_nothing_and_handing_out_unknowns(bed, rules_host, tmp_path):
+    """pulumi/pulumi: `pulumi up` previews (step_generator.go in preview mode); providers
+    run nothing, and an output a step would compute is unknown to the program."""
+    rules = Rules(bed, *rules_host, tmp_path, "rule-preview")
+    first = rules.up([{"name": "a"}, {"name": "b"}])
+    assert set(first.preview.values()) == {"create"}
+    assert sorted(rules.steps()) == ["create a 1", "create b 1"], "the preview ran a command"
+    assert sorted(rules.notes()) == ["update a a-1", "update b b-1"], "a new output reached the program in preview"
+
+    second = rules.up([{"name": "a", "trigger": 2}, {"name": "b"}])
+    assert second.preview == {rules.engine.urn("a"): "replace", rules.engine.urn("b"): "same"}
+    # b is unchanged: its old output is known in the preview; a's new one is not.
+    assert sorted(rules.notes()) == ["preview b b-1", "update a a-1", "update b b-1"]
+    rules.engine.destroy()

@@ -183,7 +183,11 @@ class Host:
             mask.symlink_to("/dev/null")
         else:
             route = f"\n[Route]\nDestination={IMDS_ADDRESS}/32\nScope=link\n"
-            network = f"[Match]\nName=eth0\n\n[Network]\nAddress={self.ip}/{self.site.prefixlen}\n{route}"
+            # IPv4 only: with IPv6 on, networkd 252 waits about 13 s for router advertisements.
+            network = (
+                f"[Match]\nName=eth0\n\n[Network]\nAddress={self.ip}/{self.site.prefixlen}\n"
+                f"LinkLocalAddressing=no\nIPv6AcceptRA=no\n{route}"
+            )
             _write(up / "etc/systemd/network/10-eth0.network", network)
         if user_data is None and meta_data is None:
             _write(up / "etc/cloud/cloud-init.disabled", "the bed made this machine without cloud-init\n")
@@ -198,11 +202,10 @@ class Host:
     def _network(self) -> None:
         sh("ip", "netns", "add", self.netns)
         if self.ip is not None:
+            # The machine's systemd-networkd gives eth0 its address at boot (as DHCP would
+            # on EC2); an address set from outside makes networkd 252 fail the link.
             sh("ip", "link", "add", self.veth, "type", "veth", "peer", "name", "eth0", "netns", self.netns)
             sh("ip", "link", "set", self.veth, "master", self.site.bridge, "up")
-            sh("ip", "-n", self.netns, "addr", "add", f"{self.ip}/{self.site.prefixlen}", "dev", "eth0")
-            sh("ip", "-n", self.netns, "link", "set", "eth0", "up")
-            sh("ip", "-n", self.netns, "route", "add", IMDS_ADDRESS, "dev", "eth0")
             if self.imds:
                 # EC2's metadata address, answered by the bed's stand-in on the bridge.
                 for chain in ("OUTPUT", "PREROUTING"):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -54,6 +55,7 @@ COMMON = [
     "ca-certificates",
     "procps",
     "less",
+    "locales",  # cloud-init's locale module needs update-locale, as on Debian's cloud images
 ]
 
 
@@ -115,8 +117,13 @@ def recipe_hash(name: str) -> str:
     """What the cached image depends on: change any of it and the image is built anew."""
     recipe = RECIPES[name]
     h = hashlib.sha256(json.dumps([recipe.release, recipe.packages, BASE, MIRROR]).encode())
-    for path in [Path(__file__), *sorted(FILES.iterdir())]:
+    for path in sorted(FILES.iterdir()):
         h.update(path.name.encode() + b"\0" + path.read_bytes())
+    # The code that makes an image's content (not the rest of this module).
+    for function in (_build, _bake_container_images, rootfs_tar, _busybox_files, _shared_libraries):
+        h.update(inspect.getsource(function).encode())
+    for function in (busybox_tar, registry_tar):
+        h.update(inspect.getsource(function).encode())
     for binary in ("busybox", "docker-registry"):
         h.update(Path(os.path.realpath(tool(binary))).read_bytes())
     return h.hexdigest()[:12]
@@ -287,6 +294,37 @@ def registry_tar() -> bytes:
         {"bin/registry": registry, **files, **_shared_libraries(registry)},
         {"bin/sh": "busybox", "bin/wget": "busybox"},
     )
+
+
+def image_archive(tag: str, *, created: str, labels: dict[str, str] | None = None) -> bytes:
+    """A `docker load` archive of a one-file image made at `created` (RFC 3339): how an
+    image pulled long ago looks to `docker image prune --filter until=...`."""
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as tar:
+        data = f"{tag}\n".encode()
+        info = tarfile.TarInfo("made-by-the-bed")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    layer_bytes = layer.getvalue()
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+    config = json.dumps(
+        {
+            "architecture": arch,
+            "os": "linux",
+            "created": created,
+            "config": {"Cmd": ["sh"], "Labels": labels or {}},
+            "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer_bytes).hexdigest()]},
+        }
+    ).encode()
+    config_name = hashlib.sha256(config).hexdigest() + ".json"
+    manifest = json.dumps([{"Config": config_name, "RepoTags": [tag], "Layers": ["layer/layer.tar"]}]).encode()
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, blob in (("layer/layer.tar", layer_bytes), (config_name, config), ("manifest.json", manifest)):
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return out.getvalue()
 
 
 def with_file(tar_bytes: bytes, name: str, data: bytes) -> bytes:

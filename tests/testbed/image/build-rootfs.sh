@@ -13,6 +13,10 @@ mount -t proc proc /proc
 trap 'umount /proc 2>/dev/null || true' EXIT
 apt-get install -y -q --no-install-recommends "$@"
 rm -f /usr/sbin/policy-rc.d
+# cloud-init sets LANG=en_US.UTF-8 at first boot; Debian 12's update-locale refuses a
+# locale that is not generated (cloud images ship it generated).
+sed -i 's/^# *\(en_US.UTF-8 UTF-8\)/\1/' /etc/locale.gen
+locale-gen >/dev/null
 apt-get clean
 rm -rf /var/lib/apt/lists/* /var/cache/debconf/*-old /var/log/apt/* /var/log/dpkg.log
 

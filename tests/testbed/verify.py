@@ -1,0 +1,68 @@
+"""Checks the scenarios share: what a healthy swarm looks like from real `docker` output.
+
+Molecule's verify step, as helpers: each reads a host's Docker and raises (or returns
+what it saw) so a scenario's assertion says what it expected. Secrets are compared by
+digest (`fp`), never printed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from testbed.bed import BedError, wait_until
+
+
+def fp(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()[:16]
+
+
+def nodes(host) -> list[dict]:
+    lines = host.docker("node", "ls", "--format", "{{json .}}").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def bucket_of(engine) -> str:
+    return next(s.outputs["bucket"] for s in engine.state.values() if s.type == "aws:s3/bucket:Bucket")
+
+
+def read(bed, bucket: str, key: str) -> bytes:
+    return bed.s3().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def assert_one_healthy_swarm(engine, stack: str, managers: int = 3, workers: int = 2) -> list[dict]:
+    """One leader, the other managers Reachable, every node Ready, exactly the expected names."""
+    leader = engine.host_of("manager-0")
+    listing = nodes(leader)
+    status = sorted(n["ManagerStatus"] for n in listing)
+    assert status == sorted(["Leader"] + ["Reachable"] * (managers - 1) + [""] * workers), listing
+    assert all(n["Status"] == "Ready" for n in listing), listing
+    assert sorted(n["Hostname"] for n in listing) == sorted(
+        [f"swarm-{stack}-manager-{i}" for i in range(managers)] + [f"swarm-{stack}-worker-{i}" for i in range(workers)]
+    )
+    return listing
+
+
+def wait_service(host, name: str, replicas: int, timeout: float = 120) -> None:
+    def running():
+        out = host.docker("service", "ls", "--filter", f"name={name}", "--format", "{{.Name}} {{.Replicas}}")
+        # "5/5", or "5/5 (max 1 per node)" with --replicas-max-per-node
+        return any(line.split()[:2] == [name, f"{replicas}/{replicas}"] for line in out.splitlines())
+
+    try:
+        wait_until(f"service {name} at {replicas}/{replicas}", running, timeout, interval=1)
+    except BedError as error:
+        tasks = host.docker("service", "ps", "--no-trunc", "--format", "{{.Node}} {{.CurrentState}} {{.Error}}", name)
+        raise BedError(f"{error}; its tasks:\n{tasks}") from None
+
+
+def secret_in_task(engine, stack: str, service: str, secret: str) -> str:
+    """The content of `secret` as one of `service`'s running tasks reads it."""
+    leader = engine.host_of("manager-0")
+    task = leader.docker("service", "ps", service, "--filter", "desired-state=running", "-q").split()[0]
+    node = leader.docker("inspect", "--format", "{{.NodeID}}", task).strip()
+    hostname = leader.docker("node", "inspect", "--format", "{{.Description.Hostname}}", node).strip()
+    holder = engine.host_of(hostname.removeprefix(f"swarm-{stack}-"))
+    label = f"label=com.docker.swarm.service.name={service}"
+    container = holder.docker("ps", "-q", "--filter", label).split()[0]
+    return holder.docker("exec", container, "cat", f"/run/secrets/{secret}")
