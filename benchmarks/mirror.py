@@ -2,9 +2,9 @@
 
 A stack of 1 manager (which runs the mirror) + 2 workers is formed with its
 `mirrorUpstream` on a host of its own, behind 200 ms of added delay on that host's link.
-The bed's kernel has no netem, so the delay is `benchmarks/delayline.py`, a relay in the
-upstream host's network namespace that holds everything the registry sends for 200 ms
-(and each new connection as long), as `tc netem delay 200ms` on its egress would.
+The bed's kernel has no netem, so the delay is `benchmarks/delayline.py`, a relay on the
+upstream host in front of the bed's upstream registry that holds everything the registry
+sends for 200 ms (and each new connection as long), as `tc netem delay 200ms` would.
 
 For each sample a new image (busybox plus a unique file, so no cache has its blobs) is
 pushed upstream; worker 0 pulls it (the mirror fetches it through
@@ -54,18 +54,15 @@ def main() -> None:
 
     logs = Path(tempfile.mkdtemp(prefix="swarm-bench-mirror-"))
     with Bed() as bed:
-        # The slow upstream: a host of its own serving the bed's upstream storage.
+        # The slow upstream: a host of its own whose relay holds back what the bed's
+        # upstream registry (on the bridge) sends, as netem on the host's link would.
         address = str(bed.network[250 * 256 + 10])
         upstream = bed.create_host("upstream", address)
-        config = bed.root / "upstream-slow.yml"
-        storage = {"filesystem": {"rootdirectory": str(bed.root / "upstream-data")}}
-        inner = f"127.0.0.1:{UPSTREAM_PORT + 1}"
-        config.write_text(json.dumps({"version": 0.1, "storage": storage, "http": {"addr": inner}}))
-        upstream.start(["docker-registry", "serve", str(config)], logs / "upstream-slow.log")
         upstream.start(
-            ["/usr/bin/python3", str(Path(__file__).with_name("delayline.py")), "--listen",
-             f"{address}:{UPSTREAM_PORT}", "--target", inner, "--delay", str(args.delay_ms / 1000)],
+            ["python3", "-", "--listen", f"{address}:{UPSTREAM_PORT}", "--target",
+             f"{bed.gateway}:{UPSTREAM_PORT}", "--delay", str(args.delay_ms / 1000)],
             logs / "delayline.log",
+            input=Path(__file__).with_name("delayline.py").read_bytes(),
         )  # fmt: skip
         url = f"http://{address}:{UPSTREAM_PORT}"
         answers = lambda: upstream.run(["curl", "-sf", f"{url}/v2/"], check=False).returncode == 0  # noqa: E731
