@@ -33,8 +33,9 @@ PROGRAM = textwrap.dedent(
 )
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def host_and_key(bed):
+    """One machine for every engine check (each keeps to files of its own on it)."""
     key = generate_key("ED25519")
     host = bed.create_host("engine-check", str(bed.network[200 * 256 + 10]))
     host.authorize(bed.ssh_user, key["publicKeyOpenssh"])
@@ -130,17 +131,6 @@ RULES_PROGRAM = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def rules_host(bed):
-    key = generate_key("ED25519")
-    host = bed.create_host("engine-rules", str(bed.network[200 * 256 + 20]))
-    host.authorize(bed.ssh_user, key["publicKeyOpenssh"])
-    try:
-        yield host, key["privateKeyOpenssh"]
-    finally:
-        bed.wipe_host(host.key)
-
-
 class Rules:
     """One stack of RULES_PROGRAM on the rules host, and what its log and notes say."""
 
@@ -168,10 +158,10 @@ class Rules:
         return lines
 
 
-def test_a_replacement_is_created_first_and_the_old_one_deleted_after_every_other_step(bed, rules_host, tmp_path):
+def test_a_replacement_is_created_first_and_the_old_one_deleted_after_every_other_step(bed, host_and_key, tmp_path):
     """pulumi/pulumi step_generator.go continueStepsFromDiff ("the delete step is generated
     later on, after all creates/updates finish") and deployment_executor.go performPostSteps."""
-    rules = Rules(bed, *rules_host, tmp_path, "rule-cbd")
+    rules = Rules(bed, *host_and_key, tmp_path, "rule-cbd")
     rules.up([{"name": "a"}, {"name": "b", "after": ["a"]}])
     assert rules.steps() == ["create a 1", "create b 1"]
     # a is replaced (new trigger); b, which depends on it, is updated (new version).
@@ -182,11 +172,11 @@ def test_a_replacement_is_created_first_and_the_old_one_deleted_after_every_othe
     assert rules.steps() == ["delete b", "delete a"]
 
 
-def test_delete_before_replace_deletes_the_dependents_it_must_first(bed, rules_host, tmp_path):
+def test_delete_before_replace_deletes_the_dependents_it_must_first(bed, host_and_key, tmp_path):
     """pulumi/pulumi step_generator.go calculateDependentReplacements: dependents whose
     inputs depend on the resource, and whose provider replaces them with those inputs
     unknown, are deleted before it and created again after; a depends_on alone is not such."""
-    rules = Rules(bed, *rules_host, tmp_path, "rule-dbr")
+    rules = Rules(bed, *host_and_key, tmp_path, "rule-dbr")
     spec = [{"name": "a", "dbr": True}, {"name": "b", "uses": ["a"]}, {"name": "c", "after": ["a"]}]
     rules.up(spec)
     assert sorted(rules.steps()) == ["create a 1", "create b 1", "create c 1"]
@@ -201,11 +191,11 @@ def test_delete_before_replace_deletes_the_dependents_it_must_first(bed, rules_h
     rules.engine.destroy()
 
 
-def test_a_protected_resource_is_never_deleted(bed, rules_host, tmp_path):
+def test_a_protected_resource_is_never_deleted(bed, host_and_key, tmp_path):
     """pulumi/pulumi step_generator.go continueStepsFromDiff ("unable to replace resource ...
     marked for protection") and step.go deleteProtectedError; destroy --exclude-protected
     keeps what a protected resource depends on (destroy.go getProtectedExcludes)."""
-    rules = Rules(bed, *rules_host, tmp_path, "rule-protect")
+    rules = Rules(bed, *host_and_key, tmp_path, "rule-protect")
     base = {"name": "base"}
     rules.up([base, {"name": "kept", "protect": True, "after": ["base"]}, {"name": "other"}])
     rules.steps()
@@ -226,11 +216,11 @@ def test_a_protected_resource_is_never_deleted(bed, rules_host, tmp_path):
     assert sorted(s.name for s in rules.engine.state.values()) == ["base", "kept"]
 
 
-def test_replace_forces_a_replacement_and_ignore_changes_does_not_hold_across_it(bed, rules_host, tmp_path):
+def test_replace_forces_a_replacement_and_ignore_changes_does_not_hold_across_it(bed, host_and_key, tmp_path):
     """pulumi/pulumi step_generator.go: a --replace target replaces whatever the diff
     (isTargetedReplace), and the replacement is checked with the goal's own properties,
     not the ones ignore_changes kept."""
-    rules = Rules(bed, *rules_host, tmp_path, "rule-replace")
+    rules = Rules(bed, *host_and_key, tmp_path, "rule-replace")
     rules.up([{"name": "r", "ignore": ["create"]}])
     rules.steps()
     assert rules.up([{"name": "r", "ignore": ["create"], "version": 2}]).changed() == {}
@@ -240,10 +230,10 @@ def test_replace_forces_a_replacement_and_ignore_changes_does_not_hold_across_it
     rules.engine.destroy()
 
 
-def test_every_up_previews_first_running_nothing_and_handing_out_unknowns(bed, rules_host, tmp_path):
+def test_every_up_previews_first_running_nothing_and_handing_out_unknowns(bed, host_and_key, tmp_path):
     """pulumi/pulumi: `pulumi up` previews (step_generator.go in preview mode); providers
     run nothing, and an output a step would compute is unknown to the program."""
-    rules = Rules(bed, *rules_host, tmp_path, "rule-preview")
+    rules = Rules(bed, *host_and_key, tmp_path, "rule-preview")
     first = rules.up([{"name": "a"}, {"name": "b"}])
     assert set(first.preview.values()) == {"create"}
     assert sorted(rules.steps()) == ["create a 1", "create b 1"], "the preview ran a command"
