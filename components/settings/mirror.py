@@ -1,0 +1,37 @@
+"""The registry pull-through mirror on the managers, and the S3 endpoint it and the node
+scripts use.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from components.settings.base import DEFAULTS, Reader
+
+_URL = re.compile(r"^https?://[^\s/]+")
+
+
+@dataclass(frozen=True)
+class Mirror:
+    enabled: bool
+    port: int
+    upstream: str
+    s3_endpoint: str | None
+
+
+def read_mirror(r: Reader) -> Mirror:
+    enabled = r.boolean("mirror")
+    port = r.integer(
+        "mirrorPort",
+        "5000",
+        lambda v: 1024 <= v <= 65535 and v not in (2377, 7946, 4789),
+        "from 1024 to 65535 and not a swarm port (2377, 7946, 4789)",
+    )
+    upstream = r.string("mirrorUpstream") or DEFAULTS["mirrorUpstream"]
+    if not _URL.match(upstream):
+        r.problem("mirrorUpstream", f"must be an http(s) URL (got {upstream!r})", "https://registry-1.docker.io")
+    s3_endpoint = r.string("s3Endpoint")
+    if s3_endpoint and not _URL.match(s3_endpoint):
+        r.problem("s3Endpoint", f"must be an http(s) URL (got {s3_endpoint!r})", "https://minio.example.com:9000")
+    return Mirror(enabled, port, upstream, s3_endpoint)
