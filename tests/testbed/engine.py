@@ -1,18 +1,9 @@
 """An engine that runs the real `__main__.py` against the bed, as `pulumi up` would on AWS.
 
 The program runs under Pulumi's mocks (`set_mocks`, config from `set_all_config`), but the
-mock monitor *executes* each resource it is asked for:
-
-- `aws:ec2/instance:Instance` becomes a fresh bed host at the instance's IP (its pinned
-  `privateIp`, or the next free address of its subnet) that boots and hands cloud-init
-  the user-data and meta-data (the key pair's public key) through its NoCloud seed; an
-  instance's update that EC2 makes by stopping it (instance type, user-data) reboots it.
-- `aws:s3/bucket:Bucket` and `BucketVersioning` are created in moto.
-- `command:remote:Command` runs its `create` (or `update`) over SSH (`ssh.py`), with its
-  `stdin`; its stdout and stderr are real, and a non-zero exit is an error. Its `delete`
-  runs when it is deleted. `remote:CopyToRemote` copies over SFTP; `command:local:Command`
-  runs here, as the provider would on the machine running Pulumi.
-- Everything else echoes its inputs, with the ids and computed fields AWS would add.
+mock monitor *executes* each resource it is asked for (`resources.py`): an EC2 instance
+becomes a bed host that boots and hands cloud-init its user-data, the bucket is made in
+moto, a `remote.Command` runs over SSH with its real stdout, and so on.
 
 It follows the Pulumi engine's rules (pulumi/pulumi `pkg/resource/deploy/`):
 
@@ -31,8 +22,9 @@ It follows the Pulumi engine's rules (pulumi/pulumi `pkg/resource/deploy/`):
   those inputs unknown (`calculateDependentReplacements`); those are created again when
   the program registers them.
 - A protected resource is never deleted: replacing it fails the update ("unable to
-  replace resource ... marked for protection"), dropping it fails it at the end
-  ("cannot be deleted because it is protected"), and `destroy()` is `--exclude-protected`
+  replace resource ... marked for protection"), dropping it fails it too, already in
+  the preview ("cannot be deleted because it is protected"; `step.go` checks protection
+  before it checks for a dry run), and `destroy()` is `--exclude-protected`
   (the protected resources and everything they depend on stay).
 - `up(replace=[urn])` is `--replace`: a replacement whatever the diff.
 
@@ -44,21 +36,14 @@ log holds what pulumi-command would print.
 
 from __future__ import annotations
 
-import base64
 import collections
-import contextlib
-import hashlib
-import ipaddress
 import json
 import logging
-import os
 import runpy
-import secrets
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,130 +58,30 @@ from pulumi.runtime.sync_await import _ensure_event_loop, _sync_await
 
 from testbed import providers
 from testbed.bed import BED_REGION, Bed, BedError
-from testbed.providers import BUCKET, COMMAND, COPY, INSTANCE, LOCAL
-from testbed.sdk import SECRET_SIG, SIG_KEY, drop_pending_outputs, fresh_stack, stack_exports, unwrap
-from testbed.ssh import SSHError, abort_all, generate_key, sftp_put, ssh_run
+from testbed.providers import COMMAND, INSTANCE, LOCAL
+from testbed.records import (
+    EngineError,
+    Result,
+    State,
+    Step,
+    as_secret,
+    comparable,
+    files_under,
+    is_secret,
+    plain,
+    redact,
+    scan_for,
+    to_wire,
+)
+from testbed.resources import Resources
+from testbed.sdk import drop_pending_outputs, fresh_stack, stack_exports
+from testbed.ssh import abort_all, generate_key
 
 __all__ = ["Engine", "EngineError", "Result", "abort_all", "files_under", "generate_key", "scan_for"]
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "__main__.py"
-LOCAL_TIMEOUT = 900
 AMI = "ami-0bed0bed0bed0bed0"
-
-
-class EngineError(RuntimeError):
-    """What `pulumi up` or `pulumi destroy` would report as the failure."""
-
-
-def plain(value: Any) -> Any:
-    """The plain value, secret markers removed."""
-    return unwrap(value)[0]
-
-
-def is_secret(value: Any) -> bool:
-    return unwrap(value)[1]
-
-
-def comparable(value: Any) -> Any:
-    """Plain values for diffing: assets and archives compare by what they point at."""
-    value = plain(value)
-    if isinstance(value, dict):
-        return {k: comparable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [comparable(v) for v in value]
-    if isinstance(value, pulumi.asset.Asset | pulumi.asset.Archive):
-        return (type(value).__name__, getattr(value, "path", None), getattr(value, "text", None))
-    return value
-
-
-def redact(value: Any) -> Any:
-    """What a checkpoint holds: every secret-marked value replaced, as Pulumi encrypts them."""
-    if isinstance(value, dict):
-        if value.get(SIG_KEY) == SECRET_SIG:
-            digest = hashlib.sha256(json.dumps(plain(value), sort_keys=True, default=str).encode()).hexdigest()[:12]
-            return {"secure": f"[encrypted {digest}]"}
-        return {k: redact(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    if isinstance(value, Unknown):
-        return "[unknown]"
-    return value
-
-
-def as_secret(value: Any) -> dict:
-    return {SIG_KEY: SECRET_SIG, "value": value}
-
-
-def to_wire(value: Any) -> Any:
-    """Unknowns as the RPC layer spells them."""
-    if isinstance(value, Unknown):
-        return rpc.UNKNOWN
-    if isinstance(value, dict):
-        return {k: to_wire(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [to_wire(v) for v in value]
-    return value
-
-
-@dataclass
-class State:
-    """One resource as the backend records it."""
-
-    urn: str
-    type: str
-    name: str
-    id: str
-    raw_inputs: dict  # with secret markers
-    outputs: dict  # plain
-    secret_outputs: set[str]
-    dependencies: list[str]
-    parent: str
-    protect: bool
-    delete_before_replace: bool
-    custom: bool = True
-    property_dependencies: dict[str, list[str]] = field(default_factory=dict)
-    ignore_changes: list[str] = field(default_factory=list)
-    host: str | None = None  # bed host key, for instances
-    pending_replacement: bool = False  # deleted by a delete-before-replace, not yet created again
-
-    @property
-    def inputs(self) -> dict:
-        return plain(self.raw_inputs)
-
-    def raw_outputs(self) -> dict:
-        return {k: as_secret(v) if k in self.secret_outputs else v for k, v in self.outputs.items()}
-
-    def depends_on(self) -> set[str]:
-        return {*self.dependencies, *(u for urns in self.property_dependencies.values() for u in urns), self.parent}
-
-
-@dataclass
-class Step:
-    op: str  # create | update | replace | delete | delete-replaced
-    urn: str
-    name: str
-    start: float
-    end: float
-
-
-@dataclass
-class Result:
-    outputs: dict[str, Any] = field(default_factory=dict)
-    secret_outputs: set[str] = field(default_factory=set)
-    changes: dict[str, str] = field(default_factory=dict)  # urn -> create|update|replace|same|delete
-    seconds: float = 0.0
-    # resource name -> (start, end) of its step, in seconds since the run began (benchmarks)
-    timings: dict[str, tuple[float, float]] = field(default_factory=dict)
-    preview: dict[str, str] = field(default_factory=dict)  # urn -> what the preview planned
-    steps: list[Step] = field(default_factory=list)  # what ran, in order of completion
-
-    def changed(self) -> dict[str, str]:
-        return {urn: op for urn, op in self.changes.items() if op != "same"}
-
-    def order(self, *ops: str) -> list[tuple[str, str]]:
-        """(op, resource name) of the steps that ran, in order of completion."""
-        return [(s.op, s.name) for s in self.steps if not ops or s.op in ops]
 
 
 @dataclass
@@ -299,7 +184,9 @@ class Engine:
         self.state: dict[str, State] = {}
         self.pending_deletes: list[State] = []  # replaced resources whose delete is still due
         self._lock = threading.Lock()
-        self._ips: set[str] = set()
+        self.resources = Resources(
+            bed, self.log, self._find, image=image, wait_for_boot=wait_for_boot, log_dir=self.log_dir
+        )
         self._begin(preview=False, replace=())
 
     def _begin(self, *, preview: bool, replace) -> None:
@@ -507,9 +394,9 @@ class Engine:
         if not goal.custom:
             new.id, new.outputs = "", {}
         elif op == "update":
-            self._update(old, new)
+            self.resources.update(old, new)
         else:
-            self._create(new)
+            self.resources.create(new)
         self._record_step(recorded, new, started)
         if op == "replace" and not dbr:
             with self._lock:
@@ -647,7 +534,7 @@ class Engine:
 
     def _delete_step(self, state: State, op: str) -> None:
         started = time.monotonic() - self._started
-        self._delete_one(state)
+        self.resources.delete(state)
         self._record_step(op, state, started)
 
     def _record_step(self, op: str, state: State, started: float) -> None:
@@ -671,219 +558,11 @@ class Engine:
                     todo.append(dep)
         return keep
 
-    # -- creating and updating -----------------------------------------------------------
-    def _create(self, new: State) -> None:
-        type_ = new.type
-        if type_ in (COMMAND, LOCAL):
-            new.id = f"{new.name}-{secrets.token_hex(4)}"
-            run = self._run_command if type_ == COMMAND else self._run_local
-            new.outputs = {**new.inputs, **run(new, new.inputs.get("create") or "")}
-        elif type_ == COPY:
-            new.id = f"{new.name}-{secrets.token_hex(4)}"
-            new.outputs = dict(new.inputs)
-            self._copy(new)
-        elif type_ == INSTANCE:
-            new.id = f"i-{secrets.token_hex(8)}"
-            new.outputs = self._create_instance(new)
-        else:
-            new.id = self._id_for(type_, new.name)
-            new.outputs = {**new.inputs, **self._computed(type_, new.name, new, None)}
-            if type_ == BUCKET:
-                new.id = new.outputs["bucket"]  # the provider's id of a bucket is its name
-
-    def _update(self, old: State, new: State) -> None:
-        type_ = new.type
-        new.id, new.host = old.id, old.host
-        if type_ in (COMMAND, LOCAL):
-            # pulumi-command: `update` if set, else `create`; neither: nothing runs.
-            script = new.inputs.get("update") or new.inputs.get("create")
-            run = self._run_command if type_ == COMMAND else self._run_local
-            new.outputs = {**new.inputs, **(run(new, script) if script else {"stdout": "", "stderr": ""})}
-        elif type_ == COPY:
-            new.outputs = dict(new.inputs)
-            self._copy(new)
-        elif type_ == INSTANCE:
-            new.outputs = {**new.inputs, **{k: v for k, v in old.outputs.items() if k not in new.inputs}}
-            changed = providers.changed_keys(comparable(old.raw_inputs), comparable(new.raw_inputs))
-            if changed & providers.INSTANCE_RESTART_KEYS:
-                self._restart_instance(old, new, changed)
-        else:
-            new.outputs = {**new.inputs, **self._computed(type_, new.name, new, old)}
-            if type_ == BUCKET:
-                new.id = new.outputs["bucket"]
-
-    # -- resources -----------------------------------------------------------------------
-    def _id_for(self, type_: str, name: str) -> str:
-        prefix = {
-            "aws:ec2/vpc:Vpc": "vpc",
-            "aws:ec2/subnet:Subnet": "subnet",
-            "aws:ec2/securityGroup:SecurityGroup": "sg",
-            "aws:ec2/internetGateway:InternetGateway": "igw",
-            "aws:ec2/routeTable:RouteTable": "rtb",
-            "aws:ec2/keyPair:KeyPair": "key",
-        }.get(type_)
-        return f"{prefix}-{secrets.token_hex(8)}" if prefix else f"{name}-{secrets.token_hex(4)}"
-
-    def _computed(self, type_: str, name: str, new: State, old: State | None) -> dict:
-        inputs = new.inputs
-        previous = old.outputs if old is not None else {}
-        if type_ == BUCKET:
-            bucket = previous.get("bucket") or inputs.get("bucket") or f"{name}-{secrets.token_hex(4)[:7]}"
-            if old is None:
-                self.bed.s3().create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": BED_REGION})
-            return {"bucket": bucket, "arn": f"arn:aws:s3:::{bucket}", "region": BED_REGION}
-        if type_ == "aws:s3/bucketVersioning:BucketVersioning":
-            status = (inputs.get("versioningConfiguration") or {}).get("status", "Enabled")
-            self.bed.s3().put_bucket_versioning(Bucket=inputs["bucket"], VersioningConfiguration={"Status": status})
-            return {}
-        if type_ == "tls:index/privateKey:PrivateKey":
-            if previous:
-                return {k: previous[k] for k in ("privateKeyOpenssh", "privateKeyPem", "publicKeyOpenssh")}
-            new.secret_outputs |= {"privateKeyOpenssh", "privateKeyPem"}
-            return generate_key(inputs.get("algorithm", "ED25519"))
-        if type_ == "aws:ec2/keyPair:KeyPair":
-            return {
-                "keyName": inputs.get("keyName") or previous.get("keyName") or f"{name}-{secrets.token_hex(4)}",
-                "arn": f"arn:aws:ec2:::{name}",
-            }
-        if type_ in ("aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile"):
-            iam_name = previous.get("name") or inputs.get("name") or f"{name}-{secrets.token_hex(4)[:7]}"
-            return {"name": iam_name, "arn": f"arn:aws:iam::123456789012:{type_.split(':')[-1].lower()}/{iam_name}"}
-        return {"arn": previous.get("arn") or f"arn:aws:bed:::{name}"}
-
-    def _create_instance(self, new: State) -> dict:
-        inputs = new.inputs
-        subnet = self._find(lambda s: s.type == "aws:ec2/subnet:Subnet" and s.id == inputs.get("subnetId"))
-        if subnet is None:
-            raise EngineError(f"{new.name}: subnet {inputs.get('subnetId')} is not in the state")
-        cidr = ipaddress.ip_network(subnet.inputs["cidrBlock"])
-        with self._lock:
-            ip = inputs.get("privateIp") or next(
-                str(a) for a in list(cidr.hosts())[99:] if str(a) not in self._ips and str(a) != self.bed.gateway
-            )
-            if ip in self._ips:
-                # What EC2 answers while another instance (the one being replaced) holds it.
-                raise EngineError(f"{new.name}: InvalidIPAddress.InUse: address {ip} is in use")
-            self._ips.add(ip)
-        name = (inputs.get("tags") or {}).get("Name") or new.name
-        key = self._find(
-            lambda s: s.type == "aws:ec2/keyPair:KeyPair" and s.outputs.get("keyName") == inputs.get("keyName")
-        )
-        try:
-            host = self.bed.create_host(
-                name,
-                ip,
-                image=self.image,
-                user_data=base64.b64decode(inputs.get("userDataBase64") or ""),
-                meta_data=_meta_data(new.id, ip, key.inputs["publicKey"] if key else None),
-            )
-        except BedError:
-            with self._lock:
-                self._ips.discard(ip)
-            raise
-        new.host = host.key
-        if self.wait_for_boot:
-            host.wait_cloud_init(600)
-        self.log(f"instance {name} ({host.key}) at {ip} booted; cloud-init runs its user-data")
-        public = ip if inputs.get("associatePublicIpAddress") else ""
-        return {
-            **inputs,
-            "id": new.id,
-            "privateIp": ip,
-            "publicIp": public,
-            "privateDns": f"ip-{ip.replace('.', '-')}.{BED_REGION}.compute.internal",
-            "availabilityZone": subnet.inputs.get("availabilityZone", f"{BED_REGION}a"),
-            "arn": f"arn:aws:ec2:{BED_REGION}:123456789012:instance/{new.id}",
-            "instanceState": "running",
-        }
-
-    def _restart_instance(self, old: State, new: State, changed: set[str]) -> None:
-        """EC2 applies a new instance type or user-data to a stopped instance, then starts
-        it: same disk, same private address; cloud-init does not run user-data again."""
-        host = self.bed.hosts.get(old.host or "")
-        if host is None:
-            raise EngineError(f"{new.name}: its machine {old.host} is gone")
-        self.log(f"instance {new.name}: stop, modify {', '.join(sorted(changed))}, start")
-        host.power_off()
-        user_data = base64.b64decode(new.inputs.get("userDataBase64") or "")
-        (host.dir / "up/var/lib/cloud/seed/nocloud/user-data").write_bytes(user_data)
-        host.boot()
-
     def _find(self, predicate) -> State | None:
+        """A resource of this update, or else of the state (an instance's subnet, key pair)."""
         with self._lock:
             candidates = list(self._new.values()) + [s for u, s in self.state.items() if u not in self._new]
         return next((s for s in candidates if predicate(s)), None)
-
-    # -- commands ------------------------------------------------------------------------
-    def _run_command(self, state: State, script: str) -> dict:
-        inputs = state.inputs
-        started = time.monotonic()
-        try:
-            code, stdout, stderr = ssh_run(inputs["connection"], script, inputs.get("stdin"), self.log, state.name)
-        except SSHError as error:
-            raise EngineError(str(error)) from None
-        return self._finish(state, script, code, stdout, stderr, time.monotonic() - started)
-
-    def _run_local(self, state: State, script: str) -> dict:
-        """local.Command: the interpreter (default /bin/sh -c) here, in `dir`, with `environment`."""
-        inputs = state.inputs
-        started = time.monotonic()
-        try:
-            proc = subprocess.run(
-                [*(inputs.get("interpreter") or ["/bin/sh", "-c"]), script],
-                cwd=inputs.get("dir") or None,
-                env={**os.environ, **(inputs.get("environment") or {})},
-                input=inputs.get("stdin"),
-                capture_output=True,
-                text=True,
-                timeout=LOCAL_TIMEOUT,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as error:
-            raise EngineError(f"{state.urn}: still running after {LOCAL_TIMEOUT}s: {script!r}") from error
-        return self._finish(state, script, proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
-
-    def _finish(self, state: State, script: str, code: int, stdout: str, stderr: str, seconds: float) -> dict:
-        inputs = state.inputs
-        logging_mode = inputs.get("logging") or "stdoutAndStderr"
-        self.log(f"{state.name}: exit {code} after {seconds:.1f}s")
-        if logging_mode in ("stdout", "stdoutAndStderr"):
-            for line in stdout.splitlines():
-                self.log(f"{state.name} | {line}")
-        if logging_mode in ("stderr", "stdoutAndStderr"):
-            for line in stderr.splitlines():
-                self.log(f"{state.name} ! {line}")
-        if code != 0:
-            # pulumi-command's error carries the command string and both streams.
-            message = f"{state.urn}: Process exited with status {code}: running {script!r}:\n{stdout}\n{stderr}"
-            raise EngineError(message)
-        return {"stdout": stdout.removesuffix("\n"), "stderr": stderr.removesuffix("\n")}
-
-    def _copy(self, state: State) -> None:
-        inputs = state.inputs
-        source = inputs["source"]
-        path = getattr(source, "path", None) or (source.get("path") if isinstance(source, dict) else None)
-        if not path or not Path(path).is_file():
-            raise EngineError(f"{state.name}: the bed copies file assets only (source {source!r})")
-        try:
-            sftp_put(inputs["connection"], path, inputs["remotePath"], self.log, state.name)
-        except SSHError as error:
-            raise EngineError(str(error)) from None
-        self.log(f"{state.name}: copied {path} to {inputs['remotePath']}")
-
-    def _delete_one(self, state: State) -> None:
-        if state.type in (COMMAND, LOCAL) and state.inputs.get("delete"):
-            self.log(f"delete hook of {state.name}")
-            run = self._run_command if state.type == COMMAND else self._run_local
-            run(state, state.inputs["delete"])
-        elif state.type == INSTANCE and state.host:
-            self.log(f"terminate {state.host}")
-            if state.host in self.bed.hosts:
-                self.bed.wipe_host(state.host)
-            with self._lock:
-                self._ips.discard(state.outputs.get("privateIp"))
-        elif state.type == BUCKET:
-            raise EngineError(f"{state.name}: deleting the bucket is not something the bed's engine does")
 
     # -- records -------------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -941,14 +620,6 @@ def _protected_error(states: list[State]) -> EngineError:
     )
 
 
-def _meta_data(instance_id: str, ip: str, public_key: str | None) -> dict:
-    """What EC2's metadata service would tell cloud-init about this instance."""
-    meta = {"instance-id": instance_id, "local-hostname": f"ip-{ip.replace('.', '-')}"}
-    if public_key:
-        meta["public-keys"] = [public_key.strip()]
-    return meta
-
-
 class _FileHandler(logging.Handler):
     def __init__(self, engine: Engine):
         super().__init__()
@@ -956,19 +627,3 @@ class _FileHandler(logging.Handler):
 
     def emit(self, record):
         self.engine.log(f"{record.levelname.lower()}: {record.getMessage()}")
-
-
-def scan_for(needles: list[str], paths: list[Path]) -> list[str]:
-    """Where any of `needles` occurs in these files (names only, never the needle)."""
-    found = []
-    for path in paths:
-        with contextlib.suppress(OSError):
-            text = path.read_text(errors="replace")
-            for index, needle in enumerate(needles):
-                if needle and needle in text:
-                    found.append(f"{path.name} holds secret #{index}")
-    return found
-
-
-def files_under(*directories: Path) -> list[Path]:
-    return [p for d in directories if d.exists() for p in d.rglob("*") if p.is_file()]

@@ -80,7 +80,9 @@ def cgroup_hierarchies() -> dict[str, Path]:
         _, controllers, path = line.split(":", 2)
         mine[controllers] = path
     found = {}
-    for mount in Path("/sys/fs/cgroup").iterdir():
+    root = Path("/sys/fs/cgroup")
+    # cgroup v1 or hybrid: one mount per hierarchy below it; v2 alone: the root itself.
+    for mount in [root, *root.iterdir()]:
         if not mount.is_dir() or mount.is_symlink():
             continue
         fstype = sh("findmnt", "-no", "FSTYPE", str(mount), check=False).strip()

@@ -1,0 +1,264 @@
+"""What each resource does on the bed when the engine creates, updates or deletes it.
+
+The providers' side of a step: an EC2 instance becomes a bed host (`create_host`, with
+its user-data and meta-data in cloud-init's NoCloud seed), and is stopped and started
+for the updates EC2 makes that way; the bucket and its versioning are made in moto; a
+`remote.Command` runs over SSH and a `local.Command` here, as pulumi-command runs them
+(`update` if set, else `create`; `delete` when deleted); `CopyToRemote` copies over SFTP.
+Anything else echoes its inputs with the ids and computed fields AWS would add.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import os
+import secrets
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from testbed import providers
+from testbed.bed import BED_REGION, Bed, BedError
+from testbed.providers import BUCKET, COMMAND, COPY, INSTANCE, LOCAL
+from testbed.records import EngineError, State, comparable
+from testbed.ssh import SSHError, generate_key, sftp_put, ssh_run
+
+LOCAL_TIMEOUT = 900
+
+
+class Resources:
+    """Creates, updates and deletes resources of one stack on one bed."""
+
+    def __init__(
+        self,
+        bed: Bed,
+        log: Callable[[str], None],
+        find: Callable[[Callable[[State], bool]], State | None],
+        *,
+        image: str | None,
+        wait_for_boot: bool,
+        log_dir: Path,
+    ):
+        self.bed, self.log, self.find = bed, log, find
+        self.image, self.wait_for_boot, self.log_dir = image, wait_for_boot, log_dir
+        self._ips: set[str] = set()  # the addresses this stack's instances hold
+        self._lock = threading.Lock()
+
+    def create(self, new: State) -> None:
+        type_ = new.type
+        if type_ in (COMMAND, LOCAL):
+            new.id = f"{new.name}-{secrets.token_hex(4)}"
+            run = self._run_command if type_ == COMMAND else self._run_local
+            new.outputs = {**new.inputs, **run(new, new.inputs.get("create") or "")}
+        elif type_ == COPY:
+            new.id = f"{new.name}-{secrets.token_hex(4)}"
+            new.outputs = dict(new.inputs)
+            self._copy(new)
+        elif type_ == INSTANCE:
+            new.id = f"i-{secrets.token_hex(8)}"
+            new.outputs = self._create_instance(new)
+        else:
+            new.id = self._id_for(type_, new.name)
+            new.outputs = {**new.inputs, **self._computed(type_, new.name, new, None)}
+            if type_ == BUCKET:
+                new.id = new.outputs["bucket"]  # the provider's id of a bucket is its name
+
+    def update(self, old: State, new: State) -> None:
+        type_ = new.type
+        new.id, new.host = old.id, old.host
+        if type_ in (COMMAND, LOCAL):
+            # pulumi-command: `update` if set, else `create`; neither: nothing runs.
+            script = new.inputs.get("update") or new.inputs.get("create")
+            run = self._run_command if type_ == COMMAND else self._run_local
+            new.outputs = {**new.inputs, **(run(new, script) if script else {"stdout": "", "stderr": ""})}
+        elif type_ == COPY:
+            new.outputs = dict(new.inputs)
+            self._copy(new)
+        elif type_ == INSTANCE:
+            new.outputs = {**new.inputs, **{k: v for k, v in old.outputs.items() if k not in new.inputs}}
+            changed = providers.changed_keys(comparable(old.raw_inputs), comparable(new.raw_inputs))
+            if changed & providers.INSTANCE_RESTART_KEYS:
+                self._restart_instance(old, new, changed)
+        else:
+            new.outputs = {**new.inputs, **self._computed(type_, new.name, new, old)}
+            if type_ == BUCKET:
+                new.id = new.outputs["bucket"]
+
+    # -- resources -----------------------------------------------------------------------
+    def _id_for(self, type_: str, name: str) -> str:
+        prefix = {
+            "aws:ec2/vpc:Vpc": "vpc",
+            "aws:ec2/subnet:Subnet": "subnet",
+            "aws:ec2/securityGroup:SecurityGroup": "sg",
+            "aws:ec2/internetGateway:InternetGateway": "igw",
+            "aws:ec2/routeTable:RouteTable": "rtb",
+            "aws:ec2/keyPair:KeyPair": "key",
+        }.get(type_)
+        return f"{prefix}-{secrets.token_hex(8)}" if prefix else f"{name}-{secrets.token_hex(4)}"
+
+    def _computed(self, type_: str, name: str, new: State, old: State | None) -> dict:
+        inputs = new.inputs
+        previous = old.outputs if old is not None else {}
+        if type_ == BUCKET:
+            bucket = previous.get("bucket") or inputs.get("bucket") or f"{name}-{secrets.token_hex(4)[:7]}"
+            if old is None:
+                self.bed.s3().create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": BED_REGION})
+            return {"bucket": bucket, "arn": f"arn:aws:s3:::{bucket}", "region": BED_REGION}
+        if type_ == "aws:s3/bucketVersioning:BucketVersioning":
+            status = (inputs.get("versioningConfiguration") or {}).get("status", "Enabled")
+            self.bed.s3().put_bucket_versioning(Bucket=inputs["bucket"], VersioningConfiguration={"Status": status})
+            return {}
+        if type_ == "tls:index/privateKey:PrivateKey":
+            if previous:
+                return {k: previous[k] for k in ("privateKeyOpenssh", "privateKeyPem", "publicKeyOpenssh")}
+            new.secret_outputs |= {"privateKeyOpenssh", "privateKeyPem"}
+            return generate_key(inputs.get("algorithm", "ED25519"))
+        if type_ == "aws:ec2/keyPair:KeyPair":
+            return {
+                "keyName": inputs.get("keyName") or previous.get("keyName") or f"{name}-{secrets.token_hex(4)}",
+                "arn": f"arn:aws:ec2:::{name}",
+            }
+        if type_ in ("aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile"):
+            iam_name = previous.get("name") or inputs.get("name") or f"{name}-{secrets.token_hex(4)[:7]}"
+            return {"name": iam_name, "arn": f"arn:aws:iam::123456789012:{type_.split(':')[-1].lower()}/{iam_name}"}
+        return {"arn": previous.get("arn") or f"arn:aws:bed:::{name}"}
+
+    def _create_instance(self, new: State) -> dict:
+        inputs = new.inputs
+        subnet = self.find(lambda s: s.type == "aws:ec2/subnet:Subnet" and s.id == inputs.get("subnetId"))
+        if subnet is None:
+            raise EngineError(f"{new.name}: subnet {inputs.get('subnetId')} is not in the state")
+        cidr = ipaddress.ip_network(subnet.inputs["cidrBlock"])
+        with self._lock:
+            ip = inputs.get("privateIp") or next(
+                str(a) for a in list(cidr.hosts())[99:] if str(a) not in self._ips and str(a) != self.bed.gateway
+            )
+            if ip in self._ips:
+                # What EC2 answers while another instance (the one being replaced) holds it.
+                raise EngineError(f"{new.name}: InvalidIPAddress.InUse: address {ip} is in use")
+            self._ips.add(ip)
+        name = (inputs.get("tags") or {}).get("Name") or new.name
+        key = self.find(
+            lambda s: s.type == "aws:ec2/keyPair:KeyPair" and s.outputs.get("keyName") == inputs.get("keyName")
+        )
+        try:
+            host = self.bed.create_host(
+                name,
+                ip,
+                image=self.image,
+                user_data=base64.b64decode(inputs.get("userDataBase64") or ""),
+                meta_data=_meta_data(new.id, ip, key.inputs["publicKey"] if key else None),
+            )
+        except BedError:
+            with self._lock:
+                self._ips.discard(ip)
+            raise
+        new.host = host.key
+        if self.wait_for_boot:
+            host.wait_cloud_init(600)
+        self.log(f"instance {name} ({host.key}) at {ip} booted; cloud-init runs its user-data")
+        public = ip if inputs.get("associatePublicIpAddress") else ""
+        return {
+            **inputs,
+            "id": new.id,
+            "privateIp": ip,
+            "publicIp": public,
+            "privateDns": f"ip-{ip.replace('.', '-')}.{BED_REGION}.compute.internal",
+            "availabilityZone": subnet.inputs.get("availabilityZone", f"{BED_REGION}a"),
+            "arn": f"arn:aws:ec2:{BED_REGION}:123456789012:instance/{new.id}",
+            "instanceState": "running",
+        }
+
+    def _restart_instance(self, old: State, new: State, changed: set[str]) -> None:
+        """EC2 applies a new instance type or user-data to a stopped instance, then starts
+        it: same disk, same private address; cloud-init does not run user-data again."""
+        host = self.bed.hosts.get(old.host or "")
+        if host is None:
+            raise EngineError(f"{new.name}: its machine {old.host} is gone")
+        self.log(f"instance {new.name}: stop, modify {', '.join(sorted(changed))}, start")
+        host.power_off()
+        user_data = base64.b64decode(new.inputs.get("userDataBase64") or "")
+        (host.dir / "up/var/lib/cloud/seed/nocloud/user-data").write_bytes(user_data)
+        host.boot()
+
+    # -- commands ------------------------------------------------------------------------
+    def _run_command(self, state: State, script: str) -> dict:
+        inputs = state.inputs
+        started = time.monotonic()
+        try:
+            code, stdout, stderr = ssh_run(inputs["connection"], script, inputs.get("stdin"), self.log, state.name)
+        except SSHError as error:
+            raise EngineError(str(error)) from None
+        return self._finish(state, script, code, stdout, stderr, time.monotonic() - started)
+
+    def _run_local(self, state: State, script: str) -> dict:
+        """local.Command: the interpreter (default /bin/sh -c) here, in `dir`, with `environment`."""
+        inputs = state.inputs
+        started = time.monotonic()
+        try:
+            proc = subprocess.run(
+                [*(inputs.get("interpreter") or ["/bin/sh", "-c"]), script],
+                cwd=inputs.get("dir") or None,
+                env={**os.environ, **(inputs.get("environment") or {})},
+                input=inputs.get("stdin"),
+                capture_output=True,
+                text=True,
+                timeout=LOCAL_TIMEOUT,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as error:
+            raise EngineError(f"{state.urn}: still running after {LOCAL_TIMEOUT}s: {script!r}") from error
+        return self._finish(state, script, proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
+
+    def _finish(self, state: State, script: str, code: int, stdout: str, stderr: str, seconds: float) -> dict:
+        inputs = state.inputs
+        logging_mode = inputs.get("logging") or "stdoutAndStderr"
+        self.log(f"{state.name}: exit {code} after {seconds:.1f}s")
+        if logging_mode in ("stdout", "stdoutAndStderr"):
+            for line in stdout.splitlines():
+                self.log(f"{state.name} | {line}")
+        if logging_mode in ("stderr", "stdoutAndStderr"):
+            for line in stderr.splitlines():
+                self.log(f"{state.name} ! {line}")
+        if code != 0:
+            # pulumi-command's error carries the command string and both streams.
+            message = f"{state.urn}: Process exited with status {code}: running {script!r}:\n{stdout}\n{stderr}"
+            raise EngineError(message)
+        return {"stdout": stdout.removesuffix("\n"), "stderr": stderr.removesuffix("\n")}
+
+    def _copy(self, state: State) -> None:
+        inputs = state.inputs
+        source = inputs["source"]
+        path = getattr(source, "path", None) or (source.get("path") if isinstance(source, dict) else None)
+        if not path or not Path(path).is_file():
+            raise EngineError(f"{state.name}: the bed copies file assets only (source {source!r})")
+        try:
+            sftp_put(inputs["connection"], path, inputs["remotePath"], self.log, state.name)
+        except SSHError as error:
+            raise EngineError(str(error)) from None
+        self.log(f"{state.name}: copied {path} to {inputs['remotePath']}")
+
+    def delete(self, state: State) -> None:
+        if state.type in (COMMAND, LOCAL) and state.inputs.get("delete"):
+            self.log(f"delete hook of {state.name}")
+            run = self._run_command if state.type == COMMAND else self._run_local
+            run(state, state.inputs["delete"])
+        elif state.type == INSTANCE and state.host:
+            self.log(f"terminate {state.host}")
+            if state.host in self.bed.hosts:
+                self.bed.wipe_host(state.host)
+            with self._lock:
+                self._ips.discard(state.outputs.get("privateIp"))
+        elif state.type == BUCKET:
+            raise EngineError(f"{state.name}: deleting the bucket is not something the bed's engine does")
+
+
+def _meta_data(instance_id: str, ip: str, public_key: str | None) -> dict:
+    """What EC2's metadata service would tell cloud-init about this instance."""
+    meta = {"instance-id": instance_id, "local-hostname": f"ip-{ip.replace('.', '-')}"}
+    if public_key:
+        meta["public-keys"] = [public_key.strip()]
+    return meta
