@@ -68,6 +68,8 @@ class SwarmCluster(pulumi.ComponentResource):
                 workers=machines.workers,
                 ssh_user=settings.ssh_user,
                 ssh_private_key=machines.ssh_private_key,
+                operator_key=machines.operator_key,
+                authorized_key=machines.authorized_key,
                 restore_from=settings.restore_from,
                 backup_on_destroy=settings.backup_on_destroy,
                 backup_target=settings.backup_target,

@@ -42,6 +42,9 @@ class Hosts(pulumi.ComponentResource):
     ):
         super().__init__("swarm:index:Hosts", name, None, opts)
         self.ssh_private_key = pulumi.Output.secret(settings.ssh_private_key)
+        # Your key is the only one: Pulumi reaches the hosts with it from the start.
+        self.operator_key = self.ssh_private_key
+        self.authorized_key: pulumi.Input[str] | None = None
         credentials = {}
         if settings.s3_access_key_id is not None:
             credentials = {
@@ -61,10 +64,13 @@ class Hosts(pulumi.ComponentResource):
                 role=plan.role,
                 connect_host=plan.address,
                 private_ip=plan.private_ip,
-                # A host at another address is another machine: it joins afresh.
-                replaced_by=[plan.address, plan.private_ip, str(plan.port)],
+                # Its swarm identity is the address it advertises: a new private address
+                # leaves and joins afresh. SSH address, port and user only change how
+                # Pulumi reaches it (the commands are updated, the node stays).
+                replaced_by=[plan.private_ip],
                 user=plan.user,
                 port=plan.port,
+                pinned=True,
             )
             provision = remote.Command(
                 f"{name}-provision-{plan.name}",

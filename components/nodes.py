@@ -5,10 +5,11 @@ manager's Raft state only onto the address it advertised. Every instance require
 IMDSv2 (hop limit 2, so the registry mirror's container can still reach the role's
 credentials), has an encrypted gp3 root volume, and boots `scripts/node/user-data.sh`.
 
-`ami` and `user_data` are ignored after creation: a new AMI or a changed user-data
-must not replace running managers mid-day (three managers replaced at once lose
-quorum). Both take effect at the next morning's rebuild, or at once with
-`pulumi up --replace <urn>` one node at a time.
+`ami`, `user_data`, `instance_type` and `key_name` are ignored after creation: none of
+them may replace or restart every running machine at once mid-day (three managers
+replaced at once lose quorum). They take effect at the next morning's rebuild, or at
+once with `scripts/roll`, one node at a time; a new key pair is authorized on the running
+machines by the formation (see `swarm.py`).
 """
 
 from __future__ import annotations
@@ -47,17 +48,24 @@ class Nodes(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
 
         self.ssh_key_generated = settings.ssh_private_key is None
+        # Generated once and kept, protected like the bucket: it lives only in the
+        # (encrypted) state, keeps `sshPrivateKey` the same every day, and stays the
+        # operator key even after a switch to your own key pair: every machine accepts it
+        # (user-data authorizes it), so Pulumi can reach running machines to authorize
+        # your key. It is never dropped from the program: a protected resource that is
+        # dropped fails every later `up`.
+        operator = tls.PrivateKey(
+            f"{name}-ssh-key", algorithm="ED25519", opts=pulumi.ResourceOptions(parent=self, protect=True)
+        )
+        self.operator_key = pulumi.Output.secret(operator.private_key_openssh)
         if self.ssh_key_generated:
-            # Protected like the bucket: it lives only in the (encrypted) state, and keeping
-            # it through the nightly teardown keeps `sshPrivateKey` the same every day.
-            key = tls.PrivateKey(
-                f"{name}-ssh-key", algorithm="ED25519", opts=pulumi.ResourceOptions(parent=self, protect=True)
-            )
-            public_key: pulumi.Input[str] = key.public_key_openssh
-            self.ssh_private_key = pulumi.Output.secret(key.private_key_openssh)
+            public_key: pulumi.Input[str] = operator.public_key_openssh
+            self.ssh_private_key = self.operator_key
+            self.authorized_key: pulumi.Input[str] | None = None
         else:
             public_key = settings.ssh_public_key
             self.ssh_private_key = pulumi.Output.secret(settings.ssh_private_key)
+            self.authorized_key = settings.ssh_public_key
         key_pair = aws.ec2.KeyPair(f"{name}-key", public_key=public_key, tags=settings.tags, opts=child)
 
         if settings.ami_id:
@@ -68,8 +76,10 @@ class Nodes(pulumi.ComponentResource):
         self.instances = {}
         self.managers, self.workers = [], []
         for plan in settings.nodes:
-            user_data = pulumi.Output.from_input(args.bucket_name).apply(
-                lambda bucket, plan=plan: gzip_base64(render_user_data(node_environment(settings, plan, bucket)))
+            user_data = pulumi.Output.all(args.bucket_name, operator.public_key_openssh).apply(
+                lambda v, plan=plan: gzip_base64(
+                    render_user_data({**node_environment(settings, plan, v[0]), "SWARM_OPERATOR_KEY": v[1].strip()})
+                )
             )
             instance = aws.ec2.Instance(
                 f"{name}-{plan.role}-{plan.index}",
@@ -98,7 +108,10 @@ class Nodes(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(
                     parent=self,
                     depends_on=args.depends_on,
-                    ignore_changes=["ami", "userDataBase64"],
+                    # Applied at the next morning's rebuild, or now, one machine at a time,
+                    # by scripts/roll: a change here must never replace or restart every
+                    # machine at once (a new key pair is authorized on running machines).
+                    ignore_changes=["ami", "userDataBase64", "instanceType", "keyName"],
                     # A pinned address cannot be held by the old and the new machine at once.
                     delete_before_replace=plan.private_ip is not None,
                 ),
@@ -111,6 +124,7 @@ class Nodes(pulumi.ComponentResource):
                 private_ip=plan.private_ip or instance.private_ip,
                 replaced_by=[instance.id],
                 depends_on=[instance],
+                pinned=plan.private_ip is not None,
             )
             (self.managers if plan.role == "manager" else self.workers).append(handle)
 

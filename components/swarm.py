@@ -4,20 +4,34 @@ It knows nothing of EC2: it receives `SwarmNode`s (where to connect, which addre
 node advertises, what changes when the machine is replaced) and runs the verbs of
 `scripts/node/swarm-node` on them, in this order:
 
-    ready (every node) -> [stage: a local backup pushed to manager 0]
-    -> bootstrap (manager 0: nothing | restore | init) -> tokens
+    ready (every node) -> probe (the other managers) -> [stage: a local backup pushed]
+    -> bootstrap (manager 0: nothing | join the live swarm | restore | init) -> tokens
     -> manager joins, one at a time -> worker joins, in parallel -> reconcile
-    -> [leave, per node: its `delete` makes the node leave the swarm]
-    -> backup (a command whose `delete` backs the swarm up before the machines go)
+    -> teardown marker -> backup
 
-Destroy runs this backwards: the backup first, then (machines the user brings, which
-stay) every node leaves, then the machines go (EC2) or stay clean (hosts). The backup
-goes to S3 from manager 0, or (`local`) through `scripts/swarm_backup_local.py` to the
-machine running Pulumi, which also pushes it back before the next bootstrap.
+Beside that chain, every node has a `retire` command on a manager that stays (manager 0,
+or manager 1 for manager 0 itself): its `delete` drains the node, demotes it if it is a
+manager (never below quorum) and removes it from the swarm, so a node that goes during
+the day (replaced, scaled in) leaves cleanly before its machine is deleted; Pulumi
+deletes the retire first because it depends on the machine. Machines the user brings
+also get a `leave` command on the node itself, which leaves them clean.
 
-Join tokens are secrets end to end: `tokens` runs with logging off and secret outputs,
-the values derived from its stdout are wrapped in `Output.secret`, and joins receive
-them on stdin, never in a command string (a failed command's error prints it).
+Destroy runs this backwards: the backup first, then the teardown marker (after which
+every retire is a no-op: a teardown needs no draining), then the nodes leave (machines
+the user brings) and the machines go (EC2). The backup goes to S3 from manager 0, or
+(`local`) through `scripts/swarm_backup_local.py` to the machine running Pulumi, which
+also pushes it back before the next bootstrap.
+
+Never a second swarm: before manager 0 initialises or restores, each other manager's
+`probe` says whether it is in a swarm with quorum; if one is, bootstrap joins it (the
+probe carries that swarm's manager join token). So replacing manager 0 during the day
+keeps today's swarm, and a restore happens only when no manager of the environment is
+alive.
+
+Join tokens are secrets end to end: `tokens` and `probe` run with logging off and secret
+outputs, the values derived from their stdout are wrapped in `Output.secret`, and joins
+and bootstrap receive them on stdin, never in a command string (a failed command's
+error prints it).
 """
 
 from __future__ import annotations
@@ -82,6 +96,9 @@ class SwarmNode:
     depends_on: list[pulumi.Resource] = field(default_factory=list)
     user: pulumi.Input[str] | None = None
     port: int = 22
+    # The advertised address survives the machine (a pinned manager, a host the user
+    # brings): its successor cannot exist beside it, so it goes first (delete before replace).
+    pinned: bool = False
 
 
 @dataclass
@@ -90,6 +107,11 @@ class SwarmFormationArgs:
     workers: list[SwarmNode]
     ssh_user: pulumi.Input[str]
     ssh_private_key: pulumi.Input[str]
+    # The key every machine accepts from its first boot (the generated one on EC2): the
+    # `ready` checks use it, and authorize `authorized_key` (your own, if you switched to
+    # it) before anything else connects with `ssh_private_key`.
+    operator_key: pulumi.Input[str] | None = None
+    authorized_key: pulumi.Input[str] | None = None
     restore_from: str = "latest"
     backup_on_destroy: bool = True
     backup_target: str = "s3"  # s3 | local | none
@@ -116,28 +138,11 @@ class SwarmFormation(pulumi.ComponentResource):
         self.leader = leader = args.managers[0]
         self.leader_address = pulumi.Output.concat(leader.private_ip, f":{SWARM_PORT}")
 
-        ready = {
-            node.name: self._command(f"{name}-ready-{node.name}", node, create=WAIT_READY, depends_on=node.depends_on)
-            for node in args.managers + args.workers
-        }
-
-        restore = args.restore_from if args.backup_target != "none" else "none"
-        staged: list[pulumi.Resource] = []
-        if args.backup_target == "local" and restore != "none":
-            staged.append(
-                self._local(
-                    f"{name}-stage-restore",
-                    leader,
-                    create=self._local_backup("push", leader, "--restore", restore),
-                    depends_on=[ready[leader.name]],
-                )
-            )
-        self.bootstrap = self._command(
-            f"{name}-bootstrap",
-            leader,
-            create=node_cli("bootstrap", "--restore", restore),
-            depends_on=[ready[leader.name], *staged],
-        )
+        nodes = args.managers + args.workers
+        ready = {node.name: self._ready(name, node) for node in nodes}
+        self.leaves = self._leaves(name, ready) if args.leave_on_destroy else {}
+        self.retires = self._retires(name, ready)
+        self.bootstrap = self._bootstrap(name, ready)
         self.bootstrap_result = self.bootstrap.stdout.apply(lambda out: (out or "").strip())
 
         tokens = self._command(
@@ -156,45 +161,39 @@ class SwarmFormation(pulumi.ComponentResource):
         previous: pulumi.Resource = tokens
         self.joins: list[remote.Command] = []
         for node in args.managers[1:]:
-            join = self._join(name, node, "manager", [previous, ready[node.name]])
+            join = self._join(name, node, "manager", [previous, ready[node.name], *self._retired(node)])
             self.joins.append(join)
             previous = join
         # Workers do not vote: all at once, as soon as their machine is ready.
         for node in args.workers:
-            self.joins.append(self._join(name, node, "worker", [tokens, ready[node.name]]))
+            self.joins.append(self._join(name, node, "worker", [tokens, ready[node.name], *self._retired(node)]))
 
-        expected = ",".join(n.name for n in args.managers + args.workers)
         self.reconcile = self._command(
             f"{name}-reconcile",
             leader,
             create=node_cli(
                 "reconcile",
                 "--managers",
-                str(len(args.managers)),
+                ",".join(n.name for n in args.managers),
                 "--workers",
-                str(len(args.workers)),
-                "--expect",
-                expected,
+                ",".join(n.name for n in args.workers),
             ),
             depends_on=[self.bootstrap, *self.joins],
             # Rerun whenever any machine is new: yesterday's nodes must be removed.
-            triggers=[r for n in args.managers + args.workers for r in n.replaced_by],
+            triggers=[r for n in nodes for r in n.replaced_by],
         )
 
-        # Deleted after the backup (which depends on them): then each node leaves.
-        self.leaves: list[remote.Command] = []
-        if args.leave_on_destroy:
-            for node, joined in zip(args.managers + args.workers, [self.bootstrap, *self.joins], strict=True):
-                self.leaves.append(
-                    self._command(
-                        f"{name}-leave-{node.name}",
-                        node,
-                        create=node_cli("wait-ready"),
-                        delete=node_cli("leave"),
-                        depends_on=[joined],
-                        dial_error_limit=BACKUP_DIAL_ERROR_LIMIT,
-                    )
-                )
+        # Deleted right after the backup at the nightly teardown: from then on the
+        # retire hooks have nothing to do (no draining a swarm that is going anyway).
+        self.teardown = self._command(
+            f"{name}-teardown",
+            leader,
+            create=node_cli("teardown-mark", "--clear"),
+            delete=node_cli("teardown-mark"),
+            depends_on=[self.reconcile, *self.retires.values(), *self.leaves.values()],
+            dial_error_limit=BACKUP_DIAL_ERROR_LIMIT,
+            triggers=[],  # never replaced: a replacement's delete would mark a live swarm
+        )
 
         self.backup: remote.Command | local.Command | None = None
         if args.backup_on_destroy and args.backup_target == "s3":
@@ -204,7 +203,7 @@ class SwarmFormation(pulumi.ComponentResource):
                 leader,
                 create=node_cli("wait-ready"),
                 delete=node_cli("backup"),
-                depends_on=[self.reconcile, *self.leaves],
+                depends_on=[self.reconcile, self.teardown],
                 dial_error_limit=BACKUP_DIAL_ERROR_LIMIT,
                 # Never replaced: a replacement would run `delete` (a backup) against
                 # yesterday's address. A new manager 0 only updates the connection.
@@ -217,7 +216,7 @@ class SwarmFormation(pulumi.ComponentResource):
                 leader,
                 create=self._local_backup("check", None),
                 delete=self._local_backup("fetch", leader, "--keep", str(args.backup_keep)),
-                depends_on=[self.reconcile, *self.leaves],
+                depends_on=[self.reconcile, self.teardown],
                 triggers=[],  # as the S3 hook: never a fetch from yesterday's address
             )
 
@@ -227,6 +226,114 @@ class SwarmFormation(pulumi.ComponentResource):
                 "worker_join_token": self.worker_join_token,
                 "manager_join_token": self.manager_join_token,
             }
+        )
+
+    def _ready(self, name: str, node: SwarmNode) -> remote.Command:
+        """Wait for user-data and Docker; with a key of your own, authorize it first thing."""
+        args = self._args
+        create, stdin = WAIT_READY, None
+        if args.authorized_key is not None:
+            create, stdin = f"{WAIT_READY} && {node_cli('authorize-key')}", args.authorized_key
+        return remote.Command(
+            f"{name}-ready-{node.name}",
+            connection=ssh_connection(node, args.ssh_user, args.operator_key or args.ssh_private_key),
+            create=create,
+            stdin=stdin,
+            triggers=list(node.replaced_by),
+            add_previous_output_in_env=False,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=node.depends_on),
+        )
+
+    def _leaves(self, name: str, ready: dict[str, remote.Command]) -> dict[str, remote.Command]:
+        """Machines the user brings stay: each leaves the swarm itself (its `delete`), at
+        `pulumi destroy` and when it gets a new private address (then before it joins
+        again: delete before replace)."""
+        return {
+            node.name: self._command(
+                f"{name}-leave-{node.name}",
+                node,
+                create=node_cli("wait-ready"),
+                delete=node_cli("leave"),
+                depends_on=[ready[node.name]],
+                dial_error_limit=BACKUP_DIAL_ERROR_LIMIT,
+                delete_before_replace=True,
+            )
+            for node in self._args.managers + self._args.workers
+        }
+
+    def _retires(self, name: str, ready: dict[str, remote.Command]) -> dict[str, remote.Command]:
+        """One per node with a manager to retire it from: its `delete` drains, demotes and
+        removes the node, on that manager, before the node's machine (or its `leave`) goes."""
+        args = self._args
+        retires = {}
+        for node in args.managers + args.workers:
+            steward = self._steward(node)
+            if steward is None:
+                continue
+            leave = self.leaves.get(node.name)
+            # A host's leave replaced (delete before replace) takes its retire with it,
+            # first: the node is drained and removed before it leaves.
+            triggers = [*node.replaced_by, *([leave.id] if leave is not None else [])]
+            retires[node.name] = self._command(
+                f"{name}-retire-{node.name}",
+                steward,
+                create="true",
+                delete=pulumi.Output.concat(node_cli("retire", "--name", node.name, "--addr"), " ", node.private_ip),
+                depends_on=[ready[node.name], *([leave] if leave is not None else [])],
+                dial_error_limit=BACKUP_DIAL_ERROR_LIMIT,
+                triggers=triggers,
+                delete_before_replace=node.pinned,
+            )
+        return retires
+
+    def _steward(self, node: SwarmNode) -> SwarmNode | None:
+        """The manager that retires `node`: manager 0, or manager 1 for manager 0 itself."""
+        managers = self._args.managers
+        if node is not managers[0]:
+            return managers[0]
+        return managers[1] if len(managers) > 1 else None
+
+    def _retired(self, node: SwarmNode) -> list[pulumi.Resource]:
+        retire = self.retires.get(node.name)
+        return [retire] if retire is not None else []
+
+    def _bootstrap(self, name: str, ready: dict[str, remote.Command]) -> remote.Command:
+        """Manager 0 joins a live swarm, restores or initialises; the other managers' probes
+        (secret: they carry a manager join token) come on its stdin."""
+        args, leader = self._args, self._args.managers[0]
+        probes = [
+            self._command(
+                f"{name}-probe-{node.name}",
+                node,
+                create=node_cli("probe"),
+                depends_on=[ready[node.name], *self._retired(node)],
+                secret=True,
+                # Asked again whenever manager 0 is new, since that is when bootstrap runs.
+                triggers=[*leader.replaced_by, *node.replaced_by],
+            )
+            for node in args.managers[1:]
+        ]
+        restore = args.restore_from if args.backup_target != "none" else "none"
+        staged: list[pulumi.Resource] = []
+        if args.backup_target == "local" and restore != "none":
+            staged.append(
+                self._local(
+                    f"{name}-stage-restore",
+                    leader,
+                    create=self._local_backup("push", leader, "--restore", restore),
+                    depends_on=[ready[leader.name]],
+                )
+            )
+        stdin = None
+        if probes:
+            answers = pulumi.Output.all(*[p.stdout for p in probes]).apply(lambda outs: "\n".join(outs) + "\n")
+            stdin = pulumi.Output.secret(answers)
+        return self._command(
+            f"{name}-bootstrap",
+            leader,
+            create=node_cli("bootstrap", "--restore", restore),
+            stdin=stdin,
+            depends_on=[ready[leader.name], *staged, *probes, *self._retired(leader)],
         )
 
     def connection(self, node: SwarmNode, dial_error_limit: int = DIAL_ERROR_LIMIT) -> remote.ConnectionArgs:
@@ -281,11 +388,12 @@ class SwarmFormation(pulumi.ComponentResource):
         *,
         create: pulumi.Input[str],
         depends_on: list[pulumi.Resource],
-        delete: str | None = None,
+        delete: pulumi.Input[str] | None = None,
         stdin: pulumi.Input[str] | None = None,
         secret: bool = False,
         triggers: list | None = None,
         dial_error_limit: int = DIAL_ERROR_LIMIT,
+        delete_before_replace: bool = False,
     ) -> remote.Command:
         secret_outputs = ["stdin"] if stdin is not None else []
         if secret:
@@ -303,6 +411,7 @@ class SwarmFormation(pulumi.ComponentResource):
                 parent=self,
                 depends_on=depends_on,
                 additional_secret_outputs=secret_outputs or None,
+                delete_before_replace=delete_before_replace or None,
             ),
         )
 

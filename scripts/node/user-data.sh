@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Node user-data: runs once as root via cloud-init (and is safe to run again). Python
-# replaces the marker line below with shlex-quoted SWARM_* assignments. It prepares the
-# host (hostname, docker, aws cli, daemon.json, /etc/swarm/env, node scripts) but does
-# no swarm work: the swarm-node verbs, run later by Pulumi, do that. On EC2 cloud-init
+# replaces the settings marker below with shlex-quoted SWARM_* assignments, and the
+# payload marker with the node scripts. It prepares the host (hostname, docker, aws
+# cli, daemon.json, /etc/swarm/env, node scripts) but does no swarm work: the swarm-node verbs, run later by Pulumi, do that. On EC2 cloud-init
 # runs it at boot; on machines the user brings, Pulumi runs it over SSH (`sudo bash -s`)
 # with the hosts' S3 credentials, if any, on stdin: they are written root-only and
 # never reach /etc/swarm/env, a log or an argv.
@@ -11,9 +11,9 @@ set -euo pipefail
 : "${SWARM_STACK:?}" "${SWARM_CLUSTER:?}" "${SWARM_NODE_NAME:?}" "${SWARM_ROLE:?}"
 : "${SWARM_ADVERTISE_ADDR=}" "${SWARM_BUCKET=}" "${SWARM_PREFIX:?}" "${SWARM_REGION=}"
 : "${SWARM_S3_ENDPOINT=}" "${SWARM_REGISTRY_MIRRORS=}" "${SWARM_MIRROR_PORT:?}"
-: "${SWARM_MIRROR_UPSTREAM:?}" "${SWARM_BACKUP_KEEP:?}" "${SWARM_SSH_USER:?}" "${SWARM_PAYLOAD:?}"
+: "${SWARM_MIRROR_UPSTREAM:?}" "${SWARM_BACKUP_KEEP:?}" "${SWARM_SSH_USER:?}"
 : "${SWARM_BACKUP_TARGET:=s3}" "${SWARM_MIRROR_STORAGE:=s3}"
-: "${SWARM_AWS_ACCESS_KEY_ID=}" "${SWARM_AWS_SECRET_ACCESS_KEY=}"
+: "${SWARM_AWS_ACCESS_KEY_ID=}" "${SWARM_AWS_SECRET_ACCESS_KEY=}" "${SWARM_OPERATOR_KEY=}"
 
 PATH=$PATH:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 umask 022
@@ -124,7 +124,9 @@ mv /etc/swarm/env.new /etc/swarm/env
 lib=/usr/local/lib/swarm
 rm -rf "$lib.new"
 mkdir -p "$lib.new"
-base64 -d <<<"$SWARM_PAYLOAD" | tar -xz --no-same-owner -C "$lib.new"
+payload_file() { cat >"$lib.new/$1"; chmod "$2" "$lib.new/$1"; }
+# Python puts the node scripts here, each as `payload_file NAME MODE <<'DELIMITER'`.
+# @SWARM_PAYLOAD@
 rm -rf "$lib"
 mv "$lib.new" "$lib"
 install -D -m 0755 "$lib/swarm-node" /usr/local/sbin/swarm-node
@@ -144,6 +146,11 @@ fi
 
 getent group docker >/dev/null || groupadd -r docker
 if id -u "$SWARM_SSH_USER" >/dev/null 2>&1; then usermod -aG docker "$SWARM_SSH_USER"; fi
+# The operator key (the one the program generated and keeps): every machine accepts it,
+# so Pulumi still reaches the running ones after a switch to your own key pair.
+if [[ -n $SWARM_OPERATOR_KEY ]]; then
+  /usr/local/sbin/swarm-node authorize-key <<<"$SWARM_OPERATOR_KEY"
+fi
 
 /usr/local/sbin/swarm-node docker-service enable
 if ((daemon_changed)); then

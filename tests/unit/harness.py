@@ -133,6 +133,10 @@ class SwarmMocks(pulumi.runtime.Mocks):
                 state["stdout"] = json.dumps({"worker": WORKER_TOKEN, "manager": MANAGER_TOKEN})
             elif " bootstrap " in create:
                 state["stdout"] = "bootstrap: initialised a new swarm\n"
+            elif create.endswith(" probe"):
+                # A live manager's answer carries the manager token: it must stay secret.
+                live = "state=active manager=true quorum=true"
+                state["stdout"] = f"swarm-probe addr=10.42.16.10:2377 {live} token={MANAGER_TOKEN}"
             else:
                 state["stdout"] = ""
             state["stderr"] = ""

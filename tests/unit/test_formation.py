@@ -11,7 +11,7 @@ import tarfile
 import pytest
 from harness import MANAGER_TOKEN, PRIVATE_KEY, WORKER_TOKEN, require_tool, run_program
 
-from components.payload import STACK_FILES, USER_DATA_LIMIT, digest
+from components.payload import NODE_SCRIPTS, STACK_FILES, USER_DATA_LIMIT, digest
 from components.settings import BACKUP_DIAL_ERROR_LIMIT, DIAL_ERROR_LIMIT
 
 SECRETS = (WORKER_TOKEN, MANAGER_TOKEN, PRIVATE_KEY.strip().splitlines()[1])
@@ -65,16 +65,17 @@ def test_verbs_and_their_arguments(run):
     assert run.command("-join-swarm-dev-worker-0").inputs["create"] == (
         "sudo /usr/local/sbin/swarm-node join worker 10.42.0.10:2377"
     )
-    reconcile = run.command("-reconcile").inputs["create"]
-    assert reconcile.startswith("sudo /usr/local/sbin/swarm-node reconcile --managers 3 --workers 3 --expect ")
-    assert reconcile.split("--expect ")[1].split(",") == [
-        "swarm-dev-manager-0",
-        "swarm-dev-manager-1",
-        "swarm-dev-manager-2",
-        "swarm-dev-worker-0",
-        "swarm-dev-worker-1",
-        "swarm-dev-worker-2",
-    ]
+    assert run.command("-reconcile").inputs["create"] == (
+        "sudo /usr/local/sbin/swarm-node reconcile --managers swarm-dev-manager-0,swarm-dev-manager-1,"
+        "swarm-dev-manager-2 --workers swarm-dev-worker-0,swarm-dev-worker-1,swarm-dev-worker-2"
+    )
+    assert run.command("-probe-swarm-dev-manager-1").inputs["create"] == "sudo /usr/local/sbin/swarm-node probe"
+    assert run.command("-retire-swarm-dev-manager-1").inputs["delete"] == (
+        "sudo /usr/local/sbin/swarm-node retire --name swarm-dev-manager-1 --addr 10.42.16.10"
+    )
+    teardown = run.command("-teardown")
+    assert teardown.inputs["create"] == "sudo /usr/local/sbin/swarm-node teardown-mark --clear"
+    assert teardown.inputs["delete"] == "sudo /usr/local/sbin/swarm-node teardown-mark"
 
 
 def test_restore_source_reaches_bootstrap():
@@ -84,7 +85,8 @@ def test_restore_source_reaches_bootstrap():
 
 def test_no_secret_in_any_command_string(run):
     commands = run.commands()
-    assert len(commands) == 6 + 1 + 1 + 5 + 1 + 1 + 1
+    # ready and retire per node, probes, bootstrap, tokens, joins, reconcile, teardown, backup, mirror
+    assert len(commands) == 6 + 6 + 2 + 1 + 1 + 5 + 1 + 1 + 1 + 1
     leaking = [c.name for c in commands for verb in ("create", "update", "delete") if leaks(c.inputs.get(verb))]
     assert leaking == []
 
@@ -215,12 +217,13 @@ def test_user_data_without_mirror_has_no_mirror_addresses():
 
 def test_user_data_payload_carries_the_node_scripts(run):
     text = user_data_of(run, "manager-0")
-    payload = next(line for line in text.splitlines() if line.startswith("SWARM_PAYLOAD="))
-    blob = payload.split("=", 1)[1].strip("'")
-    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(base64.b64decode(blob)))) as tar:
-        names = set(tar.getnames())
-    assert {"swarm-node", "swarm-aliases.sh", "swarm-image-cleanup.service", "swarm-image-cleanup.timer"} <= names
-    assert "user-data.sh" not in names
+    names = {line.split()[1]: line.split()[2] for line in text.splitlines() if line.startswith("payload_file ")}
+    assert {"swarm-node", "swarm-aliases.sh", "swarm-image-cleanup.service", "swarm-image-cleanup.timer"} <= set(names)
+    assert "user-data.sh" not in names and names["swarm-node"] == "0755"
+    # The heredoc carries every line of the script that is not a comment.
+    for line in (NODE_SCRIPTS / "swarm-node").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            assert line in text
 
 
 def test_rendered_user_data_passes_shellcheck(run, tmp_path):
@@ -235,3 +238,57 @@ def test_largest_user_data_fits_ec2_limit():
     run = run_program({"managerCount": 7, "stateBucketName": "a" * 63, "tags": {"k": "v" * 200}})
     for instance in run.of_type("aws:ec2/instance:Instance"):
         assert len(base64.b64decode(instance.inputs["userDataBase64"])) < USER_DATA_LIMIT
+
+
+# -- day two: the graph that lets nodes go and come during the day ------------------------------
+def host_of(run, node: str) -> str:
+    """Where Pulumi's SSH reaches a node (its `ready` check connects to the node itself)."""
+    return run.command(f"-ready-swarm-dev-{node}").inputs["connection"]["host"]
+
+
+def test_bootstrap_hears_every_other_manager_first_and_keeps_their_tokens_secret(run):
+    bootstrap = run.command("-bootstrap")
+    for i in (1, 2):
+        probe = run.command(f"-probe-swarm-dev-manager-{i}")
+        assert run.depends_on(bootstrap, probe)
+        assert run.depends_on(probe, run.command(f"-ready-swarm-dev-manager-{i}"))
+        assert probe.inputs["logging"] == "none" and {"stdout", "stderr"} <= set(probe.additional_secret_outputs)
+        assert probe.inputs["connection"]["host"] == host_of(run, f"manager-{i}")
+        # Asked again whenever manager 0 is new: that is when bootstrap runs.
+        assert "swarm-dev-nodes-manager-0-id" in probe.inputs["triggers"]
+    assert MANAGER_TOKEN in bootstrap.inputs["stdin"] and "stdin" in bootstrap.secret_inputs
+    assert "stdin" in bootstrap.additional_secret_outputs
+    assert not leaks(bootstrap.inputs["create"])
+
+
+def test_every_node_is_retired_from_a_manager_that_stays_before_its_machine_goes(run):
+    for name in ("manager-1", "manager-2", "worker-0", "worker-2"):
+        retire = run.command(f"-retire-swarm-dev-{name}")
+        # On manager 0, deleted before the node's machine (it depends on it), and created
+        # before the node joins (a host with a new address is retired before it joins again).
+        assert retire.inputs["connection"]["host"] == host_of(run, "manager-0")
+        assert run.depends_on(retire, run.named(f"swarm-dev-nodes-{name}"))
+        assert run.depends_on(run.command(f"-join-swarm-dev-{name}"), retire)
+        # Replaced with its machine: a pinned manager first (its successor takes its address).
+        assert f"swarm-dev-nodes-{name}-id" in retire.inputs["triggers"]
+        assert retire.delete_before_replace == name.startswith("manager")
+    # Manager 0 itself is retired from manager 1.
+    retire_0 = run.command("-retire-swarm-dev-manager-0")
+    assert retire_0.inputs["connection"]["host"] == host_of(run, "manager-1")
+    assert run.depends_on(run.command("-bootstrap"), retire_0)
+
+
+def test_a_teardown_backs_up_then_marks_the_swarm_before_any_retire(run):
+    """Destroy deletes dependents first: backup, then the marker, then the retires."""
+    backup, teardown = run.command("-backup"), run.command("-teardown")
+    assert run.depends_on(backup, teardown)
+    for retire in [c for c in run.commands() if "-retire-" in c.name]:
+        assert run.depends_on(teardown, retire)
+    assert teardown.inputs["triggers"] == [] and backup.inputs["triggers"] == []
+
+
+def test_a_lone_manager_has_no_retire_and_no_probe():
+    run = run_program({"managerCount": 1, "workerCount": 1})
+    assert not [c for c in run.commands() if "-probe-" in c.name]
+    assert [c.name for c in run.commands() if "-retire-" in c.name] == ["swarm-dev-swarm-retire-swarm-dev-worker-0"]
+    assert "stdin" not in run.command("-bootstrap").inputs

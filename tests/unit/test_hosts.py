@@ -113,16 +113,32 @@ def test_the_formation_waits_for_provisioning_and_uses_each_hosts_login(s3_run):
 
 
 def test_destroy_backs_up_first_then_every_node_leaves(s3_run):
-    backup = s3_run.command("-backup")
+    backup, teardown = s3_run.command("-backup"), s3_run.command("-teardown")
     assert backup.inputs["delete"].endswith("swarm-node backup")
+    assert s3_run.depends_on(backup, teardown)
     leaves = [s3_run.command(f"leave-{h['name']}") for h in HOSTS]
     for plan, leave in zip(HOSTS, leaves, strict=True):
         assert leave.inputs["delete"].endswith("swarm-node leave")
         assert leave.inputs["connection"]["host"] == plan["address"]
         # Destroy deletes dependents first: the backup runs while every node is still in.
-        assert s3_run.depends_on(backup, leave)
-    assert s3_run.depends_on(s3_run.command("leave-pi-1"), s3_run.command("join-pi-1"))
-    assert s3_run.depends_on(s3_run.command("leave-pi-0"), s3_run.command("-bootstrap"))
+        assert s3_run.depends_on(teardown, leave)
+        # A host leaves itself after a manager has drained and removed it (its retire
+        # depends on it) and before it joins again (its join depends on its retire).
+        assert leave.delete_before_replace
+        name = plan["name"]
+        if name != "pi-0":
+            retire = s3_run.command(f"retire-{name}")
+            assert s3_run.depends_on(retire, leave) and retire.delete_before_replace
+            assert s3_run.depends_on(s3_run.command(f"join-{name}"), retire)
+
+
+def test_only_a_new_private_address_makes_a_host_a_new_node(s3_run):
+    """SSH address, port and user only change how Pulumi reaches a host: a change there
+    updates its commands; a new private address retires it and joins it afresh."""
+    for h in HOSTS:
+        leave = s3_run.command(f"leave-{h['name']}")
+        advertised = h.get("privateAddress") or h["address"]
+        assert leave.inputs["triggers"] == [advertised]
 
 
 def test_ec2_mode_has_no_leave_commands():

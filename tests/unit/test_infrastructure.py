@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
 import ipaddress
 import json
 from collections import Counter
@@ -27,11 +29,13 @@ def counts(run) -> Counter:
 @pytest.mark.parametrize(
     ("config", "managers", "workers", "vpcs", "subnets", "commands"),
     [
-        # ready per node + bootstrap + tokens + joins + reconcile + backup + mirror
-        ({}, 3, 2, 1, 3, 5 + 1 + 1 + 4 + 1 + 1 + 1),
-        ({"managerCount": 1, "workerCount": 0}, 1, 0, 1, 3, 1 + 1 + 1 + 0 + 1 + 1 + 1),
-        ({"managerCount": 5, "workerCount": 7, "azCount": 2}, 5, 7, 1, 2, 12 + 1 + 1 + 11 + 1 + 1 + 1),
-        ({"mirror": False, "backupOnDestroy": False}, 3, 2, 1, 3, 5 + 1 + 1 + 4 + 1),
+        # ready and retire per node (no retire for a lone manager: nobody stays to do it)
+        # + probe per other manager + bootstrap + tokens + joins + reconcile + teardown
+        # marker + backup + mirror
+        ({}, 3, 2, 1, 3, 5 + 5 + 2 + 1 + 1 + 4 + 1 + 1 + 1 + 1),
+        ({"managerCount": 1, "workerCount": 0}, 1, 0, 1, 3, 1 + 0 + 0 + 1 + 1 + 0 + 1 + 1 + 1 + 1),
+        ({"managerCount": 5, "workerCount": 7, "azCount": 2}, 5, 7, 1, 2, 12 + 12 + 4 + 1 + 1 + 11 + 1 + 1 + 1 + 1),
+        ({"mirror": False, "backupOnDestroy": False}, 3, 2, 1, 3, 5 + 5 + 2 + 1 + 1 + 4 + 1 + 1),
     ],
     ids=["default", "single-manager", "5+7-over-2-azs", "no-mirror-no-backup"],
 )
@@ -264,9 +268,32 @@ def test_own_ssh_key_is_used_and_not_exported():
         {"sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOwn mine", "sshPrivateKey": "PRIVATE-KEY-MARKER"},
         secret_keys=("sshPrivateKey",),
     )
-    assert not run.of_type("tls:index/privateKey:PrivateKey")
     (key_pair,) = run.of_type("aws:ec2/keyPair:KeyPair")
     assert key_pair.inputs["publicKey"].startswith("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOwn")
     assert "sshPrivateKey" not in run.outputs
     for command in run.commands():
         assert "privateKey" in command.secret_inputs or "connection" in command.secret_inputs
+    # Everything after `ready` connects with your key; `ready` authorizes it first.
+    assert run.command("-tokens").inputs["connection"]["privateKey"] == "PRIVATE-KEY-MARKER"
+    ready = run.command("-ready-swarm-dev-manager-0")
+    assert ready.inputs["connection"]["privateKey"] != "PRIVATE-KEY-MARKER"
+    assert ready.inputs["create"].endswith("sudo /usr/local/sbin/swarm-node authorize-key")
+    assert ready.inputs["stdin"].startswith("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOwn")
+
+
+def test_the_generated_key_stays_when_you_switch_to_your_own():
+    """Dropping the protected key would fail every later `up`; a new key pair or key name
+    must not replace (every) machine."""
+    generated = run_program()
+    own = run_program(
+        {"sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOwn mine", "sshPrivateKey": "PRIVATE-KEY-MARKER"},
+        secret_keys=("sshPrivateKey",),
+    )
+    for run in (generated, own):
+        (key,) = run.of_type("tls:index/privateKey:PrivateKey")
+        assert key.protect and key.name == "swarm-dev-nodes-ssh-key"
+        for instance in run.of_type(INSTANCE):
+            assert {"ami", "userDataBase64", "instanceType", "keyName"} <= set(instance.ignore_changes)
+            # Every machine accepts the operator (generated) key from its first boot.
+            user_data = gzip.decompress(base64.b64decode(instance.inputs["userDataBase64"])).decode()
+            assert "SWARM_OPERATOR_KEY='ssh-ed25519 " in user_data
