@@ -1,12 +1,14 @@
 """Machines the user brings (`swarm:hosts`): the same swarm without EC2.
 
-Instead of an instance booting with user-data, each host gets one `remote.Command` that
-runs the very same `scripts/node/user-data.sh` over SSH as root (`sudo`). The script
-travels on stdin, marked secret (it carries the hosts' S3 keys when the backups go to
-S3), is written to a root-only temporary file and run with stdin closed, so nothing in
-it can swallow the rest of the script. From there on the hosts are `SwarmNode`s like any
-other: `SwarmFormation` cannot tell them apart, except that they leave the swarm at
-`pulumi destroy`, because they stay.
+Instead of an instance booting with user-data, each host is provisioned by a
+`remote.Command` that runs the very same `scripts/node/user-data.sh` over SSH as root
+(`sudo`; `PROVISION` below). The script travels on stdin, marked secret (it carries the
+hosts' S3 keys when the backups go to S3), is written to a root-only temporary file and
+run with stdin closed, so nothing in it can swallow the rest of the script. The
+formation runs that command, right after the host's `leave` (see `swarm.py`), so a host
+that leaves for a new address is provisioned again before it joins. From there on the
+hosts are `SwarmNode`s like any other, except that they leave the swarm when they go,
+because they stay.
 
 The host's `name` becomes its hostname (the swarm and `reconcile` know nodes by it),
 and the first manager listed is manager 0.
@@ -15,15 +17,12 @@ and the first manager listed is manager 0.
 from __future__ import annotations
 
 import pulumi
-from pulumi_command import remote
 
 from components.payload import node_environment, render_user_data
 from components.settings import Settings
-from components.swarm import SwarmNode, ssh_connection
+from components.swarm import PROVISION, SwarmNode
 
-# Root-only copy of the script, run with stdin closed (apt, dnf or docker reading stdin
-# would otherwise eat the rest of a script piped into `bash -s`).
-PROVISION = """sudo sh -c 'umask 077; f=$(mktemp) || exit 1; trap "rm -f $f" EXIT; cat >"$f" && bash "$f" </dev/null'"""
+__all__ = ["PROVISION", "Hosts"]
 
 
 class Hosts(pulumi.ComponentResource):
@@ -31,7 +30,6 @@ class Hosts(pulumi.ComponentResource):
     ssh_key_generated = False
     managers: list[SwarmNode]
     workers: list[SwarmNode]
-    provisions: dict[str, remote.Command]
 
     def __init__(
         self,
@@ -52,7 +50,7 @@ class Hosts(pulumi.ComponentResource):
                 "SWARM_AWS_SECRET_ACCESS_KEY": settings.s3_secret_access_key,
             }
 
-        self.managers, self.workers, self.provisions = [], [], {}
+        self.managers, self.workers = [], []
         for plan in settings.nodes:
             values = pulumi.Output.all(bucket=bucket_name, **credentials).apply(
                 lambda v, plan=plan: render_user_data(
@@ -71,18 +69,9 @@ class Hosts(pulumi.ComponentResource):
                 user=plan.user,
                 port=plan.port,
                 pinned=True,
+                # The formation runs it (after the host's leave: see swarm.py).
+                provision=pulumi.Output.secret(values),
             )
-            provision = remote.Command(
-                f"{name}-provision-{plan.name}",
-                connection=ssh_connection(handle, settings.ssh_user, self.ssh_private_key),
-                create=PROVISION,
-                stdin=pulumi.Output.secret(values),
-                triggers=list(handle.replaced_by),
-                add_previous_output_in_env=False,
-                opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["stdin"]),
-            )
-            handle.depends_on = [provision]
-            self.provisions[plan.name] = provision
             (self.managers if plan.role == "manager" else self.workers).append(handle)
 
         self.register_outputs({})

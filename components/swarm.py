@@ -62,6 +62,11 @@ WAIT_READY = (
 )
 
 
+# Machines the user brings run user-data over SSH: a root-only copy of the script, run with
+# stdin closed (apt, dnf or docker reading stdin would otherwise eat the rest of a script
+# piped into `bash -s`).
+PROVISION = """sudo sh -c 'umask 077; f=$(mktemp) || exit 1; trap "rm -f $f" EXIT; cat >"$f" && bash "$f" </dev/null'"""
+
 # Run by local.Commands from the project directory with the python3 on PATH (stdlib only).
 LOCAL_BACKUP = "scripts/swarm_backup_local.py"
 LOCAL_KEY_ENV = "SWARM_SSH_PRIVATE_KEY"
@@ -99,6 +104,8 @@ class SwarmNode:
     # The advertised address survives the machine (a pinned manager, a host the user
     # brings): its successor cannot exist beside it, so it goes first (delete before replace).
     pinned: bool = False
+    # Machines the user brings: the user-data to run over SSH (secret), after the node's leave.
+    provision: pulumi.Input[str] | None = None
 
 
 @dataclass
@@ -139,8 +146,9 @@ class SwarmFormation(pulumi.ComponentResource):
         self.leader_address = pulumi.Output.concat(leader.private_ip, f":{SWARM_PORT}")
 
         nodes = args.managers + args.workers
+        self.leaves = self._leaves(name) if args.leave_on_destroy else {}
+        self.provisions = {node.name: self._provision(name, node) for node in nodes if node.provision is not None}
         ready = {node.name: self._ready(name, node) for node in nodes}
-        self.leaves = self._leaves(name, ready) if args.leave_on_destroy else {}
         self.retires = self._retires(name, ready)
         self.bootstrap = self._bootstrap(name, ready)
         self.bootstrap_result = self.bootstrap.stdout.apply(lambda out: (out or "").strip())
@@ -241,25 +249,39 @@ class SwarmFormation(pulumi.ComponentResource):
             stdin=stdin,
             triggers=list(node.replaced_by),
             add_previous_output_in_env=False,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=node.depends_on),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*node.depends_on, *self._provisioned(node)]),
         )
 
-    def _leaves(self, name: str, ready: dict[str, remote.Command]) -> dict[str, remote.Command]:
-        """Machines the user brings stay: each leaves the swarm itself (its `delete`), at
-        `pulumi destroy` and when it gets a new private address (then before it joins
-        again: delete before replace)."""
+    def _provisioned(self, node: SwarmNode) -> list[pulumi.Resource]:
+        provision = self.provisions.get(node.name)
+        return [provision] if provision is not None else []
+
+    def _leaves(self, name: str) -> dict[str, remote.Command]:
+        """Machines the user brings stay: each leaves the swarm itself (its `delete`) when
+        it goes, at `pulumi destroy` and when it gets a new private address (then before
+        it is provisioned and joins again: delete before replace)."""
         return {
             node.name: self._command(
                 f"{name}-leave-{node.name}",
                 node,
-                create=node_cli("wait-ready"),
+                create="true",
                 delete=node_cli("leave"),
-                depends_on=[ready[node.name]],
+                depends_on=node.depends_on,
                 dial_error_limit=BACKUP_DIAL_ERROR_LIMIT,
                 delete_before_replace=True,
             )
             for node in self._args.managers + self._args.workers
         }
+
+    def _provision(self, name: str, node: SwarmNode) -> remote.Command:
+        """user-data over SSH on a machine the user brings (its keys travel in stdin, secret)."""
+        return self._command(
+            f"{name}-provision-{node.name}",
+            node,
+            create=PROVISION,
+            stdin=node.provision,
+            depends_on=[*node.depends_on, *([self.leaves[node.name]] if node.name in self.leaves else [])],
+        )
 
     def _retires(self, name: str, ready: dict[str, remote.Command]) -> dict[str, remote.Command]:
         """One per node with a manager to retire it from: its `delete` drains, demotes and

@@ -181,3 +181,48 @@ def test_own_hosts_back_up_to_this_machine_and_restore_from_it(bed, log_dir, tmp
         assert len([p for p in store.iterdir() if p.name.endswith(".tar.gz")]) == 2
     finally:
         wipe(bed, hosts)
+
+
+def test_own_hosts_a_new_ssh_address_changes_nothing_a_new_private_address_rejoins_cleanly(bed, log_dir):
+    hosts, key = own_machines(bed, ["own-addr-0", "own-addr-1"], 202)
+    worker = bed.hosts["own-addr-1"]
+    first_ip, second_ip = worker.ip, str(bed.network[202 * 256 + 50])
+    worker.run(["ip", "addr", "add", f"{second_ip}/{bed.prefixlen}", "dev", "eth0"])
+    hosts[1]["privateAddress"] = first_ip
+    engine = Engine(
+        bed, config(bed, hosts, key, backupTarget="none"), stack="own-addr", secret_keys=SECRETS, log_dir=log_dir
+    )
+    try:
+        engine.up()
+        leader = bed.hosts["own-addr-0"]
+
+        def worker_node() -> dict:
+            listing = [json.loads(line) for line in leader.docker("node", "ls", "--format", "{{json .}}").splitlines()]
+            [node] = [n for n in listing if n["Hostname"] == "own-addr-1"]
+            return node
+
+        before = worker_node()["ID"]
+
+        # Pulumi reaches the worker at another address: its commands are updated, the node stays.
+        hosts[1]["address"] = second_ip
+        engine.config["swarm:hosts"] = hosts
+        moved = engine.up()
+        assert not [urn for urn, op in moved.changed().items() if op in ("replace", "delete")], moved.changed()
+        assert worker_node()["ID"] == before and ready_nodes(leader) == ["own-addr-0", "own-addr-1"]
+
+        # It advertises another address: retired (drained, removed), left, joined afresh.
+        hosts[1]["privateAddress"] = second_ip
+        engine.config["swarm:hosts"] = hosts
+        rejoined = engine.up()
+        order = rejoined.order("delete-replaced")
+        assert order.index(("delete-replaced", "swarm-own-addr-swarm-retire-own-addr-1")) < order.index(
+            ("delete-replaced", "swarm-own-addr-swarm-leave-own-addr-1")
+        )
+        after = worker_node()
+        assert after["ID"] != before and after["Status"] == "Ready"
+        assert worker.docker("info", "--format", "{{.Swarm.NodeAddr}}").strip() == second_ip
+        assert ready_nodes(leader) == ["own-addr-0", "own-addr-1"]  # the old entry is gone, not Down
+        engine.destroy()
+        check_left_clean(bed, hosts)
+    finally:
+        wipe(bed, hosts)

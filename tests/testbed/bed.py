@@ -369,6 +369,16 @@ class Bed:
     def wipe_host(self, key: str) -> None:
         host = self.hosts.pop(key)
         host.wipe(self.log_dir)
+        if host.ip is not None:
+            self.forget_address(host.ip)
+
+    def forget_address(self, ip: str) -> None:
+        """Forget which machine had `ip`, on this machine and on every host, as a VPC does:
+        a new instance at a reused address (a replaced manager) answers at once, where a
+        stale ARP entry would send its first packets to the gone machine's MAC for 30 s."""
+        sh("ip", "neigh", "flush", "to", ip, "dev", self.bridge, check=False)
+        for other in list(self.hosts.values()):
+            sh("ip", "-n", other.netns, "neigh", "flush", "to", ip, check=False)
 
     def host_at(self, ip: str) -> Host:
         for host in self.hosts.values():

@@ -132,6 +132,14 @@ def test_destroy_backs_up_first_then_every_node_leaves(s3_run):
             assert s3_run.depends_on(s3_run.command(f"join-{name}"), retire)
 
 
+def test_a_host_that_leaves_for_a_new_address_is_provisioned_again_before_it_joins(s3_run):
+    for h in HOSTS:
+        leave, provision = s3_run.command(f"leave-{h['name']}"), s3_run.command(f"provision-{h['name']}")
+        assert leave.inputs["create"] == "true"  # a machine not provisioned yet has nothing to wait for
+        assert s3_run.depends_on(provision, leave)
+        assert s3_run.depends_on(s3_run.command(f"ready-{h['name']}"), provision)
+
+
 def test_only_a_new_private_address_makes_a_host_a_new_node(s3_run):
     """SSH address, port and user only change how Pulumi reaches a host: a change there
     updates its commands; a new private address retires it and joins it afresh."""
