@@ -20,8 +20,8 @@ import time
 import urllib.request
 
 import pytest
-from testbed.bed import LOCAL_BUSYBOX
-from testbed.engine import Engine, generate_key
+from testbed.bed import LOCAL_BUSYBOX, wait_until
+from testbed.engine import Engine, EngineError, generate_key
 from testbed.providers import INSTANCE
 from testbed.ssh import release, ssh_connect
 from testbed.verify import fp, nodes, wait_service
@@ -289,10 +289,33 @@ def test_rolling_upgrade_reaches_every_machine_one_at_a_time_while_the_probe_ans
     wait_service(engine.host_of("manager-0"), "probe", 4)
 
 
+def test_a_replacement_that_would_break_quorum_is_refused_and_demotes_nothing(engine):
+    """Manager 2 is down; replacing manager 0 would leave 2 managers with 1 reachable."""
+    engine.host_of("manager-2").kill()
+    survivor = engine.host_of("manager-1")
+
+    def seen_down() -> bool:
+        listing = {n["Hostname"]: n for n in nodes(survivor)} if survivor.run(
+            ["docker", "node", "ls"], check=False).returncode == 0 else {}  # fmt: skip
+        return listing.get(f"swarm-{STACK}-manager-2", {}).get("ManagerStatus") == "Unreachable"
+
+    wait_until("the managers to see manager 2 unreachable", seen_down, 90, interval=1)
+    with pytest.raises(EngineError) as refused:
+        engine.up(replace=[instance_urn(engine, "manager-0")])
+    assert f"retire: demoting manager swarm-{STACK}-manager-0 would leave 2 manager(s), of which 1 reachable" in str(
+        refused.value
+    )
+    assert "Raft needs 2. Nothing was demoted" in str(refused.value)
+    listing = {n["Hostname"]: n for n in nodes(engine.host_of("manager-1"))}
+    assert listing[f"swarm-{STACK}-manager-0"]["ManagerStatus"] in ("Leader", "Reachable"), listing
+    assert listing[f"swarm-{STACK}-manager-0"]["Availability"] == "Active"  # refused before draining
+
+
 def test_the_night_after_takes_its_backup_from_the_new_manager_0_and_retires_nothing(engine):
     started = time.monotonic()
     result = engine.destroy()
     log = engine.log_path.read_text().split(f"== destroy {STACK}")[-1]
     assert "backup: wrote backups/" in log
+    # Every retire that still stands (manager 2 is down: its retire has nothing to reach).
     assert log.count("retire: the swarm is being torn down; nothing to do") == 5
     assert time.monotonic() - started < 120 and result.seconds < 120

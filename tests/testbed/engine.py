@@ -534,7 +534,10 @@ class Engine:
 
     def _delete_step(self, state: State, op: str) -> None:
         started = time.monotonic() - self._started
-        self.resources.delete(state)
+        # Deleted already by a delete-before-replace whose update failed: the backend only
+        # forgets it (RemovePendingReplaceStep), the provider is not called again.
+        if not state.pending_replacement:
+            self.resources.delete(state)
         self._record_step(op, state, started)
 
     def _record_step(self, op: str, state: State, started: float) -> None:
