@@ -203,27 +203,36 @@ class SwarmFormation(pulumi.ComponentResource):
             triggers=[],  # never replaced: a replacement's delete would mark a live swarm
         )
 
+        # The backup's `delete` is the backup. With swarm:backupOnDestroy false the resource
+        # stays and its `delete` does nothing: dropping the resource would run its old
+        # `delete`, the very backup that was meant to be skipped.
         self.backup: remote.Command | local.Command | None = None
-        if args.backup_on_destroy and args.backup_target == "s3":
-            # Its `delete` runs before the machines it depends on are deleted.
+        pinned = [] if args.restore_from in ("latest", "none") else [args.restore_from]
+        skip = "echo 'backup: skipped (swarm:backupOnDestroy is false)'"
+        if args.backup_target == "s3":
             self.backup = self._command(
                 f"{name}-backup",
                 leader,
                 create=node_cli("wait-ready"),
-                delete=node_cli("backup"),
+                delete=node_cli("backup", *(arg for key in pinned for arg in ("--keep", key)))
+                if args.backup_on_destroy
+                else skip,
                 depends_on=[self.reconcile, self.teardown],
                 dial_error_limit=BACKUP_DIAL_ERROR_LIMIT,
                 # Never replaced: a replacement would run `delete` (a backup) against
                 # yesterday's address. A new manager 0 only updates the connection.
                 triggers=[],
             )
-        elif args.backup_on_destroy and args.backup_target == "local":
+        elif args.backup_target == "local":
+            fetch = self._local_backup(
+                "fetch", leader, "--keep", str(args.backup_keep), *(arg for key in pinned for arg in ("--spare", key))
+            )
             # `create` checks the directory now, so a broken setup fails in the morning.
             self.backup = self._local(
                 f"{name}-backup",
                 leader,
                 create=self._local_backup("check", None),
-                delete=self._local_backup("fetch", leader, "--keep", str(args.backup_keep)),
+                delete=fetch if args.backup_on_destroy else skip,
                 depends_on=[self.reconcile, self.teardown],
                 triggers=[],  # as the S3 hook: never a fetch from yesterday's address
             )

@@ -3,6 +3,7 @@
 
     scripts/backups.py list   --stack dev            # newest first, * marks `latest`
     scripts/backups.py verify --stack dev [KEY]      # download and check sha256 (default: latest)
+                                                     # exit 0 ok, 3 nothing backed up yet, 1 anything else
     scripts/backups.py list   --bucket B --prefix swarm/dev/
 
 With --stack the bucket is read from the stack's state (`pulumi stack export`), which
@@ -38,6 +39,10 @@ class Backup:
 
 class BackupError(Exception):
     pass
+
+
+class NothingBackedUp(BackupError):
+    """No backup and no latest pointer: a first morning, a new swarm is right."""
 
 
 def bucket_of_stack(stack: str) -> tuple[str, str]:
@@ -97,7 +102,13 @@ def verify(s3, bucket: str, prefix: str, key: str | None = None) -> str:
     expected_by_pointer = None
     if key is None:
         if pointer is None:
-            raise BackupError(f"no s3://{bucket}/{prefix}backups/latest: nothing backed up yet")
+            backups = list_backups(s3, bucket, prefix)
+            if backups:
+                raise BackupError(
+                    f"s3://{bucket}/{prefix}backups/ holds backups (the newest: {backups[0].key}) but no latest: "
+                    f"the morning would refuse to start. Pin one: pulumi config set swarm:restoreFrom {backups[0].key}"
+                )
+            raise NothingBackedUp(f"no s3://{bucket}/{prefix}backups/latest: nothing backed up yet")
         key, expected_by_pointer = pointer
     elif pointer is not None and pointer[0] == key:
         expected_by_pointer = pointer[1]
@@ -145,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             sha = verify(s3, bucket, prefix, args.key)
             print(f"ok {args.key or 'latest'} sha256 {sha}")
+    except NothingBackedUp as error:
+        print(f"backups: {error}", file=sys.stderr)
+        return 3
     except BackupError as error:
         print(f"backups: {error}", file=sys.stderr)
         return 1

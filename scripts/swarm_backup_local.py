@@ -12,7 +12,9 @@ With `swarm:backupTarget local` the program runs this (as `local.Command`s):
          on manager 0, checks the sha256 it reports, and keeps the last `--keep`.
 
 Layout under the directory mirrors the S3 one: <dir>/<prefix>backups/<UTC time>.tar.gz,
-its .sha256, and `latest` ("backups/<name> <sha256>"). Files are 0600: a backup holds
+its .sha256 and .meta (the engine version and address a restore checks), `latest`
+("backups/<name> <sha256>") and `restored` (the backup the last push staged, which
+pruning spares, as it spares the latest one and a pinned one). Files are 0600: a backup holds
 the swarm's keys. The SSH key comes in the environment (SWARM_SSH_PRIVATE_KEY), never
 in an argument, and is written to a 0600 file that is removed afterwards. Standard
 library only: it runs with whichever python3 is on PATH.
@@ -35,7 +37,7 @@ from pathlib import Path
 
 NODE_CLI = "/usr/local/sbin/swarm-node"
 BACKUP_NAME = re.compile(r"^\d{8}T\d{6}Z\.tar\.gz$")
-REPORT = re.compile(r"^backup: sha256 ([0-9a-f]{64}) name (\d{8}T\d{6}Z\.tar\.gz)$")
+REPORT = re.compile(r"^backup: sha256 ([0-9a-f]{64}) name (\d{8}T\d{6}Z\.tar\.gz)(?: meta (.*))?$")
 KEY_ENV = "SWARM_SSH_PRIVATE_KEY"
 # Bounded: a dead manager fails the teardown within about a minute (6 dials of 10 s).
 SSH_OPTIONS = [
@@ -123,7 +125,7 @@ def cmd_fetch(args: argparse.Namespace) -> None:
         report = next((m for m in map(REPORT.match, reversed(errors.splitlines())) if m), None)
         if report is None:
             fail(f"backup on {args.host} did not report its sha256: {errors or 'no output'}")
-        want, name = report.groups()
+        want, name, meta = report.groups()
         got = sha256(incoming)
         if got != want:
             fail(f"the backup from {args.host} arrived with sha256 {got}, not {want}; the latest pointer was not moved")
@@ -131,12 +133,35 @@ def cmd_fetch(args: argparse.Namespace) -> None:
     finally:
         incoming.unlink(missing_ok=True)
     write_atomically(directory / f"{name}.sha256", f"{want}  {name}\n")
+    if meta:
+        write_atomically(directory / f"{name}.meta", "\n".join(meta.split()) + "\n")
     write_atomically(directory / "latest", f"backups/{name} {want}\n")
-    for old in sorted((p for p in directory.iterdir() if BACKUP_NAME.match(p.name)), reverse=True)[args.keep :]:
-        old.unlink()
-        old.with_name(old.name + ".sha256").unlink(missing_ok=True)
-        print(f"backup: pruned {old.name}", file=sys.stderr)
+    prune(directory, args.keep, spare={name, *(n.removeprefix("backups/") for n in args.spare)})
     print(f"backup: wrote {directory / name} sha256 {want}")
+
+
+def prune(directory: Path, keep: int, spare: set[str]) -> None:
+    """The newest `keep` stay, and never the target of latest, a pinned backup or the last
+    restored one. Best effort: latest has moved, the night's backup is safe."""
+    restored = directory / "restored"
+    if restored.is_file():
+        spare.add(restored.read_text().strip().removeprefix("backups/"))
+    for old in sorted((p for p in directory.iterdir() if BACKUP_NAME.match(p.name)), reverse=True)[keep:]:
+        if old.name in spare:
+            print(f"backup: kept {old.name} (latest, pinned or last restored)", file=sys.stderr)
+            continue
+        try:
+            for path in (old, old.with_name(old.name + ".sha256"), old.with_name(old.name + ".meta")):
+                path.unlink(missing_ok=True)
+        except OSError as error:
+            print(f"backup: could not prune {old.name}: {error}; the next backup tries again", file=sys.stderr)
+            continue
+        print(f"backup: pruned {old.name}", file=sys.stderr)
+
+
+def newest(directory: Path) -> str | None:
+    names = sorted((p.name for p in directory.iterdir() if BACKUP_NAME.match(p.name)), reverse=True)
+    return f"backups/{names[0]}" if names else None
 
 
 def cmd_push(args: argparse.Namespace) -> None:
@@ -147,11 +172,22 @@ def cmd_push(args: argparse.Namespace) -> None:
         if latest.is_file():
             names.append("backups/latest")
             key = (latest.read_text().split() or [""])[0]
-            names += [
-                n for n in (key, key + ".sha256") if n.startswith("backups/") and (directory.parent / n).is_file()
-            ]
+        elif directory.is_dir() and (found := newest(directory)):
+            fail(
+                f"refusing to start a new swarm: {directory} holds backups (the newest: {found}) but no latest. "
+                "A new swarm would become tonight's latest, and pruning would then remove the real ones. Restore "
+                f"one: pulumi config set swarm:restoreFrom {found}; or start a new swarm on purpose: "
+                "pulumi config set swarm:restoreFrom none"
+            )
+        else:
+            key = ""
     else:
-        names += [n for n in (args.restore, args.restore + ".sha256") if (directory.parent / n).is_file()]
+        key = args.restore
+    names += [
+        n
+        for n in (key, key + ".sha256", key + ".meta")
+        if key.startswith("backups/") and (directory.parent / n).is_file()
+    ]
     # An empty archive is pushed too: it clears whatever an earlier morning left staged.
     archive = io.BytesIO()
     with tarfile.open(fileobj=archive, mode="w", format=tarfile.USTAR_FORMAT) as tar:
@@ -172,6 +208,9 @@ def cmd_push(args: argparse.Namespace) -> None:
     output = (proc.stdout + proc.stderr).decode(errors="replace").strip()
     if proc.returncode != 0:
         fail(f"staging the backup on {args.host} failed (exit {proc.returncode}): {output or 'no output'}")
+    if key:
+        # Pruning spares the backup this swarm comes from.
+        write_atomically(directory / "restored", f"{key}\n")
     what = ", ".join(names) if names else f"nothing (no backup in {directory}: a new swarm starts)"
     print(f"staged {what} on {args.host}")
 
@@ -189,6 +228,7 @@ def main(argv: list[str] | None = None) -> None:
             sub.add_argument("--user", required=True)
         if verb == "fetch":
             sub.add_argument("--keep", type=int, default=14)
+            sub.add_argument("--spare", action="append", default=[], help="a pinned backups/<name>.tar.gz")
         if verb == "push":
             sub.add_argument("--restore", default="latest", help="latest or backups/<name>.tar.gz")
     args = parser.parse_args(argv)

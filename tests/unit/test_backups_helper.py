@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
+import shutil
+import subprocess
 import sys
 
 import boto3
@@ -76,3 +79,49 @@ def test_nothing_backed_up_yet(s3, capsys):
         backups.verify(s3, BUCKET, PREFIX)
     assert backups.main(["list", "--bucket", BUCKET, "--prefix", "swarm/dev"]) == 0
     assert "no backups under s3://swarm-dev-state/swarm/dev/backups/" in capsys.readouterr().out
+
+
+def test_verify_exit_codes_tell_a_first_morning_from_a_missing_latest(s3, capsys):
+    """morning-up goes on for a first morning (3), and stops when backups exist but
+    `latest` does not (1): bootstrap would refuse, and a new swarm must not replace them."""
+    assert backups.main(["verify", "--bucket", BUCKET, "--prefix", PREFIX]) == 3
+    put_backup(s3, "20261120T230000Z", b"monday", latest=False)
+    put_backup(s3, "20261121T230000Z", b"tuesday", latest=False)
+    capsys.readouterr()
+    assert backups.main(["verify", "--bucket", BUCKET, "--prefix", PREFIX]) == 1
+    err = capsys.readouterr().err
+    assert "holds backups (the newest: backups/20261121T230000Z.tar.gz) but no latest" in err
+    assert "pulumi config set swarm:restoreFrom backups/20261121T230000Z.tar.gz" in err
+
+
+@pytest.mark.parametrize(("verify_exit", "goes_up"), [(0, True), (3, True), (1, False)])
+def test_morning_up_stops_on_a_failed_verify_and_goes_on_for_a_first_morning(tmp_path, verify_exit, goes_up):
+    """scripts/morning-up with stand-ins for setup, the venv's python (backups.py verify
+    answering `verify_exit`) and the Pulumi CLI, which records what it is asked."""
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "bin").mkdir()
+    shutil.copy(ROOT / "scripts" / "morning-up", tmp_path / "scripts" / "morning-up")
+    calls = tmp_path / "calls"
+    stubs = {
+        tmp_path / "scripts" / "setup": "exit 0",
+        tmp_path / "venv" / "bin" / "python": f'echo "python $*" >>{calls}; exit {verify_exit}',
+        tmp_path / "bin" / "pulumi": f'echo "pulumi $*" >>{calls}; [ "$1" = config ] && exit 1; exit 0',
+    }
+    for path, body in stubs.items():
+        path.write_text(f"#!/bin/sh\n{body}\n")
+        path.chmod(0o755)
+    run = subprocess.run(
+        [str(tmp_path / "scripts" / "morning-up"), "dev"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"},
+        timeout=60,
+        check=False,
+    )
+    asked = calls.read_text()
+    assert "python scripts/backups.py verify --stack dev" in asked
+    assert ("pulumi up --stack dev" in asked) == goes_up
+    assert (run.returncode == 0) == goes_up, run.stderr
+    if not goes_up:
+        assert "did not verify" in run.stderr and "nothing was started" in run.stderr

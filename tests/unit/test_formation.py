@@ -162,9 +162,20 @@ def test_teardown_keeps_ssh_routes_and_s3_access_until_the_backup_ran(run):
             assert run.depends_on(instance, leaf), (instance.name, leaf.name)
 
 
-def test_no_backup_hook_when_disabled():
-    run = run_program({"backupOnDestroy": False})
-    assert not [c for c in run.commands() if c.name.endswith("-backup")]
+def test_backup_on_destroy_false_keeps_the_resource_and_makes_its_delete_a_no_op():
+    """Dropping the resource would run its old `delete` (the backup) at the next `up`."""
+    enabled, disabled = run_program(), run_program({"backupOnDestroy": False})
+    assert enabled.command("-backup").urn == disabled.command("-backup").urn
+    assert enabled.command("-backup").inputs["delete"] == "sudo /usr/local/sbin/swarm-node backup"
+    assert "swarm-node" not in disabled.command("-backup").inputs["delete"]
+    assert disabled.command("-backup").inputs["triggers"] == []  # an update, never a replacement
+
+
+def test_a_pinned_backup_is_spared_by_pruning():
+    run = run_program({"restoreFrom": "backups/20261121T230000Z.tar.gz"})
+    assert run.command("-backup").inputs["delete"] == (
+        "sudo /usr/local/sbin/swarm-node backup --keep backups/20261121T230000Z.tar.gz"
+    )
 
 
 def test_machine_replacement_reruns_what_depends_on_it(run):

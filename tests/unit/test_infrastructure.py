@@ -35,7 +35,7 @@ def counts(run) -> Counter:
         ({}, 3, 2, 1, 3, 5 + 5 + 2 + 1 + 1 + 4 + 1 + 1 + 1 + 1),
         ({"managerCount": 1, "workerCount": 0}, 1, 0, 1, 3, 1 + 0 + 0 + 1 + 1 + 0 + 1 + 1 + 1 + 1),
         ({"managerCount": 5, "workerCount": 7, "azCount": 2}, 5, 7, 1, 2, 12 + 12 + 4 + 1 + 1 + 11 + 1 + 1 + 1 + 1),
-        ({"mirror": False, "backupOnDestroy": False}, 3, 2, 1, 3, 5 + 5 + 2 + 1 + 1 + 4 + 1 + 1),
+        ({"mirror": False, "backupOnDestroy": False}, 3, 2, 1, 3, 5 + 5 + 2 + 1 + 1 + 4 + 1 + 1 + 1),
     ],
     ids=["default", "single-manager", "5+7-over-2-azs", "no-mirror-no-backup"],
 )

@@ -1,0 +1,205 @@
+"""Backups you can trust, on the bed: only from a manager that knows today's Raft state,
+with what a restore must check recorded beside them, and a morning that refuses what it
+cannot trust instead of starting (or restoring) the wrong swarm.
+
+One stack (3 managers + 1 worker) through a partitioned manager 0, a night, a morning
+fed a hollow backup, a backup from a newer engine, one from another address and a
+missing `latest`, then the real morning; pruning with a pin; a wedged Docker; and a
+teardown with `backupOnDestroy` false.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import tarfile
+import time
+
+import pytest
+from testbed.bed import wait_until
+from testbed.engine import Engine, EngineError
+from testbed.verify import bucket_of, fp, nodes, read
+
+pytestmark = pytest.mark.e2e
+
+STACK = "trust"
+PREFIX = f"swarm/{STACK}/"
+
+
+@pytest.fixture(scope="module")
+def engine(bed, log_dir):
+    # Its own part of the bed's /16 (third octets 160-191); its machines go at the end.
+    vpc = next(n for n in bed.network.subnets(new_prefix=19) if n.network_address == bed.network[160 * 256])
+    engine = Engine(bed, bed.program_config(3, 1, str(vpc)), stack=STACK, log_dir=log_dir)
+    yield engine
+    for host in engine.hosts():
+        bed.wipe_host(host.key)
+
+
+@pytest.fixture(scope="module")
+def first(engine):
+    result = engine.up()
+    leader = engine.host_of("manager-0")
+    leader.run(["docker", "secret", "create", "kept-secret", "-"], input=b"kept")
+    return result
+
+
+def put(bed, bucket: str, key: str, body: bytes) -> None:
+    bed.s3().put_object(Bucket=bucket, Key=f"{PREFIX}{key}", Body=body)
+
+
+def latest(bed, bucket: str) -> tuple[str, str]:
+    key, sha = read(bed, bucket, f"{PREFIX}backups/latest").decode().split()
+    return key, sha
+
+
+def refused(engine, *fragments: str) -> str:
+    with pytest.raises(EngineError) as failure:
+        engine.up()
+    message = str(failure.value)
+    assert "-bootstrap" in message, message[-2000:]
+    for fragment in fragments:
+        assert fragment in message, message[-2000:]
+    return message
+
+
+def test_a_manager_cut_off_from_the_others_backs_up_nothing(engine, first, bed):
+    leader = engine.host_of("manager-0")
+    others = [engine.host_of(f"manager-{i}").ip for i in (1, 2)]
+    rules = [["INPUT", "-s", ip, "-j", "DROP"] for ip in others] + [["OUTPUT", "-d", ip, "-j", "DROP"] for ip in others]
+    for rule in rules:
+        leader.run(["iptables", "-w", "10", "-I", *rule])
+    try:
+        wait_until(
+            "manager 0 to lose the leader",
+            lambda: leader.run(["docker", "node", "ls"], check=False, timeout=60).returncode != 0,
+            120,
+            interval=2,
+        )
+        hosts_before = sorted(bed.hosts)
+        with pytest.raises(EngineError) as failure:
+            engine.destroy()
+        assert "backup: this manager sees no leader" in str(failure.value)
+        assert sorted(bed.hosts) == hosts_before, "destroy went on without a backup"
+    finally:
+        for rule in rules:
+            leader.run(["iptables", "-w", "10", "-D", *rule], check=False)
+    wait_until(
+        "manager 0 to see a leader again",
+        lambda: leader.run(["docker", "node", "ls"], check=False, timeout=60).returncode == 0,
+        120,
+        interval=2,
+    )
+
+
+def test_a_night_records_the_engine_and_the_address_beside_its_backup(engine, bed):
+    address = engine.host_of("manager-0").ip
+    version = engine.host_of("manager-0").docker("version", "--format", "{{.Server.Version}}").strip()
+    engine.destroy()
+    bucket = bucket_of(engine)
+    key, sha = latest(bed, bucket)
+    tarball = read(bed, bucket, f"{PREFIX}{key}")
+    assert hashlib.sha256(tarball).hexdigest() == sha
+    names = tarfile.open(fileobj=io.BytesIO(tarball)).getnames()
+    assert any(n.startswith("swarm/raft/") for n in names) and any(n.startswith("swarm/certificates/") for n in names)
+    meta = dict(line.split("=", 1) for line in read(bed, bucket, f"{PREFIX}{key}.meta").decode().split())
+    assert meta["engine"] == version and meta["addr"] == address
+
+
+def test_the_morning_refuses_what_it_cannot_trust_and_then_restores_the_real_backup(engine, first, bed):
+    bucket = bucket_of(engine)
+    key, sha = latest(bed, bucket)
+    original = read(bed, bucket, f"{PREFIX}{key}")
+    meta = read(bed, bucket, f"{PREFIX}{key}.meta")
+
+    def plant(body: bytes) -> None:
+        """A backup in the store with every checksum that matches it."""
+        digest = hashlib.sha256(body).hexdigest()
+        put(bed, bucket, key, body)
+        put(bed, bucket, f"{key}.sha256", f"{digest}  {key.removeprefix('backups/')}\n".encode())
+        put(bed, bucket, "backups/latest", f"{key} {digest}\n".encode())
+
+    # Hollow: a tar of swarm/ alone restores as a new cluster (a new CA, new tokens).
+    hollow = io.BytesIO()
+    with tarfile.open(fileobj=hollow, mode="w") as tar:
+        info = tarfile.TarInfo("swarm")
+        info.type = tarfile.DIRTYPE
+        tar.addfile(info)
+    plant(gzip.compress(hollow.getvalue()))
+    refused(engine, f"refusing to restore s3://{bucket}/{PREFIX}{key}", "hollow")
+
+    plant(original)
+    put(bed, bucket, f"{key}.meta", meta.replace(b"engine=", b"engine=99.0.0+newer-than-").splitlines()[0] + b"\n")
+    refused(engine, "it was taken with Docker 99.0.0", "this node runs Docker", "older engine")
+
+    address = engine.host_of("manager-0").ip
+    put(bed, bucket, f"{key}.meta", meta.replace(f"addr={address}".encode(), b"addr=10.9.9.9"))
+    refused(engine, "taken on a manager at 10.9.9.9", f"this one is at {address}")
+
+    put(bed, bucket, f"{key}.meta", meta)
+    bed.s3().delete_object(Bucket=bucket, Key=f"{PREFIX}backups/latest")
+    refused(engine, "refusing to start a new swarm", f"the newest: {key}", f"swarm:restoreFrom {key}")
+
+    put(bed, bucket, "backups/latest", f"{key} {sha}\n".encode())
+    second = engine.up()
+    assert second.outputs["bootstrapResult"] == f"bootstrap: restored from {key}"
+    assert fp(second.outputs["workerJoinToken"]) == fp(first.outputs["workerJoinToken"])
+    assert "kept-secret" in engine.host_of("manager-0").docker("secret", "ls", "--format", "{{.Name}}").split()
+    assert read(bed, bucket, f"{PREFIX}backups/restored").decode().strip() == key
+
+
+def test_pruning_spares_latest_a_pinned_backup_and_the_last_restored(engine, bed):
+    bucket = bucket_of(engine)
+    restored = read(bed, bucket, f"{PREFIX}backups/restored").decode().strip()
+    pinned = "backups/20000101T000000Z.tar.gz"  # older than any: first in line for pruning
+    for suffix in ("", ".sha256", ".meta"):
+        put(bed, bucket, f"{pinned}{suffix}", read(bed, bucket, f"{PREFIX}{restored}{suffix}"))
+
+    def keep_only_one() -> None:
+        engine.host_of("manager-0").run(["sed", "-i", "s/^SWARM_BACKUP_KEEP=.*/SWARM_BACKUP_KEEP=1/", "/etc/swarm/env"])
+
+    def backups() -> set[str]:
+        listing = bed.s3().list_objects_v2(Bucket=bucket, Prefix=f"{PREFIX}backups/")["Contents"]
+        return {o["Key"].removeprefix(PREFIX) for o in listing if o["Key"].endswith(".tar.gz")}
+
+    engine.config["swarm:restoreFrom"] = pinned
+    engine.up()  # a live swarm: only the backup hook learns of the pin
+    keep_only_one()
+    engine.destroy()
+    second, _ = latest(bed, bucket)
+    assert {second, restored, pinned} <= backups(), "the last restored or the pinned backup was pruned"
+
+    assert engine.up().outputs["bootstrapResult"] == f"bootstrap: restored from {pinned}"
+    keep_only_one()
+    engine.destroy()
+    third, _ = latest(bed, bucket)
+    assert backups() == {third, pinned}, backups()  # the second night's and the once-restored one went
+    del engine.config["swarm:restoreFrom"]
+
+
+def test_a_wedged_docker_fails_a_verb_within_its_bound(engine, bed):
+    engine.up()
+    manager = engine.host_of("manager-2")
+    pid = int(manager.run(["systemctl", "show", "-P", "MainPID", "docker.service"]).stdout.decode())
+    manager.run(["kill", "-STOP", str(pid)])
+    try:
+        started = time.monotonic()
+        probe = manager.run(["env", "SWARM_DOCKER_TIMEOUT=2", "swarm-node", "probe"], timeout=60)
+        assert time.monotonic() - started < 20
+        assert "state=down" in probe.stdout.decode()
+    finally:
+        manager.run(["kill", "-CONT", str(pid)])
+    wait_until("manager 2's Docker", lambda: manager.run(["docker", "info"], check=False).returncode == 0, 60)
+    assert len(nodes(engine.host_of("manager-0"))) == 4
+
+
+def test_backup_on_destroy_false_skips_the_next_teardowns_backup(engine, bed):
+    bucket = bucket_of(engine)
+    engine.config["swarm:backupOnDestroy"] = False
+    result = engine.up()
+    assert not [u for u, op in result.changed().items() if op in ("delete", "replace") and u.endswith("-backup")]
+    before = latest(bed, bucket)
+    engine.destroy()
+    assert latest(bed, bucket) == before
+    assert "backup: skipped (swarm:backupOnDestroy is false)" in engine.log_path.read_text()
