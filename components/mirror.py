@@ -20,14 +20,16 @@ from components.swarm import SwarmFormation, node_cli
 class RegistryMirror(pulumi.ComponentResource):
     stack_digest: str
 
-    def __init__(self, name: str, formation: SwarmFormation, opts: pulumi.ResourceOptions | None = None):
+    def __init__(
+        self, name: str, formation: SwarmFormation, mirror_image: str, opts: pulumi.ResourceOptions | None = None
+    ):
         super().__init__("swarm:index:RegistryMirror", name, None, opts)
         leader = formation.leader
         self.stack_digest = digest(STACK_FILES)
         self.deploy = remote.Command(
             f"{name}-deploy",
             connection=formation.connection(leader),
-            create=node_cli("mirror-deploy"),
+            create=node_cli("mirror-deploy", "--image", mirror_image),
             stdin=stacks_payload(),
             # Redeploy when a stack file changes, and on a new manager 0.
             triggers=[self.stack_digest, *leader.replaced_by],

@@ -2,8 +2,10 @@
 
 Managers get pinned private addresses (see `settings.plan_nodes`): Docker restores a
 manager's Raft state only onto the address it advertised. Every instance requires
-IMDSv2 (hop limit 2, so the registry mirror's container can still reach the role's
-credentials), has an encrypted gp3 root volume, and boots `scripts/node/user-data.sh`.
+IMDSv2 with a hop limit of 1 (containers behind Docker's bridge or an overlay get no
+token, so no credentials; the registry mirror runs on the host's network), has an
+encrypted gp3 root volume, and boots `scripts/node/user-data.sh`. Only managers carry the
+instance profile: workers have no rights on the state bucket at all.
 
 `ami`, `user_data`, `instance_type` and `key_name` are ignored after creation: none of
 them may replace or restart every running machine at once mid-day (three managers
@@ -88,14 +90,17 @@ class Nodes(pulumi.ComponentResource):
                 subnet_id=args.subnet_ids[plan.subnet_index],
                 private_ip=plan.private_ip,
                 vpc_security_group_ids=args.security_group_ids,
-                iam_instance_profile=args.instance_profile_name,
+                # Only managers hold the bucket's keys (backups, the mirror's cache).
+                iam_instance_profile=args.instance_profile_name if plan.role == "manager" else None,
                 key_name=key_pair.key_name,
                 associate_public_ip_address=settings.connect_via == "public",
                 user_data_base64=user_data,
                 metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
                     http_endpoint="enabled",
                     http_tokens="required",
-                    http_put_response_hop_limit=2,
+                    # One hop: the node itself (and the mirror, on the host's network),
+                    # never a container behind Docker's bridge or an overlay.
+                    http_put_response_hop_limit=1,
                 ),
                 root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
                     volume_type="gp3",

@@ -132,6 +132,7 @@ def load_settings(
         mirror_enabled=mirror.enabled,
         mirror_port=mirror.port,
         mirror_upstream=mirror.upstream,
+        mirror_image=mirror.image,
         s3_endpoint=mirror.s3_endpoint,
         backup_on_destroy=backups.on_destroy,
         backup_retention_days=backups.retention_days,

@@ -29,6 +29,9 @@ DEFAULTS: dict[str, Any] = {
     "mirror": True,
     "mirrorPort": 5000,
     "mirrorUpstream": "https://registry-1.docker.io",
+    # registry 2.8.3, pinned by digest: the multi-arch index, as pinned alike by several
+    # public projects (not fetched from Docker Hub here: there is no way to reach it).
+    "mirrorImage": "registry:2.8.3@sha256:a3d8aaa63ed8681a604f1dea0aa03f100d5895b6a58ace528858a7b332415373",
     "backupOnDestroy": True,
     "backupRetentionDays": 30,
     "backupKeep": 14,
@@ -135,6 +138,7 @@ class Settings:
     mirror_enabled: bool
     mirror_port: int
     mirror_upstream: str
+    mirror_image: str
     s3_endpoint: str | None
     backup_on_destroy: bool
     backup_retention_days: int

@@ -10,6 +10,10 @@ from dataclasses import dataclass
 from components.settings.base import DEFAULTS, Reader
 
 _URL = re.compile(r"^https?://[^\s/]+")
+# name[:tag][@sha256:digest], as `docker service create` takes it.
+_IMAGE = re.compile(
+    r"^[a-z0-9]+([._/-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9._-]+)*(:[A-Za-z0-9._-]+)?(@sha256:[0-9a-f]{64})?$"
+)
 
 
 @dataclass(frozen=True)
@@ -18,6 +22,7 @@ class Mirror:
     port: int
     upstream: str
     s3_endpoint: str | None
+    image: str
 
 
 def read_mirror(r: Reader) -> Mirror:
@@ -34,4 +39,7 @@ def read_mirror(r: Reader) -> Mirror:
     s3_endpoint = r.string("s3Endpoint")
     if s3_endpoint and not _URL.match(s3_endpoint):
         r.problem("s3Endpoint", f"must be an http(s) URL (got {s3_endpoint!r})", "https://minio.example.com:9000")
-    return Mirror(enabled, port, upstream, s3_endpoint)
+    image = r.string("mirrorImage") or DEFAULTS["mirrorImage"]
+    if not _IMAGE.match(image):
+        r.problem("mirrorImage", f"is not an image reference (got {image!r})", DEFAULTS["mirrorImage"])
+    return Mirror(enabled, port, upstream, s3_endpoint, image)

@@ -17,7 +17,7 @@ import tarfile
 import time
 
 import pytest
-from testbed.bed import wait_until
+from testbed.bed import LOCAL_BUSYBOX, BedError, wait_until
 from testbed.engine import Engine, EngineError
 from testbed.verify import bucket_of, fp, nodes, read
 
@@ -91,6 +91,64 @@ def test_a_manager_cut_off_from_the_others_backs_up_nothing(engine, first, bed):
         120,
         interval=2,
     )
+
+
+TOKEN_REQUEST = "printf 'PUT /latest/api/token HTTP/1.0\\r\\nX-aws-ec2-metadata-token-ttl-seconds: 60\\r\\n\\r\\n'"
+
+
+def token_from_a_container(host, *network: str) -> str:
+    """What a container on `host` gets back when it asks the metadata service for a token."""
+    probe = f"{TOKEN_REQUEST} | timeout 8 nc 169.254.169.254 80 | tail -n 1"
+    return host.docker("run", "--rm", *network, LOCAL_BUSYBOX, "sh", "-c", probe, timeout=60).strip()
+
+
+def test_no_container_reaches_the_role_and_workers_have_none(engine, first, bed):
+    bucket, endpoint = bucket_of(engine), bed.s3_endpoint
+    manager, worker = engine.host_of("manager-1"), engine.host_of("worker-0")
+    # The control: on the host's own network the token comes back (the mirror's way).
+    assert len(token_from_a_container(manager, "--network", "host")) > 20
+    # Behind Docker's bridge the answer dies at the host (hop limit 1): no token, on any node.
+    for host in (manager, worker):
+        assert token_from_a_container(host) == "", f"a container on {host.name} got a metadata token"
+    # Without a token, the credentials are refused outright (IMDSv2 required).
+    credentials = "wget -q -O- http://169.254.169.254/latest/meta-data/iam/security-credentials/ 2>&1 || true"
+    assert "401" in worker.docker("run", "--rm", LOCAL_BUSYBOX, "sh", "-c", credentials, timeout=60)
+    # A worker itself has no instance role: it cannot read the backups, a manager can.
+    listing = ["aws", "--endpoint-url", endpoint, "--region", "eu-west-1", "s3api", "list-objects-v2",
+               "--bucket", bucket, "--prefix", f"{PREFIX}backups/"]  # fmt: skip
+    denied = worker.run(listing, check=False, timeout=120)
+    assert denied.returncode != 0 and b"credentials" in denied.stderr.lower(), denied.stderr
+    assert manager.run(listing, timeout=120).returncode == 0
+
+
+def test_one_mirror_writes_and_another_manager_serves_what_it_cached(engine, first, bed):
+    leader, worker = engine.host_of("manager-0"), engine.host_of("worker-0")
+
+    def mirror_node() -> str:
+        tasks = leader.docker("service", "ps", "swarm-mirror_mirror", "--filter", "desired-state=running",
+                              "--format", "{{.Node}} {{.CurrentState}}")  # fmt: skip
+        running = [line.split()[0] for line in tasks.splitlines() if " Running" in line]
+        return running[0] if len(running) == 1 else ""
+
+    first = wait_until("one running mirror", mirror_node, 60)
+    bed.push_upstream("library/one-writer", extra=b"cached once, served by another")
+    worker.docker("pull", "one-writer", timeout=180)
+    worker.docker("image", "rm", "one-writer")
+    leader.docker("node", "update", "--availability", "drain", first)
+    try:
+        try:
+            second = wait_until("the mirror on another manager", lambda: (n := mirror_node()) != first and n, 120)
+        except BedError as error:
+            tasks = leader.docker("service", "ps", "--no-trunc", "swarm-mirror_mirror")
+            raise BedError(f"{error}:\n{tasks}") from None
+        # (A proxy registry checks its upstream when it starts, so the upstream goes only now.)
+        bed.stop_upstream()
+        # Docker Hub's stand-in is gone: only the cache the first mirror filled can answer.
+        worker.docker("pull", "one-writer", timeout=180)
+        assert second != first
+    finally:
+        bed.start_upstream()
+        leader.docker("node", "update", "--availability", "active", first)
 
 
 def test_a_night_records_the_engine_and_the_address_beside_its_backup(engine, bed):

@@ -51,6 +51,7 @@ def config(bed, hosts: list[dict], private_key: str, **extra) -> dict:
         "swarm:sshPrivateKey": private_key,
         "swarm:s3Endpoint": bed.s3_endpoint,
         "swarm:mirrorUpstream": bed.upstream_url,
+        "swarm:mirrorImage": "registry:2",
         **{f"swarm:{k}": v for k, v in extra.items()},
     }
 

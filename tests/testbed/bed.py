@@ -118,6 +118,7 @@ class Bed:
         self._index = 0
         self._undo: list = []  # what close() does, newest first
         self.upstream: subprocess.Popen | None = None
+        self.imds = None  # the metadata stand-in (testbed/imds.py), once started
         self.log = log or (lambda message: None)
         self._lock = threading.Lock()
         self._image_lock = threading.Lock()
@@ -214,6 +215,8 @@ class Bed:
             "swarm:vpcCidr": vpc_cidr or str(self.network),
             "swarm:s3Endpoint": self.s3_endpoint,
             "swarm:mirrorUpstream": self.upstream_url,
+            # The images hold registry:2 imported from Debian's binary: no Docker Hub digest.
+            "swarm:mirrorImage": "registry:2",
             "swarm:managerCount": managers,
             "swarm:workerCount": workers,
         }
@@ -238,8 +241,8 @@ class Bed:
     def _start_imds(self) -> None:
         from testbed.imds import serve
 
-        server = serve(self.gateway, IMDS_PORT, BED_REGION, S3_CREDENTIALS)
-        self._undo.append(lambda: (server.shutdown(), server.server_close()))
+        self.imds = serve(self.gateway, IMDS_PORT, BED_REGION, S3_CREDENTIALS)
+        self._undo.append(lambda: (self.imds.shutdown(), self.imds.server_close()))
 
     def _start_upstream(self) -> None:
         """A plain registry on the bridge: Docker Hub's stand-in for the mirror."""

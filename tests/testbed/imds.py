@@ -2,20 +2,51 @@
 
 The hosts reach it at 169.254.169.254 through a DNAT rule, as EC2 instances do. Moto's
 own metadata answer lacks `"Code": "Success"`, which the registry's AWS SDK insists on.
+
+Each EC2 instance the engine creates is registered with what EC2 would know of it: its
+`metadataOptions` and whether it has an instance profile. As on EC2, the token's answer
+leaves with an IP TTL of the instance's hop limit, so with a limit of 1 it reaches the
+host but dies at the first forwarding (a container behind Docker's bridge: the host
+masquerades the request, then cannot forward the answer back); with tokens required a
+request without one gets 401; an instance without a profile has no credentials (404).
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import secrets
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ROLE = "swarm-bed-node-role"
 
 
-def serve(address: str, port: int, region: str, credentials: dict) -> ThreadingHTTPServer:
+class MetadataServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address, handler):
+        super().__init__(address, handler)
+        self.instances: dict[str, dict] = {}  # ip -> {"hop_limit", "tokens_required", "role"}
+        self.tokens: set[str] = set()
+        self.lock = threading.Lock()
+
+    def register(self, ip: str, *, hop_limit: int, tokens_required: bool, role: bool) -> None:
+        with self.lock:
+            self.instances[ip] = {"hop_limit": hop_limit, "tokens_required": tokens_required, "role": role}
+
+    def forget(self, ip: str) -> None:
+        with self.lock:
+            self.instances.pop(ip, None)
+
+
+def serve(address: str, port: int, region: str, credentials: dict) -> MetadataServer:
     class Handler(BaseHTTPRequestHandler):
+        def _instance(self) -> dict:
+            with self.server.lock:
+                return dict(self.server.instances.get(self.client_address[0], {}))
+
         def _send(self, code: int, body: str, content_type: str = "text/plain") -> None:
             data = body.encode()
             self.send_response(code)
@@ -26,13 +57,27 @@ def serve(address: str, port: int, region: str, credentials: dict) -> ThreadingH
             self.wfile.write(data)
 
         def do_PUT(self):
-            if self.path == "/latest/api/token":
-                return self._send(200, "bed-imdsv2-token")
-            return self._send(404, "")
+            if self.path != "/latest/api/token":
+                return self._send(404, "")
+            hop_limit = self._instance().get("hop_limit")
+            if hop_limit:
+                self.connection.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, hop_limit)
+            token = secrets.token_urlsafe(24)
+            with self.server.lock:
+                self.server.tokens.add(token)
+            return self._send(200, token)
 
         def do_GET(self):
+            instance = self._instance()
+            if instance.get("tokens_required"):
+                with self.server.lock:
+                    valid = self.headers.get("X-aws-ec2-metadata-token") in self.server.tokens
+                if not valid:
+                    return self._send(401, "")
             path = self.path.rstrip("/")
             now = datetime.datetime.now(datetime.UTC)
+            if path.startswith("/latest/meta-data/iam/") and instance and not instance.get("role"):
+                return self._send(404, "")
             if path == "/latest/meta-data/iam/security-credentials":
                 return self._send(200, ROLE)
             if path == f"/latest/meta-data/iam/security-credentials/{ROLE}":
@@ -55,7 +100,6 @@ def serve(address: str, port: int, region: str, credentials: dict) -> ThreadingH
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer((address, port), Handler)
-    server.daemon_threads = True
+    server = MetadataServer((address, port), Handler)
     threading.Thread(target=server.serve_forever, name="bed-imds", daemon=True).start()
     return server

@@ -140,6 +140,13 @@ class Resources:
                 # What EC2 answers while another instance (the one being replaced) holds it.
                 raise EngineError(f"{new.name}: InvalidIPAddress.InUse: address {ip} is in use")
             self._ips.add(ip)
+        options = inputs.get("metadataOptions") or {}
+        self.bed.imds.register(
+            ip,
+            hop_limit=int(options.get("httpPutResponseHopLimit") or 1),
+            tokens_required=options.get("httpTokens") == "required",
+            role=bool(inputs.get("iamInstanceProfile")),
+        )
         name = (inputs.get("tags") or {}).get("Name") or new.name
         key = self.find(
             lambda s: s.type == "aws:ec2/keyPair:KeyPair" and s.outputs.get("keyName") == inputs.get("keyName")
@@ -252,6 +259,7 @@ class Resources:
                 self.bed.wipe_host(state.host)
             with self._lock:
                 self._ips.discard(state.outputs.get("privateIp"))
+            self.bed.imds.forget(state.outputs.get("privateIp"))
         elif state.type == BUCKET:
             raise EngineError(f"{state.name}: deleting the bucket is not something the bed's engine does")
 

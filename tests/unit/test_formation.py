@@ -9,6 +9,7 @@ import subprocess
 import tarfile
 
 import pytest
+import yaml
 from harness import MANAGER_TOKEN, PRIVATE_KEY, WORKER_TOKEN, require_tool, run_program
 
 from components.payload import NODE_SCRIPTS, STACK_FILES, USER_DATA_LIMIT, digest
@@ -187,13 +188,20 @@ def test_machine_replacement_reruns_what_depends_on_it(run):
 
 def test_mirror_deploys_the_stack_files_and_redeploys_on_change(run):
     deploy = run.command("-mirror-deploy")
-    assert deploy.inputs["create"] == "sudo /usr/local/sbin/swarm-node mirror-deploy"
+    assert deploy.inputs["create"] == (
+        "sudo /usr/local/sbin/swarm-node mirror-deploy --image "
+        "registry:2.8.3@sha256:a3d8aaa63ed8681a604f1dea0aa03f100d5895b6a58ace528858a7b332415373"
+    )
     assert run.depends_on(deploy, run.command("-reconcile"))
     assert digest(STACK_FILES) in deploy.inputs["triggers"]
     with tarfile.open(fileobj=io.BytesIO(gzip.decompress(base64.b64decode(deploy.inputs["stdin"])))) as tar:
         shipped = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
     assert shipped == {p.name: p.read_bytes() for p in STACK_FILES.iterdir() if p.is_file()}
-    assert b"mode: host" in shipped["mirror.yml"]
+    # One writer, on the host's network (a metadata hop limit of 1 still reaches it).
+    stack = yaml.safe_load(shipped["mirror.yml"])
+    assert stack["services"]["mirror"]["deploy"]["replicas"] == 1
+    assert stack["services"]["mirror"]["networks"] == ["hostnet"] and stack["networks"]["hostnet"]["name"] == "host"
+    assert "ports" not in stack["services"]["mirror"]
 
 
 def test_no_mirror_command_when_disabled():

@@ -195,7 +195,10 @@ def test_every_instance_requires_imdsv2_and_encrypts_its_gp3_root(default_run):
     for instance in default_run.of_type(INSTANCE):
         metadata = instance.inputs["metadataOptions"]
         assert metadata["httpTokens"] == "required" and metadata["httpEndpoint"] == "enabled"
-        assert metadata["httpPutResponseHopLimit"] == 2  # the mirror container reaches the role
+        # One hop: a container behind Docker's bridge gets no token (the mirror runs on
+        # the host's network); and only managers carry the instance profile.
+        assert metadata["httpPutResponseHopLimit"] == 1
+        assert bool(instance.inputs.get("iamInstanceProfile")) == (instance.inputs["tags"]["swarm:role"] == "manager")
         root = instance.inputs["rootBlockDevice"]
         assert root["encrypted"] is True and root["volumeType"] == "gp3" and root["volumeSize"] == 30
 
