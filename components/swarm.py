@@ -41,6 +41,7 @@ import shlex
 from dataclasses import dataclass, field
 
 import pulumi
+import pulumi_random as random
 from pulumi_command import local, remote
 
 from components.payload import NODE_CLI, ROOT
@@ -150,6 +151,7 @@ class SwarmFormation(pulumi.ComponentResource):
         self.provisions = {node.name: self._provision(name, node) for node in nodes if node.provision is not None}
         ready = {node.name: self._ready(name, node) for node in nodes}
         self.retires = self._retires(name, ready)
+        self.signing = self._signing_keys(name, ready)
         self.bootstrap = self._bootstrap(name, ready)
         self.bootstrap_result = self.bootstrap.stdout.apply(lambda out: (out or "").strip())
 
@@ -217,7 +219,7 @@ class SwarmFormation(pulumi.ComponentResource):
                 delete=node_cli("backup", *(arg for key in pinned for arg in ("--keep", key)))
                 if args.backup_on_destroy
                 else skip,
-                depends_on=[self.reconcile, self.teardown],
+                depends_on=[self.reconcile, self.teardown, *self.signing.values()],
                 dial_error_limit=BACKUP_DIAL_ERROR_LIMIT,
                 # Never replaced: a replacement would run `delete` (a backup) against
                 # yesterday's address. A new manager 0 only updates the connection.
@@ -233,7 +235,7 @@ class SwarmFormation(pulumi.ComponentResource):
                 leader,
                 create=self._local_backup("check", None),
                 delete=fetch if args.backup_on_destroy else skip,
-                depends_on=[self.reconcile, self.teardown],
+                depends_on=[self.reconcile, self.teardown, *self.signing.values()],
                 triggers=[],  # as the S3 hook: never a fetch from yesterday's address
             )
 
@@ -317,6 +319,28 @@ class SwarmFormation(pulumi.ComponentResource):
             )
         return retires
 
+    def _signing_keys(self, name: str, ready: dict[str, remote.Command]) -> dict[str, remote.Command]:
+        """The key that signs the backups (HMAC of name and sha256), on every manager: a
+        restore refuses a backup whose signature does not match, so nothing that can only
+        write to the bucket can plant one. Made once and kept through the teardown (the
+        backups outlive the machines), it reaches the managers only on a secret stdin."""
+        key = random.RandomBytes(
+            f"{name}-backup-signing-key", length=32, opts=pulumi.ResourceOptions(parent=self, protect=True)
+        )
+        secret = pulumi.Output.secret(key.hex)
+        if self._args.backup_target == "none":
+            return {}  # kept all the same: a protected resource must never be dropped
+        return {
+            node.name: self._command(
+                f"{name}-signing-key-{node.name}",
+                node,
+                create=node_cli("install-signing-key"),
+                stdin=secret,
+                depends_on=[ready[node.name]],
+            )
+            for node in self._args.managers
+        }
+
     def _steward(self, node: SwarmNode) -> SwarmNode | None:
         """The manager that retires `node`: manager 0, or manager 1 for manager 0 itself."""
         managers = self._args.managers
@@ -364,7 +388,7 @@ class SwarmFormation(pulumi.ComponentResource):
             leader,
             create=node_cli("bootstrap", "--restore", restore),
             stdin=stdin,
-            depends_on=[ready[leader.name], *staged, *probes, *self._retired(leader)],
+            depends_on=[ready[leader.name], *staged, *probes, *self._retired(leader), *self.signing.values()],
         )
 
     def connection(self, node: SwarmNode, dial_error_limit: int = DIAL_ERROR_LIMIT) -> remote.ConnectionArgs:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import hmac
 import io
+import re
 import tarfile
 import time
 
@@ -187,12 +189,35 @@ def test_the_morning_refuses_what_it_cannot_trust_and_then_restores_the_real_bac
     plant(gzip.compress(hollow.getvalue()))
     refused(engine, f"refusing to restore s3://{bucket}/{PREFIX}{key}", "hollow")
 
-    plant(original)
-    put(bed, bucket, f"{key}.meta", meta.replace(b"engine=", b"engine=99.0.0+newer-than-").splitlines()[0] + b"\n")
-    refused(engine, "it was taken with Docker 99.0.0", "this node runs Docker", "older engine")
+    # Forged: a real-looking backup with matching checksums, planted by something that can
+    # write to the bucket but does not hold the stack's signing key.
+    forged = gzip.compress(gzip.decompress(original) + b"\0" * 1024)
+    plant(forged)
+    forged_sha = hashlib.sha256(forged).hexdigest()
+    put(bed, bucket, f"{key}.meta", re.sub(rb"signature=\w+", b"signature=" + b"0" * 64, meta))
+    refused(engine, "its signature does not match", "forged or altered")
+    bed.s3().delete_object(Bucket=bucket, Key=f"{PREFIX}{key}.meta")
+    refused(engine, "it has no .meta, so no signature")
+    assert forged_sha != sha
 
+    # Signed by the stack's own key (so only the checks after the signature speak): a
+    # backup from a newer engine, and one from another address.
+    plant(original)
+    fields = dict(line.split("=", 1) for line in meta.decode().split())
+    signing_key = bytes.fromhex(
+        engine.host_of("manager-0").run(["cat", "/etc/swarm/backup-signing.key"]).stdout.decode()
+    )
+
+    def signed(**changes: str) -> bytes:
+        values = {**fields, **changes}
+        values["signature"] = hmac.new(signing_key, f"{key} {sha}".encode(), hashlib.sha256).hexdigest()
+        return "".join(f"{k}={v}\n" for k, v in values.items()).encode()
+
+    assert signed() == meta, "the test's signature differs from the node's"
+    put(bed, bucket, f"{key}.meta", signed(engine="99.0.0"))
+    refused(engine, "it was taken with Docker 99.0.0", "this node runs Docker", "older engine")
     address = engine.host_of("manager-0").ip
-    put(bed, bucket, f"{key}.meta", meta.replace(f"addr={address}".encode(), b"addr=10.9.9.9"))
+    put(bed, bucket, f"{key}.meta", signed(addr="10.9.9.9"))
     refused(engine, "taken on a manager at 10.9.9.9", f"this one is at {address}")
 
     put(bed, bucket, f"{key}.meta", meta)
@@ -211,7 +236,9 @@ def test_pruning_spares_latest_a_pinned_backup_and_the_last_restored(engine, bed
     bucket = bucket_of(engine)
     restored = read(bed, bucket, f"{PREFIX}backups/restored").decode().strip()
     pinned = "backups/20000101T000000Z.tar.gz"  # older than any: first in line for pruning
-    for suffix in ("", ".sha256", ".meta"):
+    # (A copy under another name: its signature would not match, so it has no .meta, which
+    # a backup named in swarm:restoreFrom may lack.)
+    for suffix in ("", ".sha256"):
         put(bed, bucket, f"{pinned}{suffix}", read(bed, bucket, f"{PREFIX}{restored}{suffix}"))
 
     def keep_only_one() -> None:

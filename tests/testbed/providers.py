@@ -46,6 +46,7 @@ REPLACE_KEYS: dict[str, set[str]] = {
     },
     "aws:ec2/keyPair:KeyPair": {"keyName", "keyNamePrefix", "publicKey"},
     "tls:index/privateKey:PrivateKey": {"algorithm", "ecdsaCurve", "rsaBits"},
+    "random:index/randomBytes:RandomBytes": {"length", "keepers"},
     "aws:ec2/vpc:Vpc": {"cidrBlock", "instanceTenancy", "ipv4IpamPoolId"},
     "aws:ec2/subnet:Subnet": {"vpcId", "cidrBlock", "availabilityZone", "availabilityZoneId"},
     "aws:ec2/securityGroup:SecurityGroup": {"name", "namePrefix", "description", "vpcId"},
@@ -75,6 +76,7 @@ COMPUTED: dict[str, set[str]] = {
     BUCKET: {"bucket", "arn", "region"},
     "aws:ec2/keyPair:KeyPair": {"keyName", "arn"},
     "tls:index/privateKey:PrivateKey": {"privateKeyOpenssh", "privateKeyPem", "publicKeyOpenssh"},
+    "random:index/randomBytes:RandomBytes": {"hex", "base64"},
     "aws:iam/role:Role": {"name", "arn"},
     "aws:iam/instanceProfile:InstanceProfile": {"name", "arn"},
 }

@@ -116,6 +116,12 @@ class Resources:
                 return {k: previous[k] for k in ("privateKeyOpenssh", "privateKeyPem", "publicKeyOpenssh")}
             new.secret_outputs |= {"privateKeyOpenssh", "privateKeyPem"}
             return generate_key(inputs.get("algorithm", "ED25519"))
+        if type_ == "random:index/randomBytes:RandomBytes":
+            if previous:
+                return {k: previous[k] for k in ("hex", "base64")}
+            new.secret_outputs |= {"hex", "base64"}
+            raw = secrets.token_bytes(int(inputs.get("length") or 32))
+            return {"hex": raw.hex(), "base64": base64.b64encode(raw).decode()}
         if type_ == "aws:ec2/keyPair:KeyPair":
             return {
                 "keyName": inputs.get("keyName") or previous.get("keyName") or f"{name}-{secrets.token_hex(4)}",

@@ -29,6 +29,7 @@ MAIN = ROOT / "__main__.py"
 
 WORKER_TOKEN = "SWMTKN-1-0mockworkertoken0000000000000000000000000000000-mockworker00000000000"
 MANAGER_TOKEN = "SWMTKN-1-0mockmanagertoken000000000000000000000000000000-mockmanager0000000000"
+BACKUP_KEY = "5ea1ed0b5ea1ed0b5ea1ed0b5ea1ed0b5ea1ed0b5ea1ed0b5ea1ed0b5ea1ed0b"  # the backups' signing key
 PRIVATE_KEY = (
     "-----BEGIN OPENSSH PRIVATE KEY-----\nbW9jay1wcml2YXRlLWtleS1ub3QtcmVhbA==\n-----END OPENSSH PRIVATE KEY-----\n"
 )
@@ -120,6 +121,8 @@ class SwarmMocks(pulumi.runtime.Mocks):
         elif args.typ == "tls:index/privateKey:PrivateKey":
             state["publicKeyOpenssh"] = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMockPublicKey mock"
             state["privateKeyOpenssh"] = PRIVATE_KEY
+        elif args.typ == "random:index/randomBytes:RandomBytes":
+            state["hex"] = BACKUP_KEY
         elif args.typ == "aws:iam/role:Role":
             state["arn"] = f"arn:aws:iam::123456789012:role/{args.name}"
             state["name"] = args.name

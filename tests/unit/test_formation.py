@@ -10,7 +10,7 @@ import tarfile
 
 import pytest
 import yaml
-from harness import MANAGER_TOKEN, PRIVATE_KEY, WORKER_TOKEN, require_tool, run_program
+from harness import BACKUP_KEY, MANAGER_TOKEN, PRIVATE_KEY, WORKER_TOKEN, require_tool, run_program
 
 from components.payload import NODE_SCRIPTS, STACK_FILES, USER_DATA_LIMIT, digest
 from components.settings import BACKUP_DIAL_ERROR_LIMIT, DIAL_ERROR_LIMIT
@@ -86,8 +86,9 @@ def test_restore_source_reaches_bootstrap():
 
 def test_no_secret_in_any_command_string(run):
     commands = run.commands()
-    # ready and retire per node, probes, bootstrap, tokens, joins, reconcile, teardown, backup, mirror
-    assert len(commands) == 6 + 6 + 2 + 1 + 1 + 5 + 1 + 1 + 1 + 1
+    # ready and retire per node, probes, signing keys, bootstrap, tokens, joins, reconcile,
+    # teardown, backup, mirror
+    assert len(commands) == 6 + 6 + 2 + 3 + 1 + 1 + 5 + 1 + 1 + 1 + 1
     leaking = [c.name for c in commands for verb in ("create", "update", "delete") if leaks(c.inputs.get(verb))]
     assert leaking == []
 
@@ -311,3 +312,18 @@ def test_a_lone_manager_has_no_retire_and_no_probe():
     assert not [c for c in run.commands() if "-probe-" in c.name]
     assert [c.name for c in run.commands() if "-retire-" in c.name] == ["swarm-dev-swarm-retire-swarm-dev-worker-0"]
     assert "stdin" not in run.command("-bootstrap").inputs
+
+
+def test_the_backups_signing_key_is_kept_and_reaches_only_the_managers_on_a_secret_stdin(run):
+    (key,) = run.of_type("random:index/randomBytes:RandomBytes")
+    assert key.protect and key.inputs["length"] == 32
+    installs = [c for c in run.commands() if "-signing-key-" in c.name]
+    assert sorted(c.name.rsplit("-", 1)[-1] for c in installs) == ["0", "1", "2"]
+    assert all("manager" in c.name for c in installs)
+    for install in installs:
+        assert install.inputs["create"] == "sudo /usr/local/sbin/swarm-node install-signing-key"
+        assert install.inputs["stdin"] == BACKUP_KEY and "stdin" in install.secret_inputs
+    # Bootstrap verifies with it, the backup signs with it.
+    assert run.depends_on(run.command("-bootstrap"), run.command("-signing-key-swarm-dev-manager-0"))
+    assert run.depends_on(run.command("-backup"), run.command("-signing-key-swarm-dev-manager-0"))
+    assert not any(BACKUP_KEY in (c.inputs.get(verb) or "") for c in run.commands() for verb in ("create", "delete"))
