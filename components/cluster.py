@@ -77,6 +77,7 @@ class SwarmCluster(pulumi.ComponentResource):
                 state_prefix=settings.state_prefix,
                 backup_keep=settings.backup_keep,
                 leave_on_destroy=settings.hosts_mode,
+                autolock=settings.autolock,
             ),
             opts=child,
         )
@@ -95,6 +96,7 @@ class SwarmCluster(pulumi.ComponentResource):
             "sshUser": settings.ssh_user,
             "workerJoinToken": formation.worker_join_token,
             "managerJoinToken": formation.manager_join_token,
+            "unlockKey": formation.unlock_key,
             "registryMirrors": settings.registry_mirrors,
             "stateBucket": bucket_name,
             "statePrefix": settings.state_prefix,

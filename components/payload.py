@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 NODE_SCRIPTS = ROOT / "scripts" / "node"
 STACK_FILES = ROOT / "scripts" / "stacks"
 USER_DATA_TEMPLATE = NODE_SCRIPTS / "user-data.sh"
+# The backups' cryptography (python3), installed on the managers by a command, not user-data.
+KEYTOOL = ROOT / "scripts" / "manager" / "swarm_keytool.py"
 SETTINGS_MARKER = "# @SWARM_SETTINGS@"
 PAYLOAD_MARKER = "# @SWARM_PAYLOAD@"
 # EC2 refuses user-data above 16 KiB.
@@ -87,6 +89,12 @@ def _without_comment_lines(text: str) -> str:
         if not line.lstrip().startswith("#") or line.startswith("#!") or "shellcheck " in line
     ]
     return "\n".join(kept) + "\n"
+
+
+@functools.cache
+def keytool_payload() -> str:
+    """swarm-keytool as one line: base64 of its gzip (stable bytes, so no spurious diff)."""
+    return base64.b64encode(gzip.compress(KEYTOOL.read_bytes(), compresslevel=9, mtime=0)).decode()
 
 
 def stacks_payload() -> str:

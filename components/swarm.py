@@ -44,7 +44,7 @@ import pulumi
 import pulumi_random as random
 from pulumi_command import local, remote
 
-from components.payload import NODE_CLI, ROOT
+from components.payload import NODE_CLI, ROOT, keytool_payload
 from components.settings import BACKUP_DIAL_ERROR_LIMIT, DIAL_ERROR_LIMIT, PER_DIAL_TIMEOUT
 
 SWARM_PORT = 2377
@@ -128,11 +128,14 @@ class SwarmFormationArgs:
     backup_keep: int = 14
     # Machines that outlive `pulumi destroy` (swarm:hosts) leave the swarm after the backup.
     leave_on_destroy: bool = False
+    # swarm:autolock: managers restart locked; the unlock key is exported (secret).
+    autolock: bool = False
 
 
 class SwarmFormation(pulumi.ComponentResource):
     worker_join_token: pulumi.Output[str]
     manager_join_token: pulumi.Output[str]
+    unlock_key: pulumi.Output[str]
     leader_address: pulumi.Output[str]
     bootstrap_result: pulumi.Output[str]
     reconcile: remote.Command
@@ -161,10 +164,13 @@ class SwarmFormation(pulumi.ComponentResource):
             create=node_cli("tokens"),
             depends_on=[self.bootstrap],
             secret=True,
+            # Read again when autolock is switched (the unlock key appears or goes).
+            triggers=[*leader.replaced_by, "autolock" if args.autolock else "no-autolock"],
         )
         parsed = tokens.stdout.apply(_parse_tokens)
         self.worker_join_token = pulumi.Output.secret(parsed.apply(lambda t: t["worker"]))
         self.manager_join_token = pulumi.Output.secret(parsed.apply(lambda t: t["manager"]))
+        self.unlock_key = pulumi.Output.secret(parsed.apply(lambda t: t["unlock"]))
 
         # Managers one at a time: each join changes the Raft membership, and two
         # concurrent joins can leave the cluster without quorum while both catch up.
@@ -244,6 +250,7 @@ class SwarmFormation(pulumi.ComponentResource):
                 "leader_address": self.leader_address,
                 "worker_join_token": self.worker_join_token,
                 "manager_join_token": self.manager_join_token,
+                "unlock_key": self.unlock_key,
             }
         )
 
@@ -320,22 +327,25 @@ class SwarmFormation(pulumi.ComponentResource):
         return retires
 
     def _signing_keys(self, name: str, ready: dict[str, remote.Command]) -> dict[str, remote.Command]:
-        """The key that signs the backups (HMAC of name and sha256), on every manager: a
-        restore refuses a backup whose signature does not match, so nothing that can only
-        write to the bucket can plant one. Made once and kept through the teardown (the
-        backups outlive the machines), it reaches the managers only on a secret stdin."""
+        """The key that signs the backups (HMAC of name and sha256) and seals an autolocked
+        swarm's unlock key beside them, with swarm-keytool, on every manager: a restore
+        refuses a backup whose signature does not match, so nothing that can only write to
+        the bucket can plant one. Made once and kept through the teardown (the backups
+        outlive the machines), it reaches the managers only on a secret stdin. (The tool
+        travels here, not in user-data: EC2's 16 KiB has no room left, and an update of it
+        reaches running managers.)"""
         key = random.RandomBytes(
             f"{name}-backup-signing-key", length=32, opts=pulumi.ResourceOptions(parent=self, protect=True)
         )
-        secret = pulumi.Output.secret(key.hex)
+        stdin = pulumi.Output.secret(pulumi.Output.concat(key.hex, "\n", keytool_payload(), "\n"))
         if self._args.backup_target == "none":
             return {}  # kept all the same: a protected resource must never be dropped
         return {
             node.name: self._command(
-                f"{name}-signing-key-{node.name}",
+                f"{name}-backup-keys-{node.name}",
                 node,
-                create=node_cli("install-signing-key"),
-                stdin=secret,
+                create=node_cli("install-backup-keys"),
+                stdin=stdin,
                 depends_on=[ready[node.name]],
             )
             for node in self._args.managers
@@ -386,7 +396,7 @@ class SwarmFormation(pulumi.ComponentResource):
         return self._command(
             f"{name}-bootstrap",
             leader,
-            create=node_cli("bootstrap", "--restore", restore),
+            create=node_cli("bootstrap", "--restore", restore, "--autolock", "true" if args.autolock else "false"),
             stdin=stdin,
             depends_on=[ready[leader.name], *staged, *probes, *self._retired(leader), *self.signing.values()],
         )
@@ -483,6 +493,6 @@ def _parse_tokens(stdout: str) -> dict[str, str]:
         and tokens.get("manager", "").startswith("SWMTKN-")
     ):
         if pulumi.runtime.is_dry_run():
-            return {"worker": "", "manager": ""}
+            return {"worker": "", "manager": "", "unlock": ""}
         raise ValueError("swarm-node tokens did not print the expected JSON line (contents hidden: secret)")
-    return {"worker": tokens["worker"], "manager": tokens["manager"]}
+    return {"worker": tokens["worker"], "manager": tokens["manager"], "unlock": tokens.get("unlock") or ""}

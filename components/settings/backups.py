@@ -29,6 +29,7 @@ class Backups:
     access_key_id: pulumi.Output[str] | None
     secret_access_key: pulumi.Output[str] | None
     directory: str | None
+    autolock: bool
 
 
 def read_backup_target(r: Reader, hosts_mode: bool) -> str:
@@ -48,6 +49,7 @@ def read_backup_target(r: Reader, hosts_mode: bool) -> str:
 
 def read_backups(r: Reader, config: pulumi.Config, stack: str, hosts_mode: bool, target: str) -> Backups:
     on_destroy = r.boolean("backupOnDestroy")
+    autolock = r.boolean("autolock")
     retention = r.integer(
         "backupRetentionDays",
         "30",
@@ -77,6 +79,7 @@ def read_backups(r: Reader, config: pulumi.Config, stack: str, hosts_mode: bool,
         access_key_id=access_key_id,
         secret_access_key=secret_access_key,
         directory=directory if target == "local" else None,
+        autolock=autolock,
     )
 
 

@@ -33,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
     # public projects (not fetched from Docker Hub here: there is no way to reach it).
     "mirrorImage": "registry:2.8.3@sha256:a3d8aaa63ed8681a604f1dea0aa03f100d5895b6a58ace528858a7b332415373",
     "backupOnDestroy": True,
+    "autolock": False,
     "backupRetentionDays": 30,
     "backupKeep": 14,
     "restoreFrom": "latest",
@@ -154,6 +155,7 @@ class Settings:
     existing_state_bucket: str | None = None  # s3: the user's bucket, not created here
     s3_access_key_id: pulumi.Output[str] | None = None  # hosts + s3: the hosts' credentials
     s3_secret_access_key: pulumi.Output[str] | None = None
+    autolock: bool = False  # swarm:autolock: the managers' keys at rest need the unlock key
 
     @property
     def mirror_storage(self) -> str:

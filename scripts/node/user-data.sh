@@ -81,6 +81,8 @@ if [[ $SWARM_BACKUP_TARGET == s3 ]] && ! command -v aws >/dev/null; then
   elif ! pkg awscli; then snap install aws-cli --classic; fi
 fi
 command -v curl >/dev/null || pkg curl
+# swarm-keytool (backup signatures, autolocked restores) is python3 with its stdlib.
+command -v python3 >/dev/null || pkg python3
 [[ -d /usr/share/bash-completion ]] || pkg bash-completion
 
 mirrors='' insecure=''

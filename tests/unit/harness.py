@@ -29,6 +29,7 @@ MAIN = ROOT / "__main__.py"
 
 WORKER_TOKEN = "SWMTKN-1-0mockworkertoken0000000000000000000000000000000-mockworker00000000000"
 MANAGER_TOKEN = "SWMTKN-1-0mockmanagertoken000000000000000000000000000000-mockmanager0000000000"
+UNLOCK_KEY = "SWMKEY-1-mockunlockkeymockunlockkeymockunlockke"
 BACKUP_KEY = "5ea1ed0b5ea1ed0b5ea1ed0b5ea1ed0b5ea1ed0b5ea1ed0b5ea1ed0b5ea1ed0b"  # the backups' signing key
 PRIVATE_KEY = (
     "-----BEGIN OPENSSH PRIVATE KEY-----\nbW9jay1wcml2YXRlLWtleS1ub3QtcmVhbA==\n-----END OPENSSH PRIVATE KEY-----\n"
@@ -133,7 +134,9 @@ class SwarmMocks(pulumi.runtime.Mocks):
         elif args.typ == "command:remote:Command":
             create = state.get("create") or ""
             if " tokens" in create:
-                state["stdout"] = json.dumps({"worker": WORKER_TOKEN, "manager": MANAGER_TOKEN})
+                # As the node prints it: the unlock key only when the swarm is autolocked.
+                unlock = UNLOCK_KEY if "autolock" in (state.get("triggers") or []) else ""
+                state["stdout"] = json.dumps({"worker": WORKER_TOKEN, "manager": MANAGER_TOKEN, "unlock": unlock})
             elif " bootstrap " in create:
                 state["stdout"] = "bootstrap: initialised a new swarm\n"
             elif create.endswith(" probe"):

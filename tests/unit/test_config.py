@@ -21,6 +21,7 @@ BAD_CONFIGS = [
     ("managers not a number", {"managerCount": "three"}, "managerCount"),
     ("negative workers", {"workerCount": -1}, "workerCount"),
     ("missing sshAllowedCidrs", {"sshAllowedCidrs": None}, "sshAllowedCidrs"),
+    ("autolock not a boolean", {"autolock": "yes"}, "autolock"),
     ("empty sshAllowedCidrs", {"sshAllowedCidrs": []}, "sshAllowedCidrs"),
     ("bad CIDR", {"sshAllowedCidrs": ["10.0.0.300/24"]}, "sshAllowedCidrs"),
     ("CIDR with host bits", {"sshAllowedCidrs": ["203.0.113.7/24"]}, "sshAllowedCidrs"),

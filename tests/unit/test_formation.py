@@ -10,9 +10,9 @@ import tarfile
 
 import pytest
 import yaml
-from harness import BACKUP_KEY, MANAGER_TOKEN, PRIVATE_KEY, WORKER_TOKEN, require_tool, run_program
+from harness import BACKUP_KEY, MANAGER_TOKEN, PRIVATE_KEY, UNLOCK_KEY, WORKER_TOKEN, require_tool, run_program
 
-from components.payload import NODE_SCRIPTS, STACK_FILES, USER_DATA_LIMIT, digest
+from components.payload import KEYTOOL, NODE_SCRIPTS, STACK_FILES, USER_DATA_LIMIT, digest, keytool_payload
 from components.settings import BACKUP_DIAL_ERROR_LIMIT, DIAL_ERROR_LIMIT
 
 SECRETS = (WORKER_TOKEN, MANAGER_TOKEN, PRIVATE_KEY.strip().splitlines()[1])
@@ -58,7 +58,9 @@ def test_commands_run_in_order(run):
 
 
 def test_verbs_and_their_arguments(run):
-    assert run.command("-bootstrap").inputs["create"] == "sudo /usr/local/sbin/swarm-node bootstrap --restore latest"
+    assert run.command("-bootstrap").inputs["create"] == (
+        "sudo /usr/local/sbin/swarm-node bootstrap --restore latest --autolock false"
+    )
     assert run.command("-tokens").inputs["create"] == "sudo /usr/local/sbin/swarm-node tokens"
     assert run.command("-join-swarm-dev-manager-1").inputs["create"] == (
         "sudo /usr/local/sbin/swarm-node join manager 10.42.0.10:2377"
@@ -81,12 +83,12 @@ def test_verbs_and_their_arguments(run):
 
 def test_restore_source_reaches_bootstrap():
     run = run_program({"restoreFrom": "backups/20261121T230000Z.tar.gz"})
-    assert run.command("-bootstrap").inputs["create"].endswith("--restore backups/20261121T230000Z.tar.gz")
+    assert " --restore backups/20261121T230000Z.tar.gz " in run.command("-bootstrap").inputs["create"]
 
 
 def test_no_secret_in_any_command_string(run):
     commands = run.commands()
-    # ready and retire per node, probes, signing keys, bootstrap, tokens, joins, reconcile,
+    # ready and retire per node, probes, backup keys, bootstrap, tokens, joins, reconcile,
     # teardown, backup, mirror
     assert len(commands) == 6 + 6 + 2 + 3 + 1 + 1 + 5 + 1 + 1 + 1 + 1
     leaking = [c.name for c in commands for verb in ("create", "update", "delete") if leaks(c.inputs.get(verb))]
@@ -317,13 +319,26 @@ def test_a_lone_manager_has_no_retire_and_no_probe():
 def test_the_backups_signing_key_is_kept_and_reaches_only_the_managers_on_a_secret_stdin(run):
     (key,) = run.of_type("random:index/randomBytes:RandomBytes")
     assert key.protect and key.inputs["length"] == 32
-    installs = [c for c in run.commands() if "-signing-key-" in c.name]
+    installs = [c for c in run.commands() if "-backup-keys-" in c.name]
     assert sorted(c.name.rsplit("-", 1)[-1] for c in installs) == ["0", "1", "2"]
     assert all("manager" in c.name for c in installs)
     for install in installs:
-        assert install.inputs["create"] == "sudo /usr/local/sbin/swarm-node install-signing-key"
-        assert install.inputs["stdin"] == BACKUP_KEY and "stdin" in install.secret_inputs
+        assert install.inputs["create"] == "sudo /usr/local/sbin/swarm-node install-backup-keys"
+        assert install.inputs["stdin"] == f"{BACKUP_KEY}\n{keytool_payload()}\n" and "stdin" in install.secret_inputs
+    # The tool that installs is the repository's, byte for byte.
+    assert gzip.decompress(base64.b64decode(keytool_payload())) == KEYTOOL.read_bytes()
     # Bootstrap verifies with it, the backup signs with it.
-    assert run.depends_on(run.command("-bootstrap"), run.command("-signing-key-swarm-dev-manager-0"))
-    assert run.depends_on(run.command("-backup"), run.command("-signing-key-swarm-dev-manager-0"))
+    assert run.depends_on(run.command("-bootstrap"), run.command("-backup-keys-swarm-dev-manager-0"))
+    assert run.depends_on(run.command("-backup"), run.command("-backup-keys-swarm-dev-manager-0"))
     assert not any(BACKUP_KEY in (c.inputs.get(verb) or "") for c in run.commands() for verb in ("create", "delete"))
+
+
+def test_autolock_reaches_bootstrap_and_its_key_is_a_secret_output():
+    locked = run_program({"autolock": True})
+    assert locked.command("-bootstrap").inputs["create"].endswith(" --autolock true")
+    assert locked.outputs["unlockKey"] == UNLOCK_KEY and "unlockKey" in locked.secret_outputs
+    assert not any(UNLOCK_KEY in (c.inputs.get(v) or "") for c in locked.commands() for v in ("create", "delete"))
+    # Switching it asks for the tokens (and the unlock key) again.
+    plain = run_program({})
+    assert plain.outputs["unlockKey"] == ""
+    assert plain.command("-tokens").inputs["triggers"] != locked.command("-tokens").inputs["triggers"]

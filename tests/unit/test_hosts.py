@@ -225,7 +225,7 @@ def test_no_backup_target_means_a_new_swarm_every_morning():
     run = run_hosts(backupTarget="none", s3AccessKeyId=None, s3SecretAccessKey=None)
     assert run.of_type("aws:s3/bucket:Bucket") == [] and run.of_type("command:local:Command") == []
     assert not [c for c in run.commands() if c.name.endswith("-backup")]
-    assert run.command("-bootstrap").inputs["create"].endswith("bootstrap --restore none")
+    assert run.command("-bootstrap").inputs["create"].endswith("bootstrap --restore none --autolock false")
     # The nodes still leave the swarm at destroy.
     assert len([c for c in run.commands() if "-leave-" in c.name]) == len(HOSTS)
 

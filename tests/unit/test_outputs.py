@@ -26,7 +26,7 @@ CONTRACT = {
     "nodes",
     "outputsVersion",
 }
-SECRET = {"sshPrivateKey", "workerJoinToken", "managerJoinToken"}
+SECRET = {"sshPrivateKey", "workerJoinToken", "managerJoinToken", "unlockKey"}
 
 
 @pytest.fixture(scope="module")
