@@ -49,8 +49,8 @@ def signing_key() -> bytes:
         raise KeytoolError(f"the backup signing key is missing ({SIGNING_KEY}): run 'pulumi up'") from error
 
 
-def sign(name: str, sha: str) -> str:
-    return hmac.new(signing_key(), f"{name} {sha}".encode(), hashlib.sha256).hexdigest()
+def sign(name: str, sha: str, key: bytes | None = None) -> str:
+    return hmac.new(key or signing_key(), f"{name} {sha}".encode(), hashlib.sha256).hexdigest()
 
 
 def parse_unlock_key(text: str) -> bytes:
@@ -70,33 +70,36 @@ def format_unlock_key(raw: bytes) -> str:
 
 # The unlock key beside a backup: XOR with HMAC-SHA256(signing key, label, backup name) as
 # a one-time pad (a PRF keyed by a secret, never the same name twice) and an HMAC tag.
-def _pad(name: str, length: int) -> bytes:
-    key, out, counter = signing_key(), b"", 0
+# `key` is the signing key (default: this manager's copy).
+def _pad(name: str, length: int, key: bytes) -> bytes:
+    out, counter = b"", 0
     while len(out) < length:
         out += hmac.new(key, b"swarm unlock key\0%d\0%s" % (counter, name.encode()), hashlib.sha256).digest()
         counter += 1
     return out[:length]
 
 
-def _tag(name: str, sealed: bytes) -> bytes:
-    return hmac.new(signing_key(), b"swarm unlock tag\0" + name.encode() + b"\0" + sealed, hashlib.sha256).digest()
+def _tag(name: str, sealed: bytes, key: bytes) -> bytes:
+    return hmac.new(key, b"swarm unlock tag\0" + name.encode() + b"\0" + sealed, hashlib.sha256).digest()
 
 
-def wrap_unlock(name: str, unlock_key: str) -> str:
+def wrap_unlock(name: str, unlock_key: str, key: bytes | None = None) -> str:
+    key = key or signing_key()
     raw = parse_unlock_key(unlock_key)
-    sealed = bytes(a ^ b for a, b in zip(raw, _pad(name, len(raw)), strict=True))
-    return (sealed + _tag(name, sealed)).hex()
+    sealed = bytes(a ^ b for a, b in zip(raw, _pad(name, len(raw), key), strict=True))
+    return (sealed + _tag(name, sealed, key)).hex()
 
 
-def unwrap_unlock(name: str, wrapped: str) -> str:
+def unwrap_unlock(name: str, wrapped: str, key: bytes | None = None) -> str:
+    key = key or signing_key()
     try:
         blob = bytes.fromhex(wrapped.strip())
     except ValueError as error:
         raise KeytoolError("the wrapped unlock key is not hex") from error
     sealed, tag = blob[:-32], blob[-32:]
-    if len(blob) <= 32 or not hmac.compare_digest(tag, _tag(name, sealed)):
+    if len(blob) <= 32 or not hmac.compare_digest(tag, _tag(name, sealed, key)):
         raise KeytoolError(f"the unlock key beside {name} does not verify with this stack's signing key")
-    return format_unlock_key(bytes(a ^ b for a, b in zip(sealed, _pad(name, len(sealed)), strict=True)))
+    return format_unlock_key(bytes(a ^ b for a, b in zip(sealed, _pad(name, len(sealed), key), strict=True)))
 
 
 # --- NaCl secretbox (XSalsa20-Poly1305), open only ------------------------------------
@@ -353,6 +356,12 @@ def unlock_state(state_dir: str, unlock_key: str) -> str:
     if not der.startswith(b"\x30"):
         raise KeytoolError("the unlock key does not decrypt this swarm's node key (wrong key)")
     plain = {k: v for k, v in headers.items() if k.lower() not in ("proc-type", "dek-info")}
+    # swarmkit takes the cluster's KEK only if its version is newer than the key's
+    # (manager/deks.go compareKEKs): after a rotation the key carries the cluster's own
+    # version, and an open key at that version is refused ("same version ... different
+    # KEK value"). Version 0 is older than any cluster's.
+    if "kek-version" in plain:
+        plain["kek-version"] = "0"
     for name in ("raft-dek", "raft-dek-pending"):
         if name in plain:
             plain[name] = open_header(plain[name], kek)
