@@ -1,10 +1,20 @@
 #!/usr/bin/env python3
-"""List and verify the swarm backups of a stack in its state bucket (works after teardown).
+"""List, verify and drill the swarm backups of a stack in its state bucket (works after teardown).
 
     scripts/backups.py list   --stack dev            # newest first, * marks `latest`
     scripts/backups.py verify --stack dev [KEY]      # download and check sha256 (default: latest)
                                                      # exit 0 ok, 3 nothing backed up yet, 1 anything else
+    scripts/backups.py drill  --stack dev [KEY] [--on bed | --on ssh://user@host[:port]] [--json]
+                                                     # restore it into a throwaway single-node swarm
+                                                     # and list its services, secrets, configs, networks
     scripts/backups.py list   --bucket B --prefix swarm/dev/
+
+The drill checks the backup as the morning would (sha256, the stack's signature, the
+sealed unlock key of an autolocked swarm), then restores it on a machine of the test bed
+(`--on bed`, the default: root and the bed's Debian packages, see README) or on a
+machine you name (`--on ssh://...`: a throwaway one with Docker in no swarm; the drill
+leaves its swarm state as it found it). With --stack the signing key is read from the
+stack's state (`pulumi stack export --show-secrets`); or give --signing-key-file.
 
 With --stack the bucket is read from the stack's state (`pulumi stack export`), which
 still holds the protected bucket after `pulumi destroy --exclude-protected`. To restore
@@ -18,15 +28,26 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
+import io
 import json
+import shlex
 import subprocess
 import sys
-from dataclasses import dataclass
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import boto3
 from botocore.exceptions import ClientError
 
 BUCKET_TYPE = "aws:s3/bucket:Bucket"
+SIGNING_KEY_TYPE = "random:index/randomBytes:RandomBytes"
+ROOT = Path(__file__).resolve().parent.parent
+DRILL_SCRIPT = ROOT / "scripts" / "drill" / "restore-drill.sh"
+KEYTOOL = ROOT / "scripts" / "manager" / "swarm_keytool.py"
+DRILL_TIMEOUT = 600  # seconds for the restore and listing on the drill machine
 
 
 @dataclass
@@ -45,14 +66,26 @@ class NothingBackedUp(BackupError):
     """No backup and no latest pointer: a first morning, a new swarm is right."""
 
 
+def stack_resources(stack: str, show_secrets: bool = False) -> list[dict]:
+    """The resources in a stack's state (`pulumi stack export`): what survives the teardown."""
+    command = ["pulumi", "stack", "export", "--stack", stack, *(["--show-secrets"] if show_secrets else [])]
+    exported = subprocess.run(command, capture_output=True, text=True, check=False)
+    if exported.returncode != 0:
+        raise BackupError(f"{' '.join(command)} failed: {exported.stderr.strip()}")
+    return json.loads(exported.stdout).get("deployment", {}).get("resources", [])
+
+
+def signing_key_of_stack(stack: str) -> bytes:
+    """The key that signs the stack's backups (a protected resource, kept through the teardown)."""
+    keys = [r for r in stack_resources(stack, show_secrets=True) if r.get("type") == SIGNING_KEY_TYPE]
+    if not keys or not isinstance(keys[0].get("outputs", {}).get("hex"), str):
+        raise BackupError(f"stack {stack} has no backup signing key in its state; pass --signing-key-file")
+    return bytes.fromhex(keys[0]["outputs"]["hex"])
+
+
 def bucket_of_stack(stack: str) -> tuple[str, str]:
     """(bucket, prefix) of a stack, from its state: the bucket survives the teardown."""
-    exported = subprocess.run(
-        ["pulumi", "stack", "export", "--stack", stack], capture_output=True, text=True, check=False
-    )
-    if exported.returncode != 0:
-        raise BackupError(f"pulumi stack export --stack {stack} failed: {exported.stderr.strip()}")
-    resources = json.loads(exported.stdout).get("deployment", {}).get("resources", [])
+    resources = stack_resources(stack)
     buckets = [r for r in resources if r.get("type") == BUCKET_TYPE]
     if not buckets:
         raise BackupError(f"stack {stack} has no state bucket; pass --bucket and --prefix")
@@ -130,14 +163,225 @@ def verify(s3, bucket: str, prefix: str, key: str | None = None) -> str:
     return got
 
 
+# --- the restore drill ------------------------------------------------------------------
+
+
+def _keytool():
+    spec = importlib.util.spec_from_file_location("swarm_keytool", KEYTOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass
+class DrillReport:
+    key: str
+    sha256: str
+    checks: list[str]
+    engine_then: str = "unknown"  # the engine that took the backup (its .meta)
+    engine_here: str = "unknown"  # the drill machine's
+    autolocked: bool = False
+    sections: dict[str, list] = field(default_factory=dict)
+
+    def as_json(self) -> dict:
+        return {
+            "key": self.key,
+            "sha256": self.sha256,
+            "checks": self.checks,
+            "engineThen": self.engine_then,
+            "engineHere": self.engine_here,
+            "autolocked": self.autolocked,
+            **{name: self.sections.get(name, []) for name in ("services", "secrets", "configs", "networks", "nodes")},
+        }
+
+
+def read_meta(s3, bucket: str, prefix: str, key: str) -> dict[str, str]:
+    text = read_text(s3, bucket, f"{prefix}{key}.meta") or ""
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def prepare_drill(
+    s3, bucket: str, prefix: str, key: str | None, signing_key: bytes | None
+) -> tuple[bytes, DrillReport]:
+    """Check a backup as the morning does and pack what the drill machine needs: the tar, the
+    drill script and, for an autolocked backup, swarm-keytool and the unsealed unlock key."""
+    if key is None:
+        pointer = latest_pointer(s3, bucket, prefix)
+        if pointer is None:
+            raise BackupError(f"no s3://{bucket}/{prefix}backups/latest; name a backup (scripts/backups.py list)")
+        key = pointer[0]
+    sha = verify(s3, bucket, prefix, key)
+    checks = ["sha256 matches"]
+    meta = read_meta(s3, bucket, prefix, key)
+    keytool = _keytool()
+    if signing_key is None:
+        checks.append("signature not checked (no signing key: give --stack or --signing-key-file)")
+    elif meta.get("signature") != keytool.sign(key, sha, signing_key):
+        why = "has no signature" if "signature" not in meta else "has a signature that does not match"
+        raise BackupError(f"s3://{bucket}/{prefix}{key} {why}: the stack's managers did not write it (forged?)")
+    else:
+        checks.append("signature ok")
+    unlock = None
+    if "unlock" in meta:
+        if signing_key is None:
+            raise BackupError(
+                f"{key} is autolocked: its unlock key is sealed with the stack's signing key; "
+                "give --stack or --signing-key-file"
+            )
+        try:
+            unlock = keytool.unwrap_unlock(key, meta["unlock"], signing_key)
+        except keytool.KeytoolError as error:
+            raise BackupError(str(error)) from error
+        checks.append("unlock key unsealed")
+    body = s3.get_object(Bucket=bucket, Key=f"{prefix}{key}")["Body"].read()
+    files = [("backup.tar.gz", body, 0o600), ("restore-drill.sh", DRILL_SCRIPT.read_bytes(), 0o755)]
+    if unlock is not None:
+        files += [("swarm-keytool", KEYTOOL.read_bytes(), 0o755), ("unlock", f"{unlock}\n".encode(), 0o600)]
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name, data, mode in files:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+    report = DrillReport(key, sha, checks, engine_then=meta.get("engine", "unknown"), autolocked=unlock is not None)
+    return raw.getvalue(), report
+
+
+# Run as root on the drill machine: unpack the bundle from stdin into a root-only directory.
+DRILL_COMMAND = 'umask 077; d=$(mktemp -d) && tar -x -C "$d" && bash "$d/restore-drill.sh" "$d" {address}'
+
+
+def parse_drill_output(text: str) -> dict[str, list]:
+    """restore-drill.sh's sections: `== name` then one JSON value per line."""
+    sections: dict[str, list] = {}
+    current = None
+    for line in text.splitlines():
+        if line.startswith("== "):
+            current = sections.setdefault(line[3:].strip(), [])
+        elif line.strip() and current is not None:
+            current.append(json.loads(line))
+    return sections
+
+
+class SshTarget:
+    """A machine you name, over SSH (the ssh client, your agent or --identity); sudo there."""
+
+    def __init__(self, url: str, identity: str | None = None, address: str | None = None):
+        parts = urlsplit(url)
+        if parts.scheme != "ssh" or not parts.hostname or not parts.username:
+            raise BackupError(f"--on wants bed or ssh://user@host[:port], got {url!r}")
+        self.login, self.port = f"{parts.username}@{parts.hostname}", parts.port or 22
+        self.identity, self.address = identity, address
+
+    def run(self, bundle: bytes) -> str:
+        remote = "sudo bash -c " + shlex.quote(DRILL_COMMAND.format(address=shlex.quote(self.address or "")))
+        command = [
+            "ssh",
+            "-p",
+            str(self.port),
+            "-o",
+            "BatchMode=yes",
+            *(["-i", self.identity] if self.identity else []),
+        ]
+        done = subprocess.run(
+            [*command, self.login, remote], input=bundle, capture_output=True, timeout=DRILL_TIMEOUT, check=False
+        )
+        if done.returncode != 0:
+            raise BackupError(f"the drill on {self.login} failed: {_tail(done.stderr)}")
+        return done.stdout.decode()
+
+
+class BedTarget:
+    """A throwaway host of the test bed (systemd, Docker from Debian), on a bed of its own
+    unless one is given; the host is wiped afterwards, whatever happened."""
+
+    def __init__(self, bed=None, image: str | None = None):
+        self.bed, self.image = bed, image
+
+    def run(self, bundle: bytes) -> str:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from testbed.bed import Bed, missing_prerequisites
+
+        own = self.bed is None
+        if own:
+            problems = missing_prerequisites()
+            if problems:
+                raise BackupError("a drill on the bed needs: " + "; ".join(problems) + " (or use --on ssh://...)")
+            self.bed = Bed(image=self.image)
+            try:
+                self.bed.start()
+            except Exception:
+                self.bed.close()
+                self.bed = None
+                raise
+        bed, host = self.bed, None
+        try:
+            taken = {h.ip for h in bed.hosts.values()}
+            ip = next(
+                str(bed.network[250 * 256 + i]) for i in range(10, 250) if str(bed.network[250 * 256 + i]) not in taken
+            )
+            host = bed.create_host("drill", ip, image=self.image)
+            host.wait_docker()
+            done = host.run(
+                ["bash", "-c", DRILL_COMMAND.format(address=ip)], input=bundle, check=False, timeout=DRILL_TIMEOUT
+            )
+            if done.returncode != 0:
+                raise BackupError(f"the drill on the bed failed: {_tail(done.stderr)}")
+            return done.stdout.decode()
+        finally:
+            if host is not None:
+                bed.wipe_host(host.key)
+            if own:
+                bed.close()
+                self.bed = None
+
+
+def _tail(stderr: bytes) -> str:
+    return stderr.decode(errors="replace").strip()[-800:]
+
+
+def run_drill(s3, bucket: str, prefix: str, key: str | None, signing_key: bytes | None, target) -> DrillReport:
+    bundle, report = prepare_drill(s3, bucket, prefix, key, signing_key)
+    sections = parse_drill_output(target.run(bundle))
+    report.engine_here = (sections.pop("engine", None) or ["unknown"])[0]
+    report.sections = sections
+    return report
+
+
+def print_drill(report: DrillReport) -> None:
+    print(f"drill of {report.key} (sha256 {report.sha256[:12]}): " + ", ".join(report.checks))
+    lock = "autolocked, opened with its sealed unlock key; " if report.autolocked else ""
+    print(f"  {lock}taken with Docker {report.engine_then}, restored on Docker {report.engine_here}")
+    services = report.sections.get("services", [])
+    print(f"services ({len(services)}), drained here: none of their tasks ran")
+    for svc in services:
+        desired = str(svc.get("Replicas", "")).split("/")[-1].split()[0] if svc.get("Replicas") else "?"
+        print(f"  {svc.get('Name')}  {svc.get('Mode')}  desired {desired}  {svc.get('Image')}")
+    for name, label in (("secrets", "Name"), ("configs", "Name")):
+        items = report.sections.get(name, [])
+        print(f"{name} ({len(items)}): " + ", ".join(sorted(i.get(label, "?") for i in items)))
+    networks = report.sections.get("networks", [])
+    print(f"networks ({len(networks)}): " + ", ".join(sorted(f"{n.get('Name')} ({n.get('Driver')})" for n in networks)))
+    nodes = report.sections.get("nodes", [])
+    print(
+        f"nodes in the backup ({len(nodes)}, this drill's included): "
+        + ", ".join(f"{n.get('Hostname')} {n.get('Status')}" for n in nodes)
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=["list", "verify"])
-    parser.add_argument("key", nargs="?", help="backup to verify, e.g. backups/20261121T230000Z.tar.gz")
+    parser.add_argument("action", choices=["list", "verify", "drill"])
+    parser.add_argument("key", nargs="?", help="backup to verify or drill, e.g. backups/20261121T230000Z.tar.gz")
     parser.add_argument("--stack", help="read the bucket from this stack's state")
     parser.add_argument("--bucket")
     parser.add_argument("--prefix", help="key prefix of the stack, e.g. swarm/dev/")
     parser.add_argument("--endpoint-url", help="S3-compatible endpoint (swarm:s3Endpoint)")
+    parser.add_argument("--on", default="bed", help="drill: bed (default) or ssh://user@host[:port]")
+    parser.add_argument("--identity", help="drill --on ssh://: the SSH private key file")
+    parser.add_argument("--advertise-addr", help="drill --on ssh://: the address the throwaway swarm advertises")
+    parser.add_argument("--signing-key-file", help="drill: the stack's backup signing key (hex), instead of --stack")
+    parser.add_argument("--json", action="store_true", help="drill: print the report as JSON")
     args = parser.parse_args(argv)
     try:
         if args.bucket and args.prefix:
@@ -153,9 +397,21 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"no backups under s3://{bucket}/{prefix}backups/")
             for b in backups:
                 print(f"{'*' if b.latest else ' '} {b.key}  {b.size:>10}  {b.last_modified}")
-        else:
+        elif args.action == "verify":
             sha = verify(s3, bucket, prefix, args.key)
             print(f"ok {args.key or 'latest'} sha256 {sha}")
+        else:
+            signing_key = None
+            if args.signing_key_file:
+                signing_key = bytes.fromhex(Path(args.signing_key_file).read_text().strip())
+            elif args.stack:
+                signing_key = signing_key_of_stack(args.stack)
+            target = BedTarget() if args.on == "bed" else SshTarget(args.on, args.identity, args.advertise_addr)
+            report = run_drill(s3, bucket, prefix, args.key, signing_key, target)
+            if args.json:
+                print(json.dumps(report.as_json(), indent=2))
+            else:
+                print_drill(report)
     except NothingBackedUp as error:
         print(f"backups: {error}", file=sys.stderr)
         return 3

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 
 import boto3
 import pytest
@@ -125,3 +127,91 @@ def test_morning_up_stops_on_a_failed_verify_and_goes_on_for_a_first_morning(tmp
     assert (run.returncode == 0) == goes_up, run.stderr
     if not goes_up:
         assert "did not verify" in run.stderr and "nothing was started" in run.stderr
+
+
+# --- the restore drill: what happens on this machine (the bed runs the rest) -------------
+
+SIGNING_KEY = bytes.fromhex("ab" * 32)
+UNLOCK = "SWMKEY-1-" + "Q" * 43
+
+
+def put_signed(s3, name: str, data: bytes, unlock: str | None = None, key: bytes = SIGNING_KEY) -> str:
+    backup = put_backup(s3, name, data)
+    keytool = backups._keytool()
+    sha = hashlib.sha256(data).hexdigest()
+    meta = f"engine=26.1.5\naddr=10.42.0.10\nsignature={keytool.sign(backup, sha, key)}\n"
+    if unlock:
+        meta += f"unlock={keytool.wrap_unlock(backup, unlock, key)}\n"
+    s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}{backup}.meta", Body=meta.encode())
+    return backup
+
+
+def bundle_files(bundle: bytes) -> dict[str, tuple[bytes, int]]:
+    with tarfile.open(fileobj=io.BytesIO(bundle)) as tar:
+        return {m.name: (tar.extractfile(m).read(), m.mode) for m in tar.getmembers()}
+
+
+def test_a_drill_checks_the_signature_and_ships_only_what_the_restore_needs(s3):
+    key = put_signed(s3, "20261121T230000Z", b"tuesday")
+    bundle, report = backups.prepare_drill(s3, BUCKET, PREFIX, None, SIGNING_KEY)
+    assert report.key == key and report.checks == ["sha256 matches", "signature ok"] and not report.autolocked
+    files = bundle_files(bundle)
+    assert set(files) == {"backup.tar.gz", "restore-drill.sh"}
+    assert files["backup.tar.gz"] == (b"tuesday", 0o600)
+    assert files["restore-drill.sh"][1] == 0o755
+
+
+def test_a_drill_of_an_autolocked_backup_unseals_its_key_for_the_restore_only(s3):
+    put_signed(s3, "20261121T230000Z", b"tuesday", unlock=UNLOCK)
+    bundle, report = backups.prepare_drill(s3, BUCKET, PREFIX, None, SIGNING_KEY)
+    assert report.autolocked and "unlock key unsealed" in report.checks
+    files = bundle_files(bundle)
+    assert files["unlock"] == (f"{UNLOCK}\n".encode(), 0o600)
+    assert files["swarm-keytool"][0] == backups.KEYTOOL.read_bytes()
+    assert UNLOCK not in str(report.as_json())
+    with pytest.raises(backups.BackupError, match="autolocked: its unlock key is sealed"):
+        backups.prepare_drill(s3, BUCKET, PREFIX, None, None)
+
+
+def test_a_drill_refuses_a_forged_backup(s3):
+    put_signed(s3, "20261121T230000Z", b"tuesday", key=bytes.fromhex("cd" * 32))
+    with pytest.raises(backups.BackupError, match="does not match: the stack's managers did not write it"):
+        backups.prepare_drill(s3, BUCKET, PREFIX, None, SIGNING_KEY)
+    # Without the key the drill still runs, and says what it did not check.
+    _, report = backups.prepare_drill(s3, BUCKET, PREFIX, None, None)
+    assert report.checks[1].startswith("signature not checked")
+
+
+def test_the_drill_report_reads_the_machine_s_sections():
+    text = "\n".join([
+        "== engine", '"26.1.5"',
+        "== services", '{"Name":"web","Mode":"replicated","Replicas":"0/3","Image":"nginx"}',
+        "== secrets", '{"Name":"db-password"}',
+        "== configs",
+        "== networks", '{"Name":"ingress","Driver":"overlay"}',
+        "== nodes", '{"Hostname":"swarm-dev-manager-1","Status":"Down"}',
+    ])  # fmt: skip
+    sections = backups.parse_drill_output(text)
+    assert sections["engine"] == ["26.1.5"] and sections["configs"] == []
+    assert sections["services"][0]["Name"] == "web" and sections["secrets"] == [{"Name": "db-password"}]
+
+
+def test_a_drill_over_ssh_sends_the_bundle_on_stdin_and_nothing_secret_in_argv(s3, tmp_path, monkeypatch):
+    put_signed(s3, "20261121T230000Z", b"tuesday", unlock=UNLOCK)
+    (tmp_path / "bin").mkdir()
+    fake = tmp_path / "bin" / "ssh"
+    fake.write_text(
+        f'#!/bin/sh\nprintf "%s\\n" "$@" >{tmp_path}/argv\ncat >{tmp_path}/stdin\n'
+        'printf \'== engine\\n"26.1.5"\\n== secrets\\n{"Name":"s"}\\n\'\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    target = backups.SshTarget("ssh://admin@drill.example:2222", identity="/keys/id", address="10.0.0.5")
+    report = backups.run_drill(s3, BUCKET, PREFIX, None, SIGNING_KEY, target)
+    assert report.engine_here == "26.1.5" and report.sections["secrets"] == [{"Name": "s"}]
+    argv = (tmp_path / "argv").read_text()
+    assert "-p\n2222\n" in argv and "-i\n/keys/id\n" in argv and "admin@drill.example" in argv
+    assert UNLOCK not in argv and "sudo bash -c" in argv and "10.0.0.5" in argv
+    assert bundle_files((tmp_path / "stdin").read_bytes())["unlock"][0] == f"{UNLOCK}\n".encode()
+    with pytest.raises(backups.BackupError, match="--on wants bed or ssh://user@host"):
+        backups.SshTarget("drill.example")
