@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import pytest
 from testbed.bed import wait_until
-from testbed.engine import Engine
-from testbed.verify import assert_one_healthy_swarm, bucket_of, fp, read
+from testbed.engine import scenario_engine
+from testbed.verify import assert_one_healthy_swarm, backups_script, bucket_of, fp, read, signing_key_of
 
 pytestmark = pytest.mark.e2e
 
@@ -25,13 +25,7 @@ PREFIX = f"swarm/{STACK}/"
 @pytest.fixture(scope="module")
 def engine(bed, log_dir):
     # The third octets 160-191, as test_backups (which runs after this module wipes its machines).
-    vpc = next(n for n in bed.network.subnets(new_prefix=19) if n.network_address == bed.network[160 * 256])
-    config = bed.program_config(3, 1, str(vpc))
-    config["swarm:autolock"] = True
-    engine = Engine(bed, config, stack=STACK, log_dir=log_dir)
-    yield engine
-    for host in engine.hosts():
-        bed.wipe_host(host.key)
+    yield from scenario_engine(bed, log_dir, STACK, (3, 1), (160, 19), **{"swarm:autolock": True})
 
 
 def swarm_state(host) -> str:
@@ -79,6 +73,13 @@ def test_an_autolocked_week(engine, bed):
         meta = read(bed, bucket_of(engine), f"{PREFIX}{latest}.meta").decode()
         assert "\nunlock=" in meta, meta
         assert_key_kept_secret(engine, bed, rotated)
+        if night == 1:  # the drill opens it as the morning will, on a machine of its own
+            backups = backups_script()
+            report = backups.run_drill(
+                bed.s3(), bucket_of(engine), PREFIX, None, signing_key_of(engine), backups.BedTarget(bed)
+            )
+            assert report.key == latest and report.autolocked, report.checks
+            assert "locked-secret" in [s["Name"] for s in report.sections["secrets"]]
 
         morning = engine.up()
         assert morning.outputs["bootstrapResult"] == f"bootstrap: restored from {latest}", f"night {night}"

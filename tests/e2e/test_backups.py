@@ -14,14 +14,15 @@ import gzip
 import hashlib
 import hmac
 import io
+import json
 import re
 import tarfile
 import time
 
 import pytest
-from testbed.bed import LOCAL_BUSYBOX, BedError, wait_until
-from testbed.engine import Engine, EngineError
-from testbed.verify import bucket_of, fp, nodes, read
+from testbed.bed import BED_REGION, LOCAL_BUSYBOX, S3_CREDENTIALS, BedError, wait_until
+from testbed.engine import EngineError, scenario_engine
+from testbed.verify import backups_script, bucket_of, fp, nodes, read, signing_key_of
 
 pytestmark = pytest.mark.e2e
 
@@ -31,12 +32,8 @@ PREFIX = f"swarm/{STACK}/"
 
 @pytest.fixture(scope="module")
 def engine(bed, log_dir):
-    # Its own part of the bed's /16 (third octets 160-191); its machines go at the end.
-    vpc = next(n for n in bed.network.subnets(new_prefix=19) if n.network_address == bed.network[160 * 256])
-    engine = Engine(bed, bed.program_config(3, 1, str(vpc)), stack=STACK, log_dir=log_dir)
-    yield engine
-    for host in engine.hosts():
-        bed.wipe_host(host.key)
+    # Its own part of the bed's /16 (third octets 160-191).
+    yield from scenario_engine(bed, log_dir, STACK, (3, 1), (160, 19))
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +162,40 @@ def test_a_night_records_the_engine_and_the_address_beside_its_backup(engine, be
     assert any(n.startswith("swarm/raft/") for n in names) and any(n.startswith("swarm/certificates/") for n in names)
     meta = dict(line.split("=", 1) for line in read(bed, bucket, f"{PREFIX}{key}.meta").decode().split())
     assert meta["engine"] == version and meta["addr"] == address
+
+
+def test_a_drill_restores_last_night_into_a_throwaway_swarm_and_lists_it(engine, bed, capsys, monkeypatch):
+    """scripts/backups.py drill, as a team runs it: on a bed of its own (a second one), from
+    the bucket, checked with the stack's signing key; this stack's machines are gone."""
+    backups = backups_script()
+    # As a team's shell has them: credentials for the bucket (moto's) in the environment.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_CREDENTIALS["aws_access_key_id"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_CREDENTIALS["aws_secret_access_key"])
+    monkeypatch.setenv("AWS_DEFAULT_REGION", BED_REGION)
+    bucket = bucket_of(engine)
+    key, _ = latest(bed, bucket)
+    key_file = engine.log_dir / "signing.key"
+    key_file.write_text(signing_key_of(engine).hex())
+    key_file.chmod(0o600)
+    argv = ["drill", "--bucket", bucket, "--prefix", PREFIX, "--endpoint-url", bed.s3_endpoint,
+            "--signing-key-file", str(key_file), "--json"]  # fmt: skip
+    try:
+        assert backups.main(argv) == 0, capsys.readouterr().err
+    finally:
+        key_file.unlink()
+    report = json.loads(capsys.readouterr().out)
+    assert report["key"] == key and report["checks"] == ["sha256 matches", "signature ok"]
+    assert "kept-secret" in [s["Name"] for s in report["secrets"]]
+    assert "swarm-mirror_mirror" in [s["Name"] for s in report["services"]]
+    assert "ingress" in [n["Name"] for n in report["networks"]]
+    names = {n["Hostname"]: n["Status"] for n in report["nodes"]}
+    assert {f"swarm-{STACK}-manager-{i}" for i in (1, 2)} <= set(names) and names[f"swarm-{STACK}-manager-1"] == "Down"
+    # The drill's machine is gone, and so is its bed.
+    assert not [h for h in bed.hosts.values() if h.name == "drill"]
+
+    # Checked with another stack's key, it is refused before any machine is made.
+    with pytest.raises(backups.BackupError, match="does not match"):
+        backups.run_drill(bed.s3(), bucket, PREFIX, key, bytes(32), backups.BedTarget(bed))
 
 
 def test_the_morning_refuses_what_it_cannot_trust_and_then_restores_the_real_backup(engine, first, bed):

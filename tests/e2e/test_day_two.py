@@ -21,7 +21,7 @@ import urllib.request
 
 import pytest
 from testbed.bed import LOCAL_BUSYBOX, wait_until
-from testbed.engine import Engine, EngineError, generate_key
+from testbed.engine import EngineError, generate_key, scenario_engine
 from testbed.providers import INSTANCE
 from testbed.ssh import release, ssh_connect
 from testbed.verify import fp, nodes, wait_service
@@ -41,12 +41,8 @@ _spec.loader.exec_module(roll)
 
 @pytest.fixture(scope="module")
 def engine(bed, log_dir):
-    # Its own quarter of the bed's /16 (third octets 192-255); its machines go at the end.
-    vpc = next(n for n in bed.network.subnets(new_prefix=18) if n.network_address == bed.network[192 * 256])
-    engine = Engine(bed, bed.program_config(3, 2, str(vpc)), stack=STACK, log_dir=log_dir)
-    yield engine
-    for host in engine.hosts():
-        bed.wipe_host(host.key)
+    # Its own quarter of the bed's /16 (third octets 192-255).
+    yield from scenario_engine(bed, log_dir, STACK, (3, 2), (192, 18))
 
 
 @pytest.fixture(scope="module")

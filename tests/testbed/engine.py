@@ -630,3 +630,17 @@ class _FileHandler(logging.Handler):
 
     def emit(self, record):
         self.engine.log(f"{record.levelname.lower()}: {record.getMessage()}")
+
+
+def scenario_engine(bed: Bed, log_dir: Path, stack: str, nodes: tuple[int, int], part: tuple[int, int], **config):
+    """An engine for a scenario module's own stack: `nodes` is (managers, workers), `part`
+    (third octet, prefix length) the piece of the bed's /16 its VPC takes. A generator for
+    a module fixture (`yield from`): its machines are wiped at the end, whatever happened."""
+    octet, prefixlen = part
+    vpc = next(n for n in bed.network.subnets(new_prefix=prefixlen) if n.network_address == bed.network[octet * 256])
+    engine = Engine(bed, {**bed.program_config(*nodes, str(vpc)), **config}, stack=stack, log_dir=log_dir)
+    try:
+        yield engine
+    finally:
+        for host in engine.hosts():
+            bed.wipe_host(host.key)

@@ -66,3 +66,24 @@ def secret_in_task(engine, stack: str, service: str, secret: str) -> str:
     label = f"label=com.docker.swarm.service.name={service}"
     container = holder.docker("ps", "-q", "--filter", label).split()[0]
     return holder.docker("exec", container, "cat", f"/run/secrets/{secret}")
+
+
+def signing_key_of(engine) -> bytes:
+    """The stack's backup signing key, as `pulumi stack export --show-secrets` would show it."""
+    return bytes.fromhex(
+        next(s.outputs["hex"] for s in engine.state.values() if s.type == "random:index/randomBytes:RandomBytes")
+    )
+
+
+def backups_script():
+    """scripts/backups.py as a module (it is a script, not a package)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "backups.py"
+    spec = importlib.util.spec_from_file_location("backups", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("backups", module)
+    spec.loader.exec_module(module)
+    return module
