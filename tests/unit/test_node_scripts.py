@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
+import tarfile
 
 import pytest
 from harness import require_tool
@@ -62,3 +64,52 @@ def test_image_cleanup_spares_kept_images_and_runs_on_machines_that_live_only_a_
     lines = (NODE_SCRIPTS / "swarm-image-cleanup.timer").read_text().splitlines()
     settings = {line.split("=")[0] for line in lines if "=" in line and not line.startswith("#")}
     assert {"OnBootSec", "OnUnitActiveSec"} <= settings and "OnCalendar" not in settings
+
+
+def swarm_node_function(snippet: str, cwd) -> subprocess.CompletedProcess:
+    """Run `snippet` with swarm-node's functions defined (its last line, `main "$@"`, left out)."""
+    body = SWARM_NODE.read_text().rsplit('main "$@"', 1)[0]
+    return subprocess.run(
+        ["bash", "-c", body + "\n" + snippet], cwd=cwd, capture_output=True, text=True, check=False, timeout=30
+    )
+
+
+def make_tar(path, members: list[str], gz: bool = True) -> None:
+    with tarfile.open(path, "w:gz" if gz else "w") as tar:
+        for name in members:
+            data = b"x"
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize(
+    ("members", "gz", "problem"),
+    [
+        (["swarm/raft/wal-v3-encrypted/0.wal", "swarm/certificates/swarm-node.key"], True, ""),
+        (["swarm/docker-state.json"], True, "without swarm/raft/ or swarm/certificates/ (a hollow backup)"),
+        (["swarm/raft/snap-v3-encrypted/1.snap"], True, "without swarm/raft/ or swarm/certificates/ (a hollow backup)"),
+        (["swarm/raft/x", "swarm/certificates/y", "etc/cron.d/evil"], True, "not a tar.gz of swarm/ alone"),
+        (["swarm/raft/x", "swarm/certificates/y"], False, "not a tar.gz"),
+    ],
+    ids=["good", "hollow", "no-certificates", "stray-member", "not-gzip"],
+)
+def test_a_backup_tar_must_hold_the_raft_log_and_the_certificates_and_nothing_else(tmp_path, members, gz, problem):
+    make_tar(tmp_path / "b.tar.gz", members, gz)
+    result = swarm_node_function('check_backup_content b.tar.gz && echo ok || echo "bad: $CONTENT_PROBLEM"', tmp_path)
+    assert result.stdout.strip() == ("ok" if not problem else f"bad: {problem}"), result.stderr
+
+
+@pytest.mark.parametrize(
+    ("first_lines", "sealed"),
+    [
+        ("-----BEGIN ENCRYPTED PRIVATE KEY-----\nkek-version: 0\n", True),  # Docker 20.10 and 26
+        ("-----BEGIN EC PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,00\n", True),  # RFC 1423
+        ("-----BEGIN PRIVATE KEY-----\nkek-version: 0\nraft-dek: EiA=\n", False),
+    ],
+)
+def test_an_autolocked_node_key_is_told_from_an_open_one(tmp_path, first_lines, sealed):
+    (tmp_path / "swarm" / "certificates").mkdir(parents=True)
+    (tmp_path / "swarm" / "certificates" / "swarm-node.key").write_text(first_lines + "\nAAAA\n-----END-----\n")
+    result = swarm_node_function("node_key_sealed swarm && echo sealed || echo open", tmp_path)
+    assert result.stdout.strip() == ("sealed" if sealed else "open"), result.stderr
