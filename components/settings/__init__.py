@@ -31,6 +31,8 @@ from components.settings.base import (
     Reader,
     Settings,
     SubnetPlan,
+    namespace_keys,
+    refuse_unknown_keys,
 )
 from components.settings.ec2 import (
     architecture_of_instance_type,
@@ -78,6 +80,7 @@ def load_settings(
     stack = stack or pulumi.get_stack()
     project = project or pulumi.get_project()
     r = Reader(config)
+    refuse_unknown_keys(r, namespace_keys())
     # With swarm:hosts the user brings the machines: no VPC, instances or key pair.
     hosts_mode = r.raw("hosts") is not None
     backup_target = read_backup_target(r, hosts_mode)

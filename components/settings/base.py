@@ -4,6 +4,7 @@ the error type, and the reader that collects every problem instead of stopping a
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import re
@@ -59,6 +60,17 @@ EC2_ONLY_KEYS = (
     "sshPublicKey",
 )
 HOST_KEYS = ("name", "address", "role", "privateAddress", "user", "port")
+# Every key of the namespace the program reads: those with a default, and those without
+# one (a unit test checks each settings module reads only these, and Pulumi.yaml declares
+# only these). Any other `swarm:` key is a typo, refused with the closest of these.
+KNOWN_KEYS = frozenset(
+    [
+        *DEFAULTS,
+        *("instanceType", "sshAllowedCidrs", "sshPublicKey", "sshPrivateKey", "amiId", "vpcId", "subnetIds"),
+        *("stateBucketName", "existingStateBucket", "s3Endpoint", "s3AccessKeyId", "s3SecretAccessKey"),
+        *("tags", "hosts"),
+    ]
+)
 BACKUP_TARGETS = ("s3", "local", "none")
 
 DEFAULT_INSTANCE_TYPE = {"x86_64": "t3.medium", "arm64": "t4g.medium"}
@@ -271,3 +283,31 @@ class Reader:
             self.problem(key, f"must be a map of tag names to values (got {raw!r})", example, path=path)
             return {}
         return {k: str(v) for k, v in value.items()}
+
+
+def namespace_keys() -> list[str]:
+    """The `swarm:` keys the stack sets, as the Pulumi runtime hands them to the program."""
+    from pulumi.runtime import config as runtime_config
+
+    keys = {*runtime_config.CONFIG.get(), *runtime_config.get_config_env()}
+    return sorted(k.split(":", 1)[1] for k in keys if k.startswith(f"{NAMESPACE}:"))
+
+
+def refuse_unknown_keys(r: Reader, keys: list[str]) -> None:
+    """A typo (`swarm:workercount`) would otherwise be ignored, and the default used."""
+    by_lower = {k.lower(): k for k in KNOWN_KEYS}
+    for key in keys:
+        if key in KNOWN_KEYS:
+            continue
+        close = difflib.get_close_matches(key.lower(), list(by_lower), n=1, cutoff=0.6)
+        if close:
+            known = by_lower[close[0]]
+            r.problems.append(
+                f"{NAMESPACE}:{key} is not a setting of this program (did you mean {NAMESPACE}:{known}?); "
+                f"fix: pulumi config rm {NAMESPACE}:{key} && pulumi config set {NAMESPACE}:{known} <value>"
+            )
+        else:
+            r.problems.append(
+                f"{NAMESPACE}:{key} is not a setting of this program (the settings are in the README's "
+                f"Configuration table); fix: pulumi config rm {NAMESPACE}:{key}"
+            )

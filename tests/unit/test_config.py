@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import gzip
+import re
 
 import pytest
 import yaml
 from harness import ROOT, SwarmMocks, run_program, subnet_mock
 
 from components.settings import DEFAULTS, ConfigError, architecture_of_instance_type
+from components.settings.base import KNOWN_KEYS
 
 VPC = "vpc-0123456789abcdef0"
 
@@ -208,3 +210,35 @@ def test_nightly_workflow_runs_the_cycle_scripts():
     for step in steps:
         if "if" in step:
             assert any(cron in step["if"] for cron in crons)
+
+
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [("workercount", "workerCount"), ("managerCout", "managerCount"), ("backupOnDestory", "backupOnDestroy")],
+)
+def test_a_typo_in_a_key_stops_the_program_naming_the_closest_key(typo, meant):
+    problems, registered = config_error({typo: 3})
+    assert registered == []
+    (line,) = [p for p in problems if p.startswith(f"swarm:{typo} ")]
+    assert f"did you mean swarm:{meant}?" in line
+    assert f"fix: pulumi config rm swarm:{typo} && pulumi config set swarm:{meant} <value>" in line
+
+
+def test_a_key_like_no_other_is_refused_too():
+    problems, _ = config_error({"frobnicate": "x"})
+    assert problems == [
+        "swarm:frobnicate is not a setting of this program (the settings are in the README's Configuration "
+        "table); fix: pulumi config rm swarm:frobnicate"
+    ]
+
+
+def test_every_key_the_program_reads_or_declares_is_known():
+    """KNOWN_KEYS must grow with the settings: a key read but not known would be refused."""
+    readers = re.compile(r'\b(?:r\.(?:raw|string|string_list|string_map|boolean|integer)|config\.get\w*)\("(\w+)"')
+    read = set()
+    for path in (ROOT / "components" / "settings").glob("*.py"):
+        read |= set(readers.findall(path.read_text()))
+    assert len(read) > 20, read  # the pattern still finds the readers
+    assert read <= KNOWN_KEYS, read - KNOWN_KEYS
+    project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
+    assert {k.split(":", 1)[1] for k in project["config"]} <= KNOWN_KEYS
