@@ -113,3 +113,39 @@ def test_an_autolocked_node_key_is_told_from_an_open_one(tmp_path, first_lines, 
     (tmp_path / "swarm" / "certificates" / "swarm-node.key").write_text(first_lines + "\nAAAA\n-----END-----\n")
     result = swarm_node_function("node_key_sealed swarm && echo sealed || echo open", tmp_path)
     assert result.stdout.strip() == ("sealed" if sealed else "open"), result.stderr
+
+
+def install_bed_packages(tmp_path, installed: set[str], uid: int) -> tuple[subprocess.CompletedProcess, str]:
+    """scripts/install-bed-packages with stand-ins for dpkg-query, apt-get and id."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    calls = tmp_path / "calls"
+    stubs = {
+        "dpkg-query": 'case " $INSTALLED " in *" ${@: -1} "*) echo \'install ok installed\';; *) exit 1;; esac',
+        "apt-get": f'echo "apt-get $*" >>{calls}',
+        "id": f"echo {uid}",
+        "python3": "exit 0",  # a python3 that can make virtualenvs
+    }
+    for name, body in stubs.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    script = NODE_SCRIPTS.parent / "install-bed-packages"
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "INSTALLED": " ".join(sorted(installed))}
+    result = subprocess.run(["bash", str(script), "--lint"], capture_output=True, text=True, env=env, timeout=30)
+    return result, calls.read_text() if calls.exists() else ""
+
+
+BED_PACKAGES = {"systemd-container", "debootstrap", "docker.io", "openssh-client", "docker-registry",
+                "busybox-static", "iproute2", "iptables", "shellcheck"}  # fmt: skip
+
+
+def test_the_bed_packages_are_left_alone_when_all_are_there(tmp_path):
+    result, calls = install_bed_packages(tmp_path, BED_PACKAGES, uid=1000)
+    assert result.returncode == 0 and "all there" in result.stdout, result.stderr
+    assert calls == ""  # not even apt-get update
+
+
+def test_missing_bed_packages_are_named_and_need_root(tmp_path):
+    result, calls = install_bed_packages(tmp_path, BED_PACKAGES - {"debootstrap", "shellcheck"}, uid=1000)
+    assert result.returncode == 1 and calls == ""
+    assert "missing debootstrap shellcheck; run as root: sudo" in result.stderr
