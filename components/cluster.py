@@ -97,6 +97,7 @@ class SwarmCluster(pulumi.ComponentResource):
             "workerJoinToken": formation.worker_join_token,
             "managerJoinToken": formation.manager_join_token,
             "unlockKey": formation.unlock_key,
+            "sshKnownHosts": formation.known_hosts,
             "registryMirrors": settings.registry_mirrors,
             "stateBucket": bucket_name,
             "statePrefix": settings.state_prefix,

@@ -130,6 +130,8 @@ class Nodes(pulumi.ComponentResource):
                 replaced_by=[instance.id],
                 depends_on=[instance],
                 pinned=plan.private_ip is not None,
+                stable_host_key=True,
+                addresses=[instance.public_ip, instance.private_ip],
             )
             (self.managers if plan.role == "manager" else self.workers).append(handle)
 

@@ -72,31 +72,31 @@ def ssh_key() -> pulumi.Output:
     return swarm.get_output("sshPrivateKey").apply(present)
 
 
-def key_file(key: str) -> str:
-    """The docker provider's SSH takes a key file: keep one per swarm stack, readable by you only.
-
-    The path is stable so the provider does not see a change on every run."""
-    path = Path.home() / ".ssh" / f"pulumi-{re.sub(r'[^A-Za-z0-9.-]+', '-', swarm_stack)}.key"
+def client_file(suffix: str, text: str) -> str:
+    """The docker provider's SSH takes files: the key and the swarm's known hosts, one pair
+    per swarm stack, readable by you only. The paths are stable so the provider does not see
+    a change on every run."""
+    path = Path.home() / ".ssh" / f"pulumi-{re.sub(r'[^A-Za-z0-9.-]+', '-', swarm_stack)}.{suffix}"
     if not pulumi.runtime.is_dry_run() or not path.exists():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
-            handle.write(key if key.endswith("\n") else key + "\n")
+            handle.write(text if text.endswith("\n") else text + "\n")
     return str(path)
 
 
-# The nodes are rebuilt every morning at the same addresses with new host keys, so a
-# remembered host key would be wrong tomorrow: host keys are not checked (see README).
-ssh_opts = ssh_key().apply(
-    lambda key: [
+# The swarm's nodes keep their host keys from day to day (sshKnownHosts): only they are
+# accepted, so nothing else on the path can pose as the leader and receive the secrets.
+ssh_opts = pulumi.Output.all(ssh_key(), outputs["sshKnownHosts"]).apply(
+    lambda v: [
         "-i",
-        key_file(key),
+        client_file("key", v[0]),
         "-o",
         "IdentitiesOnly=yes",
         "-o",
-        "StrictHostKeyChecking=no",
+        "StrictHostKeyChecking=yes",
         "-o",
-        "UserKnownHostsFile=/dev/null",
+        f"UserKnownHostsFile={client_file('known_hosts', v[1])}",
         "-o",
         "LogLevel=ERROR",
     ]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 # The outputs of the swarm stack this app reads, and the contract version it was written for.
 OUTPUTS_VERSION = 1
-REQUIRED_OUTPUTS = ("outputsVersion", "dockerHost", "nodes")
+REQUIRED_OUTPUTS = ("outputsVersion", "dockerHost", "nodes", "sshKnownHosts")
 SECRET_NAME = "greeting"  # noqa: S105 - the Docker secret's name, not its value
 
 

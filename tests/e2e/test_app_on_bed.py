@@ -51,10 +51,12 @@ def check_app(bed, outputs: dict, tmp_path) -> None:
     key = client / "id_swarm"
     key.touch(mode=0o600)
     key.write_text(outputs["sshPrivateKey"])
+    known_hosts = client / "known_hosts"
+    known_hosts.write_text(outputs["sshKnownHosts"])
     ssh_config = client / "ssh_config"
     ssh_config.write_text(
-        f"Host *\n  IdentityFile {key}\n  IdentitiesOnly yes\n  StrictHostKeyChecking no\n"
-        "  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
+        f"Host *\n  IdentityFile {key}\n  IdentitiesOnly yes\n  StrictHostKeyChecking yes\n"
+        f"  UserKnownHostsFile {known_hosts}\n  LogLevel ERROR\n"
     )
     # The Docker CLI runs `ssh` from PATH; this one reads the config above, not ~/.ssh.
     wrapper = client / "bin" / "ssh"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import time
 
 import pytest
@@ -18,6 +19,8 @@ from testbed.bed import LOCAL_BUSYBOX, wait_until
 from testbed.engine import Engine, EngineError, files_under, scan_for
 from testbed.image import image_archive
 from testbed.verify import bucket_of, fp, nodes, read, wait_service
+
+from components.hostkeys import derive_host_key
 
 pytestmark = pytest.mark.e2e
 
@@ -196,6 +199,39 @@ def test_night_then_next_morning_restores_everything(engine, days, bed):
     assert "day1-config" in leader.docker("config", "ls", "--format", "{{.Name}}").split()
     wait_service(leader, "day1-svc", 2, timeout=180)
     assert verify.secret_in_task(engine, STACK, "day1-svc", "day1-secret") == "day-one-value"
+
+
+def test_host_keys_are_the_same_every_day_and_a_strict_ssh_refuses_any_other(days, tmp_path):
+    """The first morning's sshKnownHosts opens each of today's fresh machines with
+    StrictHostKeyChecking yes; the same file with another key for one node is refused."""
+    first, today = days[0].outputs, days[-1].outputs
+    assert today["sshKnownHosts"] == first["sshKnownHosts"]
+    key = tmp_path / "id"
+    key.touch(mode=0o600)
+    key.write_text(today["sshPrivateKey"])
+    known = tmp_path / "known_hosts"
+    known.write_text(first["sshKnownHosts"])
+
+    def ssh(address: str, known_hosts) -> subprocess.CompletedProcess:
+        options = ["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes",
+                   "-o", f"UserKnownHostsFile={known_hosts}", "-o", "ConnectTimeout=10"]  # fmt: skip
+        login = f"{today['sshUser']}@{address}"
+        return subprocess.run(["ssh", "-i", str(key), *options, login, "true"], capture_output=True, text=True,
+                              timeout=60, check=False)  # fmt: skip
+
+    for node in today["nodes"]:
+        for address in {node["publicIp"], node["privateIp"]} - {""}:
+            opened = ssh(address, known)
+            assert opened.returncode == 0, f"{node['name']} at {address}: {opened.stderr}"
+    target = today["nodes"][0]["privateIp"]
+    other_key = derive_host_key("00" * 32, "someone-else")[1]
+    tampered = tmp_path / "tampered_known_hosts"
+    tampered.write_text(
+        "".join(f"{target} {other_key}\n" if line.split()[0] == target else f"{line}\n"
+                for line in first["sshKnownHosts"].splitlines())
+    )  # fmt: skip
+    refused = ssh(target, tampered)
+    assert refused.returncode != 0 and "Host key verification failed" in refused.stderr, refused.stderr
 
 
 # -- 5. Faults ----------------------------------------------------------------------------

@@ -24,11 +24,14 @@ from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 from testbed.sdk import drop_pending_outputs, fresh_stack, stack_exports, unwrap
 
+from components.swarm import READ_HOST_KEY
+
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "__main__.py"
 
 WORKER_TOKEN = "SWMTKN-1-0mockworkertoken0000000000000000000000000000000-mockworker00000000000"
 MANAGER_TOKEN = "SWMTKN-1-0mockmanagertoken000000000000000000000000000000-mockmanager0000000000"
+HOST_PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyOfAMachineYouBring"
 UNLOCK_KEY = "SWMKEY-1-mockunlockkeymockunlockkeymockunlockke"
 BACKUP_KEY = "5ea1ed0b5ea1ed0b5ea1ed0b5ea1ed0b5ea1ed0b5ea1ed0b5ea1ed0b5ea1ed0b"  # the backups' signing key
 PRIVATE_KEY = (
@@ -137,6 +140,8 @@ class SwarmMocks(pulumi.runtime.Mocks):
                 # As the node prints it: the unlock key only when the swarm is autolocked.
                 unlock = UNLOCK_KEY if "autolock" in (state.get("triggers") or []) else ""
                 state["stdout"] = json.dumps({"worker": WORKER_TOKEN, "manager": MANAGER_TOKEN, "unlock": unlock})
+            elif create == READ_HOST_KEY:
+                state["stdout"] = f"{HOST_PUBLIC_KEY} root@{args.name}\n"
             elif " bootstrap " in create:
                 state["stdout"] = "bootstrap: initialised a new swarm\n"
             elif create.endswith(" probe"):

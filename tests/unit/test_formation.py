@@ -12,8 +12,10 @@ import pytest
 import yaml
 from harness import BACKUP_KEY, MANAGER_TOKEN, PRIVATE_KEY, UNLOCK_KEY, WORKER_TOKEN, require_tool, run_program
 
+from components.hostkeys import derive_host_key
 from components.payload import KEYTOOL, NODE_SCRIPTS, STACK_FILES, USER_DATA_LIMIT, digest, keytool_payload
 from components.settings import BACKUP_DIAL_ERROR_LIMIT, DIAL_ERROR_LIMIT
+from components.swarm import INSTALL_HOST_KEY
 
 SECRETS = (WORKER_TOKEN, MANAGER_TOKEN, PRIVATE_KEY.strip().splitlines()[1])
 
@@ -88,9 +90,9 @@ def test_restore_source_reaches_bootstrap():
 
 def test_no_secret_in_any_command_string(run):
     commands = run.commands()
-    # ready and retire per node, probes, backup keys, bootstrap, tokens, joins, reconcile,
-    # teardown, backup, mirror
-    assert len(commands) == 6 + 6 + 2 + 3 + 1 + 1 + 5 + 1 + 1 + 1 + 1
+    # ready, retire and host key per node, probes, backup keys, bootstrap, tokens, joins,
+    # reconcile, teardown, backup, mirror
+    assert len(commands) == 6 + 6 + 6 + 2 + 3 + 1 + 1 + 5 + 1 + 1 + 1 + 1
     leaking = [c.name for c in commands for verb in ("create", "update", "delete") if leaks(c.inputs.get(verb))]
     assert leaking == []
 
@@ -317,7 +319,7 @@ def test_a_lone_manager_has_no_retire_and_no_probe():
 
 
 def test_the_backups_signing_key_is_kept_and_reaches_only_the_managers_on_a_secret_stdin(run):
-    (key,) = run.of_type("random:index/randomBytes:RandomBytes")
+    (key,) = [r for r in run.of_type("random:index/randomBytes:RandomBytes") if r.name.endswith("-backup-signing-key")]
     assert key.protect and key.inputs["length"] == 32
     installs = [c for c in run.commands() if "-backup-keys-" in c.name]
     assert sorted(c.name.rsplit("-", 1)[-1] for c in installs) == ["0", "1", "2"]
@@ -342,3 +344,33 @@ def test_autolock_reaches_bootstrap_and_its_key_is_a_secret_output():
     plain = run_program({})
     assert plain.outputs["unlockKey"] == ""
     assert plain.command("-tokens").inputs["triggers"] != locked.command("-tokens").inputs["triggers"]
+
+
+def test_host_keys_are_derived_once_per_node_and_ssh_reads_them(tmp_path):
+    ssh_keygen = require_tool("ssh-keygen")
+    private, public = derive_host_key("ab" * 32, "swarm-dev-manager-0")
+    assert derive_host_key("ab" * 32, "swarm-dev-manager-0") == (private, public)  # byte for byte: no diff
+    assert derive_host_key("ab" * 32, "swarm-dev-manager-1")[1] != public
+    assert derive_host_key("cd" * 32, "swarm-dev-manager-0")[1] != public
+    path = tmp_path / "key"
+    path.write_text(private)
+    path.chmod(0o600)
+    derived = subprocess.run([ssh_keygen, "-y", "-f", str(path)], capture_output=True, text=True, check=True)
+    assert derived.stdout.split()[:2] == public.split()
+
+
+def test_every_ec2_node_gets_its_stable_host_key_and_clients_get_known_hosts(run):
+    (seed,) = [r for r in run.of_type("random:index/randomBytes:RandomBytes") if r.name.endswith("-host-key-seed")]
+    assert seed.protect
+    lines = run.outputs["sshKnownHosts"].splitlines()
+    assert "sshKnownHosts" not in run.secret_outputs
+    for node in run.outputs["nodes"]:
+        private, public = derive_host_key(BACKUP_KEY, node["name"])  # the mocked seed
+        install = run.command(f"-host-key-{node['name']}")
+        assert install.inputs["create"] == INSTALL_HOST_KEY and "stdin" in install.secret_inputs
+        assert install.inputs["stdin"] == private
+        assert run.depends_on(install, run.command(f"-ready-{node['name']}"))
+        for address in (node["publicIp"], node["privateIp"]):
+            assert f"{address} {public}" in lines
+    assert len(lines) == 2 * len(run.outputs["nodes"])
+    assert not any("PRIVATE KEY" in (c.inputs.get("create") or "") for c in run.commands())

@@ -7,10 +7,11 @@ import shlex
 from pathlib import Path
 
 import pytest
-from harness import PRIVATE_KEY, ROOT, run_program
+from harness import HOST_PUBLIC_KEY, PRIVATE_KEY, ROOT, run_program
 
 from components.hosts import PROVISION
 from components.settings import DEFAULTS, ConfigError
+from components.swarm import READ_HOST_KEY
 
 ACCESS_KEY = "AKIAMOCKHOSTKEY00001"
 SECRET_KEY = "mock/host/secret/key/0000000000000000000"
@@ -307,3 +308,14 @@ def test_nothing_the_nodes_run_is_x86_only():
     # Docker and the AWS CLI come from the distribution's packages, which exist for arm64.
     user_data = (ROOT / "scripts/node/user-data.sh").read_text()
     assert "get.docker.com" not in user_data and "awscli-exe-linux" not in user_data
+
+
+def test_machines_you_bring_keep_their_host_keys_which_are_read_and_exported(s3_run):
+    hosts = hosts_config()["hosts"]
+    lines = s3_run.outputs["sshKnownHosts"].splitlines()
+    for host in hosts:
+        read = s3_run.command(f"-host-key-{host['name']}")
+        assert read.inputs["create"] == READ_HOST_KEY and "stdin" not in read.inputs
+        port = host.get("port", 22)
+        name = host["address"] if port == 22 else f"[{host['address']}]:{port}"
+        assert f"{name} {HOST_PUBLIC_KEY}" in lines, lines

@@ -29,13 +29,20 @@ def counts(run) -> Counter:
 @pytest.mark.parametrize(
     ("config", "managers", "workers", "vpcs", "subnets", "commands"),
     [
-        # ready and retire per node (no retire for a lone manager: nobody stays to do it)
-        # + probe per other manager + signing key per manager + bootstrap + tokens + joins
-        # + reconcile + teardown marker + backup + mirror
-        ({}, 3, 2, 1, 3, 5 + 5 + 2 + 3 + 1 + 1 + 4 + 1 + 1 + 1 + 1),
-        ({"managerCount": 1, "workerCount": 0}, 1, 0, 1, 3, 1 + 0 + 0 + 1 + 1 + 1 + 0 + 1 + 1 + 1 + 1),
-        ({"managerCount": 5, "workerCount": 7, "azCount": 2}, 5, 7, 1, 2, 12 + 12 + 4 + 5 + 1 + 1 + 11 + 1 + 1 + 1 + 1),
-        ({"mirror": False, "backupOnDestroy": False}, 3, 2, 1, 3, 5 + 5 + 2 + 3 + 1 + 1 + 4 + 1 + 1 + 1),
+        # ready, host key and retire per node (no retire for a lone manager: nobody stays to
+        # do it) + probe per other manager + backup keys per manager + bootstrap + tokens
+        # + joins + reconcile + teardown marker + backup + mirror
+        ({}, 3, 2, 1, 3, 5 + 5 + 5 + 2 + 3 + 1 + 1 + 4 + 1 + 1 + 1 + 1),
+        ({"managerCount": 1, "workerCount": 0}, 1, 0, 1, 3, 1 + 1 + 0 + 0 + 1 + 1 + 1 + 0 + 1 + 1 + 1 + 1),
+        (
+            {"managerCount": 5, "workerCount": 7, "azCount": 2},
+            5,
+            7,
+            1,
+            2,
+            12 + 12 + 12 + 4 + 5 + 1 + 1 + 11 + 1 + 1 + 1 + 1,
+        ),
+        ({"mirror": False, "backupOnDestroy": False}, 3, 2, 1, 3, 5 + 5 + 5 + 2 + 3 + 1 + 1 + 4 + 1 + 1 + 1),
     ],
     ids=["default", "single-manager", "5+7-over-2-azs", "no-mirror-no-backup"],
 )
@@ -135,12 +142,12 @@ def test_bucket_and_all_its_settings_are_protected(default_run):
     settings = [r for r in default_run.resources if r.type.startswith("aws:s3/")]
     assert len(settings) == 6
     assert all(r.protect for r in settings)
-    # Besides the bucket only the generated SSH key and the backups' signing key (both in
-    # the state only) are kept; the nightly teardown removes every other custom resource.
+    # Besides the bucket only the generated SSH key, the backups' signing key and the host
+    # keys' seed (all in the state only) are kept; the teardown removes every other one.
     protected = sorted(
         r.type for r in default_run.resources if r.protect and r.custom and not r.type.startswith("aws:s3/")
     )
-    assert protected == ["random:index/randomBytes:RandomBytes", "tls:index/privateKey:PrivateKey"]
+    assert protected == ["random:index/randomBytes:RandomBytes"] * 2 + ["tls:index/privateKey:PrivateKey"]
     assert bucket.inputs.get("forceDestroy") is False
 
 

@@ -19,6 +19,7 @@ SWARM_OUTPUTS = {
     "sshUser": "ec2-user",
     "sshPrivateKey": KEY,
     "workerJoinToken": "SWMTKN-1-mock",
+    "sshKnownHosts": "198.51.100.10 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMockHostKey\n",
     "nodes": [
         {"name": "swarm-dev-manager-0", "role": "manager", "privateIp": "10.42.0.10", "publicIp": "198.51.100.10"},
         {"name": "swarm-dev-worker-0", "role": "worker", "privateIp": "10.42.0.87", "publicIp": ""},
@@ -72,6 +73,10 @@ def test_provider_reaches_the_leader_over_ssh_with_the_stack_key(tmp_path, monke
     assert key_file.read_text() == KEY
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert key_file.parent == tmp_path / ".ssh"
+    # Only the swarm's own host keys are accepted.
+    assert "StrictHostKeyChecking=yes" in opts
+    known = Path(next(o for o in opts if o.startswith("UserKnownHostsFile=")).split("=", 1)[1])
+    assert known.read_text() == SWARM_OUTPUTS["sshKnownHosts"] and known.parent == tmp_path / ".ssh"
     # The key came from a secret output, so everything derived from it stays secret.
     assert "sshOpts" in provider.secret_inputs
     for kind in ("Service", "Network", "Secret"):
