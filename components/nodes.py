@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_aws as aws
+import pulumi_random as random
 import pulumi_tls as tls
 
-from components.payload import gzip_base64, node_environment, render_user_data
+from components.hostkeys import derive_host_key
+from components.payload import gzip_base64, node_environment, render_user_data, with_host_key
 from components.settings import Settings
 from components.swarm import SwarmNode
 
@@ -75,12 +77,25 @@ class Nodes(pulumi.ComponentResource):
         else:
             ami = aws.ssm.get_parameter(name=settings.ami_ssm_parameter).value
 
+        # Each machine's SSH host key is derived from this seed (see hostkeys.py) and set by
+        # cloud-init before sshd first answers: the same key every day, at the same address.
+        host_key_seed = random.RandomBytes(
+            f"{name}-host-key-seed", length=32, opts=pulumi.ResourceOptions(parent=self, protect=True)
+        )
         self.instances = {}
         self.managers, self.workers = [], []
         for plan in settings.nodes:
-            user_data = pulumi.Output.all(args.bucket_name, operator.public_key_openssh).apply(
+            host_key = pulumi.Output.secret(host_key_seed.hex).apply(
+                lambda seed, plan=plan: derive_host_key(seed, plan.name)
+            )
+            user_data = pulumi.Output.all(args.bucket_name, operator.public_key_openssh, host_key).apply(
                 lambda v, plan=plan: gzip_base64(
-                    render_user_data({**node_environment(settings, plan, v[0]), "SWARM_OPERATOR_KEY": v[1].strip()})
+                    with_host_key(
+                        render_user_data(
+                            {**node_environment(settings, plan, v[0]), "SWARM_OPERATOR_KEY": v[1].strip()}
+                        ),
+                        *v[2],
+                    )
                 )
             )
             instance = aws.ec2.Instance(
@@ -130,7 +145,8 @@ class Nodes(pulumi.ComponentResource):
                 replaced_by=[instance.id],
                 depends_on=[instance],
                 pinned=plan.private_ip is not None,
-                stable_host_key=True,
+                # The public half of a secret-derived key is no secret.
+                host_public_key=pulumi.Output.unsecret(host_key.apply(lambda pair: pair[1])),
                 addresses=[instance.public_ip, instance.private_ip],
             )
             (self.managers if plan.role == "manager" else self.workers).append(handle)

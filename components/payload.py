@@ -15,6 +15,7 @@ import functools
 import gzip
 import hashlib
 import io
+import re
 import shlex
 import tarfile
 from collections.abc import Mapping
@@ -71,7 +72,7 @@ def node_payload() -> str:
     for path in sorted(NODE_SCRIPTS.iterdir()):
         if not path.is_file() or path.name == USER_DATA_TEMPLATE.name or path.name.startswith("."):
             continue
-        text = _without_comment_lines(path.read_text())
+        text = for_the_nodes(path.read_text())
         mode = "0755" if path.stat().st_mode & 0o111 else "0644"
         delimiter = "SWARM_FILE_" + hashlib.sha256(text.encode()).hexdigest()[:16]
         if delimiter in text:  # pragma: no cover - a sha256 prefix inside its own text
@@ -80,14 +81,39 @@ def node_payload() -> str:
     return "".join(parts)
 
 
-def _without_comment_lines(text: str) -> str:
+_HEREDOC = re.compile(r"<<-?\s*['\"]?([A-Za-z_][A-Za-z0-9_]*)['\"]?\s*$")
+
+
+def _open_quote(code: str) -> bool:
+    try:
+        shlex.split(code, comments=True)
+    except ValueError:
+        return True
+    return False
+
+
+def for_the_nodes(text: str) -> str:
     """The file as the nodes get it: whole-line comments left out (the repository keeps
-    them), but for the shebang and shellcheck directives. A fifth of swarm-node's bytes."""
-    kept = [
-        line
-        for line in text.splitlines()
-        if not line.lstrip().startswith("#") or line.startswith("#!") or "shellcheck " in line
-    ]
+    them), but for the shebang and shellcheck directives, and in shell the indentation too,
+    except inside heredocs: bash means the same by it (a unit test compares swarm-node's
+    functions as bash reads them), and EC2's 16 KiB has no room for either."""
+    shell = (text.startswith("#!") and "sh" in text.splitlines()[0]) or "complete -F" in text
+    kept, heredoc, quoted = [], None, ""
+    for line in text.splitlines():
+        if heredoc is not None:
+            kept.append(line)
+            heredoc = None if line == heredoc else heredoc
+            continue
+        if not quoted and line.lstrip().startswith("#") and not line.startswith("#!") and "shellcheck " not in line:
+            continue
+        if shell:
+            # A quoted string that spans lines (an awk program) keeps its lines whole.
+            line = line if quoted else line.lstrip(" ")
+            quoted = f"{quoted}\n{line}" if quoted else line
+            quoted = quoted if _open_quote(quoted) else ""
+            match = None if quoted else _HEREDOC.search(line)
+            heredoc = match.group(1) if match else None
+        kept.append(line)
     return "\n".join(kept) + "\n"
 
 
@@ -138,6 +164,22 @@ def render_user_data(values: Mapping[str, str | None], payload: str | None = Non
     lines = [f"{key}={shlex.quote('' if value is None else str(value))}" for key, value in values.items()]
     text = template.replace(SETTINGS_MARKER, "\n".join(lines), 1)
     return text.replace(PAYLOAD_MARKER, (payload if payload is not None else node_payload()).rstrip("\n"), 1)
+
+
+def with_host_key(script: str, private_key: str, public_key: str) -> str:
+    """EC2 user-data as MIME multipart: a cloud-config part whose `ssh_keys` cloud-init
+    writes as the machine's ed25519 host key before sshd first starts (cc_ssh, in
+    cloud-init's network stage), then the script, which runs in its final stage."""
+    boundary = "SWARM-USER-DATA"
+    indented = "".join(f"    {line}\n" for line in private_key.strip().splitlines())
+    cloud_config = f"#cloud-config\nssh_keys:\n  ed25519_private: |\n{indented}  ed25519_public: {public_key}\n"
+    part = 'Content-Type: {}; charset="us-ascii"\n\n{}'
+    return (
+        f'Content-Type: multipart/mixed; boundary="{boundary}"\nMIME-Version: 1.0\n\n'
+        f"--{boundary}\n{part.format('text/cloud-config', cloud_config)}\n"
+        f"--{boundary}\n{part.format('text/x-shellscript', script)}\n"
+        f"--{boundary}--\n"
+    )
 
 
 def gzip_base64(text: str) -> str:

@@ -44,7 +44,7 @@ import pulumi
 import pulumi_random as random
 from pulumi_command import local, remote
 
-from components.hostkeys import derive_host_key, known_hosts_lines
+from components.hostkeys import known_hosts_lines
 from components.payload import NODE_CLI, ROOT, keytool_payload
 from components.settings import BACKUP_DIAL_ERROR_LIMIT, DIAL_ERROR_LIMIT, PER_DIAL_TIMEOUT
 
@@ -69,15 +69,6 @@ WAIT_READY = (
 # piped into `bash -s`).
 PROVISION = """sudo sh -c 'umask 077; f=$(mktemp) || exit 1; trap "rm -f $f" EXIT; cat >"$f" && bash "$f" </dev/null'"""
 
-# The node's stable ed25519 host key from stdin (secret), for sshd's next connections (a
-# reload; a socket-activated sshd reads it per connection). Not a swarm-node verb: user-data
-# has no room left under EC2's 16 KiB, and this must run on every node.
-INSTALL_HOST_KEY = (
-    'sudo sh -c \'umask 077; k=/etc/ssh/ssh_host_ed25519_key; cat >"$k.new" && '
-    'ssh-keygen -y -f "$k.new" >"$k.pub.new" && chmod 0644 "$k.pub.new" && mv "$k.new" "$k" && '
-    'mv "$k.pub.new" "$k.pub" && { systemctl reload ssh.service 2>/dev/null || '
-    'systemctl reload sshd.service 2>/dev/null || true; } && ssh-keygen -l -f "$k.pub"\''
-)
 # A machine the user brings keeps its own host key: read it, to export it.
 READ_HOST_KEY = "cat /etc/ssh/ssh_host_ed25519_key.pub"
 
@@ -120,9 +111,9 @@ class SwarmNode:
     pinned: bool = False
     # Machines the user brings: the user-data to run over SSH (secret), after the node's leave.
     provision: pulumi.Input[str] | None = None
-    # EC2: the node gets its stable host key (derived, see hostkeys.py); machines the user
-    # brings keep theirs, which is read and exported.
-    stable_host_key: bool = False
+    # EC2: the public half of the stable host key cloud-init gave it (see hostkeys.py);
+    # None: a machine the user brings keeps its own, which is read and exported.
+    host_public_key: pulumi.Input[str] | None = None
     # Where clients reach it (known_hosts names); the connect address and the private one.
     addresses: list[pulumi.Input[str]] = field(default_factory=list)
 
@@ -372,26 +363,13 @@ class SwarmFormation(pulumi.ComponentResource):
         }
 
     def _host_keys(self, name: str, ready: dict[str, remote.Command]) -> pulumi.Output[str]:
-        """Every node's ed25519 host key as known_hosts lines (`sshKnownHosts`): EC2 nodes
-        get a stable one, derived from a seed kept through the teardown (protected), over a
-        secret stdin; machines the user brings keep theirs, read once they are ready."""
-        seed = random.RandomBytes(
-            f"{name}-host-key-seed", length=32, opts=pulumi.ResourceOptions(parent=self, protect=True)
-        )
+        """Every node's ed25519 host key as known_hosts lines (`sshKnownHosts`): an EC2
+        node's stable one, known beforehand; a machine the user brings keeps its own, read
+        once it is ready."""
         lines = []
         for node in self._args.managers + self._args.workers:
-            if node.stable_host_key:
-                pair = seed.hex.apply(lambda s, n=node.name: derive_host_key(s, n))
-                self._command(
-                    f"{name}-host-key-{node.name}",
-                    node,
-                    create=INSTALL_HOST_KEY,
-                    stdin=pulumi.Output.secret(pair.apply(lambda p: p[0])),
-                    depends_on=[ready[node.name]],
-                )
-                # The public half of a secret-derived key is no secret.
-                public = pulumi.Output.unsecret(pair.apply(lambda p: p[1]))
-            else:
+            public = node.host_public_key
+            if public is None:
                 read = self._command(
                     f"{name}-host-key-{node.name}", node, create=READ_HOST_KEY, depends_on=[ready[node.name]]
                 )

@@ -18,6 +18,7 @@ from testbed import verify
 from testbed.bed import LOCAL_BUSYBOX, wait_until
 from testbed.engine import Engine, EngineError, files_under, scan_for
 from testbed.image import image_archive
+from testbed.screens import ROOT, ROOT_ARTIFACTS, screenshot, terminal_screen
 from testbed.verify import bucket_of, fp, nodes, read, wait_service
 
 from components.hostkeys import derive_host_key
@@ -232,6 +233,34 @@ def test_host_keys_are_the_same_every_day_and_a_strict_ssh_refuses_any_other(day
     )  # fmt: skip
     refused = ssh(target, tampered)
     assert refused.returncode != 0 and "Host key verification failed" in refused.stderr, refused.stderr
+
+
+def test_status_in_a_terminal_as_json_and_as_a_page(days, tmp_path):
+    """scripts/swarm status, as an operator runs it after the morning: in a real terminal
+    (tmux, the screen read back), as JSON, and as a page that headless Chromium renders."""
+    outputs = tmp_path / "outputs.json"
+    outputs.touch(mode=0o600)
+    outputs.write_text(json.dumps(days[-1].outputs))
+    command = f"{ROOT / 'scripts' / 'swarm'} status {STACK} --outputs {outputs}"
+    screen = terminal_screen(command, "Backups (", tmp_path)
+    for expected in ("swarm-bed-manager-0", "manager ★ leader", "swarm-bed-worker-1", "day1-svc", "2/2",
+                     "restored from backups/", "latest · sha256 ✓ · signature ✓", "mirror cache"):  # fmt: skip
+        assert expected in screen, f"{expected!r} not on the screen:\n{screen}"
+    assert "PRIVATE KEY" not in screen and "SWMTKN" not in screen
+
+    page = ROOT_ARTIFACTS / "swarm-status.html" if ROOT_ARTIFACTS else tmp_path / "swarm-status.html"
+    run = subprocess.run([*command.split(), "--json", "--html", str(page)], capture_output=True, text=True,
+                         timeout=300, check=False)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    view = json.loads(run.stdout)
+    assert {n["name"] for n in view["nodes"] if n["state"] == "ready"} == {
+        f"swarm-{STACK}-{role}-{i}" for role, count in (("manager", 3), ("worker", 2)) for i in range(count)
+    }
+    assert view["latestBackup"]["verified"] and view["latestBackup"]["signature"] == "ok"
+    assert view["mirror"]["bytes"] > 0
+    shot = screenshot(page, tmp_path)
+    # A rendered page of tables, not a blank one (a blank 1300x1100 PNG is about 5 KB).
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 30_000, shot.stat().st_size
 
 
 # -- 5. Faults ----------------------------------------------------------------------------

@@ -28,5 +28,7 @@ def test_sandbox_stands_up_a_reachable_swarm_and_removes_it(bed_prerequisites):
     assert re.search(r"swarm-sandbox-manager-0\s+Ready\s+Active\s+Leader", out), out[-3000:]
     assert re.search(r"swarm-sandbox-worker-0\s+Ready\s+Active", out), out[-3000:]
     assert "sandbox: removed" in out
+    # The status view, before it waited: the nodes, the leader, this morning's bootstrap.
+    assert "manager ★ leader" in out and "initialised a new swarm" in out and "Backups (" in out, out[-3000:]
     assert not Path(socket.group(1)).parent.parent.exists(), "the sandbox left its bed directory behind"
     assert "PRIVATE KEY" not in out and "SWMTKN-" not in out

@@ -11,6 +11,7 @@ hook runs) and removes the bed.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -61,6 +62,26 @@ def forward_socket(workdir: Path, key: str, user: str, host: str) -> tuple[subpr
     return process, ssh_config
 
 
+def show_status(outputs: dict, workdir: Path) -> None:
+    """What `scripts/swarm status sandbox --outputs FILE` shows (the file is written for it)."""
+    import importlib.util
+
+    from rich.console import Console
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "swarm_cli.py"
+    spec = importlib.util.spec_from_file_location("swarm_cli", path)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    saved = workdir / "outputs.json"
+    saved.touch(mode=0o600)
+    saved.write_text(json.dumps(outputs))
+    try:
+        cli.render(cli.summarize(STACK, outputs, cli.collect(outputs)), Console())
+    except cli.SwarmCliError as error:
+        print(f"sandbox: status: {error}", flush=True)
+    print(f"(again: scripts/swarm status {STACK} --outputs {saved})\n", flush=True)
+
+
 def main(argv: list[str]) -> int:
     args = parse(argv)
     problems = missing_prerequisites()
@@ -94,6 +115,7 @@ def main(argv: list[str]) -> int:
             f"(moto at {bed.s3_endpoint})\n",
             flush=True,
         )
+        show_status(outputs, workdir)
         if args.check:
             docker = shutil.which("docker")
             listing = subprocess.run(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import email
 import gzip
 import io
 import subprocess
@@ -15,7 +16,6 @@ from harness import BACKUP_KEY, MANAGER_TOKEN, PRIVATE_KEY, UNLOCK_KEY, WORKER_T
 from components.hostkeys import derive_host_key
 from components.payload import KEYTOOL, NODE_SCRIPTS, STACK_FILES, USER_DATA_LIMIT, digest, keytool_payload
 from components.settings import BACKUP_DIAL_ERROR_LIMIT, DIAL_ERROR_LIMIT
-from components.swarm import INSTALL_HOST_KEY
 
 SECRETS = (WORKER_TOKEN, MANAGER_TOKEN, PRIVATE_KEY.strip().splitlines()[1])
 
@@ -90,9 +90,9 @@ def test_restore_source_reaches_bootstrap():
 
 def test_no_secret_in_any_command_string(run):
     commands = run.commands()
-    # ready, retire and host key per node, probes, backup keys, bootstrap, tokens, joins,
-    # reconcile, teardown, backup, mirror
-    assert len(commands) == 6 + 6 + 6 + 2 + 3 + 1 + 1 + 5 + 1 + 1 + 1 + 1
+    # ready and retire per node, probes, backup keys, bootstrap, tokens, joins, reconcile,
+    # teardown, backup, mirror
+    assert len(commands) == 6 + 6 + 2 + 3 + 1 + 1 + 5 + 1 + 1 + 1 + 1
     leaking = [c.name for c in commands for verb in ("create", "update", "delete") if leaks(c.inputs.get(verb))]
     assert leaking == []
 
@@ -214,8 +214,16 @@ def test_no_mirror_command_when_disabled():
     assert not [c for c in run.commands() if "mirror" in c.name]
 
 
+def user_data_parts(run, name: str) -> dict[str, str]:
+    """EC2 user-data as cloud-init reads it: MIME parts by content type."""
+    raw = gzip.decompress(base64.b64decode(run.named(f"swarm-dev-nodes-{name}").inputs["userDataBase64"]))
+    message = email.message_from_bytes(raw)
+    assert message.is_multipart(), "user-data is not MIME multipart"
+    return {part.get_content_type(): part.get_payload() for part in message.get_payload()}
+
+
 def user_data_of(run, name: str) -> str:
-    return gzip.decompress(base64.b64decode(run.named(f"swarm-dev-nodes-{name}").inputs["userDataBase64"])).decode()
+    return user_data_parts(run, name)["text/x-shellscript"]
 
 
 def test_user_data_renders_mirrors_env_and_fits_ec2_limit(run):
@@ -244,10 +252,11 @@ def test_user_data_payload_carries_the_node_scripts(run):
     names = {line.split()[1]: line.split()[2] for line in text.splitlines() if line.startswith("payload_file ")}
     assert {"swarm-node", "swarm-aliases.sh", "swarm-image-cleanup.service", "swarm-image-cleanup.timer"} <= set(names)
     assert "user-data.sh" not in names and names["swarm-node"] == "0755"
-    # The heredoc carries every line of the script that is not a comment.
+    # The heredoc carries every line of the script that is not a comment (unindented:
+    # test_node_scripts checks bash reads the same script).
     for line in (NODE_SCRIPTS / "swarm-node").read_text().splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
-            assert line in text
+            assert line.strip() in text
 
 
 def test_rendered_user_data_passes_shellcheck(run, tmp_path):
@@ -366,11 +375,12 @@ def test_every_ec2_node_gets_its_stable_host_key_and_clients_get_known_hosts(run
     assert "sshKnownHosts" not in run.secret_outputs
     for node in run.outputs["nodes"]:
         private, public = derive_host_key(BACKUP_KEY, node["name"])  # the mocked seed
-        install = run.command(f"-host-key-{node['name']}")
-        assert install.inputs["create"] == INSTALL_HOST_KEY and "stdin" in install.secret_inputs
-        assert install.inputs["stdin"] == private
-        assert run.depends_on(install, run.command(f"-ready-{node['name']}"))
+        # cloud-init writes it before sshd first answers (cc_ssh, its network stage).
+        config = yaml.safe_load(user_data_parts(run, node["name"].removeprefix("swarm-dev-"))["text/cloud-config"])
+        assert config["ssh_keys"] == {"ed25519_private": private, "ed25519_public": public}
         for address in (node["publicIp"], node["privateIp"]):
             assert f"{address} {public}" in lines
     assert len(lines) == 2 * len(run.outputs["nodes"])
-    assert not any("PRIVATE KEY" in (c.inputs.get("create") or "") for c in run.commands())
+    assert not [c for c in run.commands() if "-host-key-" in c.name]  # nothing sent over an unchecked SSH
+    instance = run.named("swarm-dev-nodes-manager-0")
+    assert "userDataBase64" in instance.secret_inputs  # the host key makes user-data secret

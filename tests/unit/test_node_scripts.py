@@ -9,7 +9,7 @@ import tarfile
 import pytest
 from harness import require_tool
 
-from components.payload import NODE_SCRIPTS, STACK_FILES
+from components.payload import NODE_SCRIPTS, STACK_FILES, for_the_nodes
 
 SWARM_NODE = NODE_SCRIPTS / "swarm-node"
 SHELL_FILES = sorted(p for p in NODE_SCRIPTS.iterdir() if p.is_file() and p.read_text().startswith("#!"))
@@ -131,12 +131,12 @@ def install_bed_packages(tmp_path, installed: set[str], uid: int) -> tuple[subpr
         (bin_dir / name).chmod(0o755)
     script = NODE_SCRIPTS.parent / "install-bed-packages"
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "INSTALLED": " ".join(sorted(installed))}
-    result = subprocess.run(["bash", str(script), "--lint"], capture_output=True, text=True, env=env, timeout=30)
+    result = subprocess.run(["bash", str(script), "--test"], capture_output=True, text=True, env=env, timeout=30)
     return result, calls.read_text() if calls.exists() else ""
 
 
 BED_PACKAGES = {"systemd-container", "debootstrap", "docker.io", "openssh-client", "docker-registry",
-                "busybox-static", "iproute2", "iptables", "shellcheck"}  # fmt: skip
+                "busybox-static", "iproute2", "iptables", "shellcheck", "tmux", "chromium"}  # fmt: skip
 
 
 def test_the_bed_packages_are_left_alone_when_all_are_there(tmp_path):
@@ -149,3 +149,21 @@ def test_missing_bed_packages_are_named_and_need_root(tmp_path):
     result, calls = install_bed_packages(tmp_path, BED_PACKAGES - {"debootstrap", "shellcheck"}, uid=1000)
     assert result.returncode == 1 and calls == ""
     assert "missing debootstrap shellcheck; run as root: sudo" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["swarm-node", "swarm-node.bash-completion", "swarm-aliases.sh"])
+def test_what_the_nodes_get_means_to_bash_what_the_repository_says(tmp_path, name):
+    """User-data carries the scripts without comments and indentation (EC2's 16 KiB):
+    bash must read the same functions, heredocs and aliases from both."""
+    shipped = tmp_path / name
+    shipped.write_text(for_the_nodes((NODE_SCRIPTS / name).read_text()))
+
+    def as_bash_reads_it(path) -> str:
+        body = path.read_text().rsplit('main "$@"', 1)[0]
+        script = f"shopt -s expand_aliases\n{body}\ndeclare -f; alias"
+        return subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30, check=True).stdout
+
+    original = as_bash_reads_it(NODE_SCRIPTS / name)
+    assert original.count("()") >= (30 if name == "swarm-node" else 0)
+    assert as_bash_reads_it(shipped) == original
+    assert len(shipped.read_text()) < len((NODE_SCRIPTS / name).read_text())
