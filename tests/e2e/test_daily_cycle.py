@@ -247,6 +247,8 @@ def test_status_in_a_terminal_as_json_and_as_a_page(days, tmp_path):
                      "restored from backups/", "latest · sha256 ✓ · signature ✓", "mirror cache"):  # fmt: skip
         assert expected in screen, f"{expected!r} not on the screen:\n{screen}"
     assert "PRIVATE KEY" not in screen and "SWMTKN" not in screen
+    if ROOT_ARTIFACTS:
+        (ROOT_ARTIFACTS / "swarm-status.txt").write_text(screen)
 
     page = ROOT_ARTIFACTS / "swarm-status.html" if ROOT_ARTIFACTS else tmp_path / "swarm-status.html"
     run = subprocess.run([*command.split(), "--json", "--html", str(page)], capture_output=True, text=True,

@@ -14,6 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 # Where screenshots are kept for a person to look at (CI artifacts): SWARM_ARTIFACTS, if set.
 ROOT_ARTIFACTS = Path(os.environ["SWARM_ARTIFACTS"]) if os.environ.get("SWARM_ARTIFACTS") else None
+if ROOT_ARTIFACTS:
+    ROOT_ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
 
 def _tool(*names: str) -> str:
