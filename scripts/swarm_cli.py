@@ -152,6 +152,14 @@ def summarize(stack: str, outputs: dict, raw: dict[str, object], now: dt.datetim
             }
         )
     nodes.sort(key=lambda n: (n["role"] != "manager", n["name"]))
+    # Every published port, ingress or host mode (`docker service ls` shows only the former).
+    published = {
+        entry.get("name"): ", ".join(
+            f"{p.get('PublishedPort')}->{p.get('TargetPort')}/{p.get('Protocol', 'tcp')} ({p.get('PublishMode', '')})"
+            for p in entry.get("ports") or []
+        )
+        for entry in _as_list(raw.get("ports"))
+    }
     services = []
     for svc in _as_list(raw.get("services")):
         match = re.match(r"(\d+)/(\d+)", svc.get("Replicas", ""))
@@ -163,7 +171,7 @@ def summarize(stack: str, outputs: dict, raw: dict[str, object], now: dt.datetim
                 "running": running,
                 "desired": desired,
                 "image": svc.get("Image", ""),
-                "ports": svc.get("Ports", ""),
+                "ports": published.get(svc.get("Name"), svc.get("Ports", "")),
             }
         )
     latest = raw.get("latest") if isinstance(raw.get("latest"), dict) else None

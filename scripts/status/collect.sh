@@ -15,6 +15,11 @@ mapfile -t ids < <(docker node ls -q)
 docker node inspect --format '{{json .}}' "${ids[@]}"
 echo "== services"
 docker service ls --format '{{json .}}'
+echo "== ports"
+mapfile -t services < <(docker service ls -q)
+if ((${#services[@]})); then
+  docker service inspect --format '{"name":{{json .Spec.Name}},"ports":{{json .Endpoint.Spec.Ports}}}' "${services[@]}"
+fi
 
 [[ ${SWARM_BACKUP_TARGET:-s3} == s3 ]] || exit 0
 args=(--region "$SWARM_REGION")

@@ -47,6 +47,8 @@ COLLECTED = "\n".join([
     "== nodes", node("swarm-dev-worker-0", "worker", state="down"), node("swarm-dev-manager-0", "manager", True),
     "== services",
     json.dumps({"Name": "web", "Mode": "replicated", "Replicas": "2/3", "Image": "nginx:1", "Ports": "*:8080->80/tcp"}),
+    "== ports",
+    '{"name":"web","ports":[{"Protocol":"tcp","TargetPort":80,"PublishedPort":8080,"PublishMode":"host"}]}',
     "== backups",
     json.dumps([
         {"key": "swarm/dev/backups/20261125T190000Z.tar.gz", "size": 2_500_000, "modified": "2026-11-25T19:00:00Z"},
@@ -66,7 +68,14 @@ def test_the_view_says_what_the_leader_reported():
     manager = view["nodes"][0]
     assert manager["leader"] and manager["engine"] == "26.1.5" and manager["zone"] == "eu-west-1a"
     assert view["services"] == [
-        {"name": "web", "mode": "replicated", "running": 2, "desired": 3, "image": "nginx:1", "ports": "*:8080->80/tcp"}
+        {
+            "name": "web",
+            "mode": "replicated",
+            "running": 2,
+            "desired": 3,
+            "image": "nginx:1",
+            "ports": "8080->80/tcp (host)",
+        }
     ]
     assert [b["key"] for b in view["backups"]] == ["backups/20261125T190000Z.tar.gz", "backups/20261124T190000Z.tar.gz"]
     assert view["backups"][0]["latest"] and view["backups"][0]["ageHours"] == 12.0
@@ -80,7 +89,7 @@ def test_the_terminal_and_the_page_show_the_same_view(tmp_path):
     console = Console(record=True, width=140, file=open(os.devnull, "w"))
     cli.render(view, console)
     text = console.export_text()
-    for expected in ("swarm-dev-manager-0", "manager ★ leader", "down", "2/3", "nginx:1", "12 h",
+    for expected in ("swarm-dev-manager-0", "manager ★ leader", "down", "2/3", "nginx:1", "12 h", "8080->80/tcp",
                      "latest · sha256 ✓ · signature ✓", "5.0 MiB in 12 objects", "restored from backups/"):  # fmt: skip
         assert expected in text, expected
     page = tmp_path / "status.html"
