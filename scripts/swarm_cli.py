@@ -120,7 +120,8 @@ def collect(outputs: dict, identity: str | None = None) -> dict[str, object]:
             command, input=COLLECT.read_text(), capture_output=True, text=True, timeout=SSH_TIMEOUT, check=False
         )
     if done.returncode != 0:
-        raise SwarmCliError(f"collecting from the leader {host} failed: {done.stderr.strip()[-800:]}")
+        said = done.stderr.strip()[-800:] or f"no message; its output ended: {done.stdout.strip()[-300:]}"
+        raise SwarmCliError(f"collecting from the leader {host} failed (exit {done.returncode}): {said}")
     return parse_sections(done.stdout)
 
 
@@ -265,6 +266,13 @@ def render(view: dict, console) -> None:
     console.print(backups)
 
 
+def console():
+    """A terminal's own width; 140 columns into a pipe or a log (rich would take 80)."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=140)
+
+
 def write_html(view: dict, path: str) -> None:
     from rich.console import Console
 
@@ -333,9 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps(view, indent=2))
         else:
-            from rich.console import Console
-
-            render(view, Console())
+            render(view, console())
         if args.html:
             write_html(view, args.html)
             print(f"wrote {args.html}", file=sys.stderr)

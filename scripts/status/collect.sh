@@ -54,5 +54,6 @@ else
   echo null
 fi
 echo "== mirror"
-aws "${args[@]}" s3 ls --recursive --summarize "${store}mirror/" 2>/dev/null |
+# (an empty cache is an `aws s3 ls` that fails: none yet)
+{ aws "${args[@]}" s3 ls --recursive --summarize "${store}mirror/" 2>/dev/null || true; } |
   awk '/Total Objects:/ {o=$3} /Total Size:/ {s=$3} END {printf "{\"objects\":%d,\"bytes\":%d}\n", o, s}'

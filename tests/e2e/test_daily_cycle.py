@@ -207,31 +207,17 @@ def test_host_keys_are_the_same_every_day_and_a_strict_ssh_refuses_any_other(day
     StrictHostKeyChecking yes; the same file with another key for one node is refused."""
     first, today = days[0].outputs, days[-1].outputs
     assert today["sshKnownHosts"] == first["sshKnownHosts"]
-    key = tmp_path / "id"
-    key.touch(mode=0o600)
-    key.write_text(today["sshPrivateKey"])
-    known = tmp_path / "known_hosts"
-    known.write_text(first["sshKnownHosts"])
-
-    def ssh(address: str, known_hosts) -> subprocess.CompletedProcess:
-        options = ["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes",
-                   "-o", f"UserKnownHostsFile={known_hosts}", "-o", "ConnectTimeout=10"]  # fmt: skip
-        login = f"{today['sshUser']}@{address}"
-        return subprocess.run(["ssh", "-i", str(key), *options, login, "true"], capture_output=True, text=True,
-                              timeout=60, check=False)  # fmt: skip
-
     for node in today["nodes"]:
         for address in {node["publicIp"], node["privateIp"]} - {""}:
-            opened = ssh(address, known)
+            opened = verify.ssh_strict(today, address, first["sshKnownHosts"], tmp_path)
             assert opened.returncode == 0, f"{node['name']} at {address}: {opened.stderr}"
     target = today["nodes"][0]["privateIp"]
     other_key = derive_host_key("00" * 32, "someone-else")[1]
-    tampered = tmp_path / "tampered_known_hosts"
-    tampered.write_text(
-        "".join(f"{target} {other_key}\n" if line.split()[0] == target else f"{line}\n"
-                for line in first["sshKnownHosts"].splitlines())
-    )  # fmt: skip
-    refused = ssh(target, tampered)
+    tampered = "".join(
+        f"{target} {other_key}\n" if line.split()[0] == target else f"{line}\n"
+        for line in first["sshKnownHosts"].splitlines()
+    )
+    refused = verify.ssh_strict(today, target, tampered, tmp_path)
     assert refused.returncode != 0 and "Host key verification failed" in refused.stderr, refused.stderr
 
 

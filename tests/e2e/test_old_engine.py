@@ -12,7 +12,7 @@ import hashlib
 
 import pytest
 from testbed.engine import Engine
-from testbed.verify import assert_one_healthy_swarm, bucket_of, fp, read, secret_in_task, wait_service
+from testbed.verify import assert_one_healthy_swarm, bucket_of, fp, read, secret_in_task, ssh_strict, wait_service
 
 pytestmark = pytest.mark.e2e
 
@@ -20,7 +20,7 @@ STACK = "old"
 PREFIX = f"swarm/{STACK}/"
 
 
-def test_morning_night_and_restore_on_docker_20_10(bed, log_dir):
+def test_morning_night_and_restore_on_docker_20_10(bed, log_dir, tmp_path):
     # Its own part of the bed's /16 (third octets 64-127), so it meets no other stack's addresses.
     vpc = next(n for n in bed.network.subnets(new_prefix=18) if n.network_address == bed.network[64 * 256])
     engine = Engine(bed, bed.program_config(3, 1, str(vpc)), stack=STACK, log_dir=log_dir, image="bookworm")
@@ -30,6 +30,10 @@ def test_morning_night_and_restore_on_docker_20_10(bed, log_dir):
         leader = engine.host_of("manager-0")
         assert leader.docker("version", "--format", "{{.Server.Version}}").startswith("20.10."), "not the old engine"
         assert_one_healthy_swarm(engine, STACK, 3, 1)
+        # cloud-init 22.4 took the host keys from the user-data's cloud-config part too.
+        for node in first.outputs["nodes"]:
+            opened = ssh_strict(first.outputs, node["privateIp"], first.outputs["sshKnownHosts"], tmp_path)
+            assert opened.returncode == 0, f"{node['name']}: {opened.stderr}"
         worker = engine.host_of("worker-0")
         worker.docker("pull", "busybox", timeout=180)  # only the bed's upstream has it: through the mirror
         leader.run(["docker", "secret", "create", "old-secret", "-"], input=b"old-engine-value")

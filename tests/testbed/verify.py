@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 
 from testbed.bed import BedError, wait_until
 
@@ -87,3 +88,18 @@ def backups_script():
     sys.modules.setdefault("backups", module)
     spec.loader.exec_module(module)
     return module
+
+
+def ssh_strict(outputs: dict, address: str, known_hosts: str, workdir) -> subprocess.CompletedProcess:
+    """`ssh ... true` to `address` as an app team would: the stack's key, and only the host
+    keys in `known_hosts` accepted (StrictHostKeyChecking yes)."""
+    key = workdir / "id_strict"
+    if not key.exists():
+        key.touch(mode=0o600)
+        key.write_text(outputs["sshPrivateKey"])
+    known = workdir / f"known_hosts_{fp(known_hosts)}"
+    known.write_text(known_hosts)
+    options = ["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes",
+               "-o", f"UserKnownHostsFile={known}", "-o", "ConnectTimeout=10"]  # fmt: skip
+    command = ["ssh", "-i", str(key), *options, f"{outputs['sshUser']}@{address}", "true"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
