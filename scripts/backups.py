@@ -77,7 +77,12 @@ def stack_resources(stack: str, show_secrets: bool = False) -> list[dict]:
 
 def signing_key_of_stack(stack: str) -> bytes:
     """The key that signs the stack's backups (a protected resource, kept through the teardown)."""
-    keys = [r for r in stack_resources(stack, show_secrets=True) if r.get("type") == SIGNING_KEY_TYPE]
+    keys = [
+        r
+        for r in stack_resources(stack, show_secrets=True)
+        # (The stack holds another RandomBytes: the seed of the nodes' host keys.)
+        if r.get("type") == SIGNING_KEY_TYPE and str(r.get("urn", "")).endswith("-backup-signing-key")
+    ]
     if not keys or not isinstance(keys[0].get("outputs", {}).get("hex"), str):
         raise BackupError(f"stack {stack} has no backup signing key in its state; pass --signing-key-file")
     return bytes.fromhex(keys[0]["outputs"]["hex"])
@@ -307,7 +312,8 @@ class BedTarget:
             problems = missing_prerequisites()
             if problems:
                 raise BackupError("a drill on the bed needs: " + "; ".join(problems) + " (or use --on ssh://...)")
-            self.bed = Bed(image=self.image)
+            # Its news on stderr: stdout is the report (--json).
+            self.bed = Bed(image=self.image, log=lambda message: print(f"drill: {message}", file=sys.stderr))
             try:
                 self.bed.start()
             except Exception:

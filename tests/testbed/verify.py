@@ -71,9 +71,12 @@ def secret_in_task(engine, stack: str, service: str, secret: str) -> str:
 
 def signing_key_of(engine) -> bytes:
     """The stack's backup signing key, as `pulumi stack export --show-secrets` would show it."""
-    return bytes.fromhex(
-        next(s.outputs["hex"] for s in engine.state.values() if s.type == "random:index/randomBytes:RandomBytes")
-    )
+    (key,) = [
+        s.outputs["hex"]
+        for s in engine.state.values()
+        if s.type == "random:index/randomBytes:RandomBytes" and s.name.endswith("-backup-signing-key")
+    ]
+    return bytes.fromhex(key)
 
 
 def backups_script():

@@ -215,3 +215,17 @@ def test_a_drill_over_ssh_sends_the_bundle_on_stdin_and_nothing_secret_in_argv(s
     assert bundle_files((tmp_path / "stdin").read_bytes())["unlock"][0] == f"{UNLOCK}\n".encode()
     with pytest.raises(backups.BackupError, match="--on wants bed or ssh://user@host"):
         backups.SshTarget("drill.example")
+
+
+def test_the_signing_key_is_read_from_the_stack_and_not_the_host_key_seed(monkeypatch):
+    exported = [
+        {"type": "random:index/randomBytes:RandomBytes", "urn": "urn:...::swarm-dev-nodes-host-key-seed",
+         "outputs": {"hex": "cd" * 32}},
+        {"type": "random:index/randomBytes:RandomBytes", "urn": "urn:...::swarm-dev-swarm-backup-signing-key",
+         "outputs": {"hex": "ab" * 32}},
+    ]  # fmt: skip
+    monkeypatch.setattr(backups, "stack_resources", lambda stack, show_secrets=False: exported)
+    assert backups.signing_key_of_stack("dev") == SIGNING_KEY
+    monkeypatch.setattr(backups, "stack_resources", lambda stack, show_secrets=False: exported[:1])
+    with pytest.raises(backups.BackupError, match="no backup signing key"):
+        backups.signing_key_of_stack("dev")
