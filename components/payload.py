@@ -72,7 +72,7 @@ def node_payload() -> str:
     for path in sorted(NODE_SCRIPTS.iterdir()):
         if not path.is_file() or path.name == USER_DATA_TEMPLATE.name or path.name.startswith("."):
             continue
-        text = for_the_nodes(path.read_text())
+        text = for_the_nodes(path.read_text(), path.name)
         mode = "0755" if path.stat().st_mode & 0o111 else "0644"
         delimiter = "SWARM_FILE_" + hashlib.sha256(text.encode()).hexdigest()[:16]
         if delimiter in text:  # pragma: no cover - a sha256 prefix inside its own text
@@ -92,12 +92,12 @@ def _open_quote(code: str) -> bool:
     return False
 
 
-def for_the_nodes(text: str) -> str:
+def for_the_nodes(text: str, name: str) -> str:
     """The file as the nodes get it: whole-line comments left out (the repository keeps
     them), but for the shebang and shellcheck directives, and in shell the indentation too,
     except inside heredocs: bash means the same by it (a unit test compares swarm-node's
     functions as bash reads them), and EC2's 16 KiB has no room for either."""
-    shell = (text.startswith("#!") and "sh" in text.splitlines()[0]) or "complete -F" in text
+    shell = name.endswith((".sh", ".bash-completion")) or (text.startswith("#!") and "sh" in text.splitlines()[0])
     kept, heredoc, quoted = [], None, ""
     for line in text.splitlines():
         if heredoc is not None:

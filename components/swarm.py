@@ -377,7 +377,7 @@ class SwarmFormation(pulumi.ComponentResource):
             addresses = node.addresses or [node.connect_host, node.private_ip]
             lines.append(
                 pulumi.Output.all(public, *addresses).apply(
-                    lambda v, port=node.port: known_hosts_lines(sorted(set(v[1:]) - {""}), v[0], port) if v[0] else []
+                    lambda v, port=node.port: known_hosts_lines(sorted(set(v[1:])), v[0], port) if v[0] else []
                 )
             )
         return pulumi.Output.all(*lines).apply(lambda groups: "".join(f"{line}\n" for g in groups for line in g))

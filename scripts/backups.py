@@ -136,6 +136,11 @@ def list_backups(s3, bucket: str, prefix: str) -> list[Backup]:
 
 def verify(s3, bucket: str, prefix: str, key: str | None = None) -> str:
     """The sha256 of a backup that matches its .sha256 object (and the pointer, for latest)."""
+    return _verified(s3, bucket, prefix, key)[0]
+
+
+def _verified(s3, bucket: str, prefix: str, key: str | None, keep: bool = False) -> tuple[str, bytes]:
+    """verify(), and with `keep` the backup's bytes too: one download serves both."""
     pointer = latest_pointer(s3, bucket, prefix)
     expected_by_pointer = None
     if key is None:
@@ -150,13 +155,15 @@ def verify(s3, bucket: str, prefix: str, key: str | None = None) -> str:
         key, expected_by_pointer = pointer
     elif pointer is not None and pointer[0] == key:
         expected_by_pointer = pointer[1]
-    digest = hashlib.sha256()
+    digest, kept = hashlib.sha256(), []
     try:
         body = s3.get_object(Bucket=bucket, Key=f"{prefix}{key}")["Body"]
     except ClientError as error:
         raise BackupError(f"s3://{bucket}/{prefix}{key}: {error.response['Error']['Code']}") from error
     for chunk in iter(lambda: body.read(1 << 20), b""):
         digest.update(chunk)
+        if keep:
+            kept.append(chunk)
     got = digest.hexdigest()
     side = (read_text(s3, bucket, f"{prefix}{key}.sha256") or "").split()
     if not side:
@@ -165,7 +172,7 @@ def verify(s3, bucket: str, prefix: str, key: str | None = None) -> str:
         raise BackupError(f"s3://{bucket}/{prefix}{key} has sha256 {got}, its .sha256 says {side[0]}")
     if expected_by_pointer and expected_by_pointer != got:
         raise BackupError(f"s3://{bucket}/{prefix}{key} has sha256 {got}, backups/latest says {expected_by_pointer}")
-    return got
+    return got, b"".join(kept)
 
 
 # --- the restore drill ------------------------------------------------------------------
@@ -215,7 +222,7 @@ def prepare_drill(
         if pointer is None:
             raise BackupError(f"no s3://{bucket}/{prefix}backups/latest; name a backup (scripts/backups.py list)")
         key = pointer[0]
-    sha = verify(s3, bucket, prefix, key)
+    sha, body = _verified(s3, bucket, prefix, key, keep=True)
     checks = ["sha256 matches"]
     meta = read_meta(s3, bucket, prefix, key)
     keytool = _keytool()
@@ -238,7 +245,6 @@ def prepare_drill(
         except keytool.KeytoolError as error:
             raise BackupError(str(error)) from error
         checks.append("unlock key unsealed")
-    body = s3.get_object(Bucket=bucket, Key=f"{prefix}{key}")["Body"].read()
     files = [("backup.tar.gz", body, 0o600), ("restore-drill.sh", DRILL_SCRIPT.read_bytes(), 0o755)]
     if unlock is not None:
         files += [("swarm-keytool", KEYTOOL.read_bytes(), 0o755), ("unlock", f"{unlock}\n".encode(), 0o600)]

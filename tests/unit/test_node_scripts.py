@@ -156,7 +156,7 @@ def test_what_the_nodes_get_means_to_bash_what_the_repository_says(tmp_path, nam
     """User-data carries the scripts without comments and indentation (EC2's 16 KiB):
     bash must read the same functions, heredocs and aliases from both."""
     shipped = tmp_path / name
-    shipped.write_text(for_the_nodes((NODE_SCRIPTS / name).read_text()))
+    shipped.write_text(for_the_nodes((NODE_SCRIPTS / name).read_text(), name))
 
     def as_bash_reads_it(path) -> str:
         body = path.read_text().rsplit('main "$@"', 1)[0]
