@@ -1,9 +1,9 @@
-"""The shell that leaves this repository for the nodes: user-data and stack bundles.
+"""What leaves this repository for the nodes at boot: user-data, and the stack bundles.
 
-User-data is `scripts/node/user-data.sh` with its settings marker replaced by shell
-assignments and the other files of `scripts/node/` carried inside as a base64 tarball;
-EC2 receives it gzipped (cloud-init unpacks gzip user-data), which keeps it far below
-EC2's 16 KiB limit.
+User-data is `components/user-data.sh` with its settings marker replaced by shell
+assignments: only what must happen before the first SSH (the node agent itself comes
+over SSH, components/agent.py). EC2 receives it gzipped (cloud-init unpacks gzip
+user-data); EC2 refuses more than 16 KiB, and the program keeps it under half of that.
 Bundles are deterministic (sorted members, zero mtimes) so that an unchanged file never
 looks like a change to Pulumi, and a changed one always does.
 """
@@ -15,7 +15,6 @@ import functools
 import gzip
 import hashlib
 import io
-import re
 import shlex
 import tarfile
 from collections.abc import Mapping
@@ -26,15 +25,15 @@ if TYPE_CHECKING:
     from components.settings import NodePlan, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-NODE_SCRIPTS = ROOT / "scripts" / "node"
 STACK_FILES = ROOT / "scripts" / "stacks"
-USER_DATA_TEMPLATE = NODE_SCRIPTS / "user-data.sh"
-# The backups' cryptography (python3), installed on the managers by a command, not user-data.
-KEYTOOL = ROOT / "scripts" / "manager" / "swarm_keytool.py"
+USER_DATA_TEMPLATE = ROOT / "components" / "user-data.sh"
+# The backups' cryptography: part of the agent, and shipped alone to a drill host.
+KEYTOOL = ROOT / "agent" / "swarm_agent" / "keytool.py"
 SETTINGS_MARKER = "# @SWARM_SETTINGS@"
-PAYLOAD_MARKER = "# @SWARM_PAYLOAD@"
-# EC2 refuses user-data above 16 KiB.
+# EC2 refuses user-data above 16 KiB; the program refuses above 8 KiB, so that what has
+# to happen before the first SSH stays small and the agent is never pushed back into it.
 USER_DATA_LIMIT = 16384
+USER_DATA_BUDGET = 8192
 NODE_CLI = "/usr/local/sbin/swarm-node"
 
 
@@ -63,66 +62,6 @@ def digest(directory: Path) -> str:
     return h.hexdigest()
 
 
-@functools.cache
-def node_payload() -> str:
-    """The node scripts as shell that writes each into "$lib.new": plain text in heredocs,
-    without comment lines (EC2 takes 16 KiB of user-data, gzipped, and gzip packs text far
-    better than base64 of a tarball). Built once per program run."""
-    parts = []
-    for path in sorted(NODE_SCRIPTS.iterdir()):
-        if not path.is_file() or path.name == USER_DATA_TEMPLATE.name or path.name.startswith("."):
-            continue
-        text = for_the_nodes(path.read_text(), path.name)
-        mode = "0755" if path.stat().st_mode & 0o111 else "0644"
-        delimiter = "SWARM_FILE_" + hashlib.sha256(text.encode()).hexdigest()[:16]
-        if delimiter in text:  # pragma: no cover - a sha256 prefix inside its own text
-            raise RuntimeError(f"{path} contains its own heredoc delimiter")
-        parts.append(f"payload_file {shlex.quote(path.name)} {mode} <<'{delimiter}'\n{text}{delimiter}\n")
-    return "".join(parts)
-
-
-_HEREDOC = re.compile(r"<<-?\s*['\"]?([A-Za-z_][A-Za-z0-9_]*)['\"]?\s*$")
-
-
-def _open_quote(code: str) -> bool:
-    try:
-        shlex.split(code, comments=True)
-    except ValueError:
-        return True
-    return False
-
-
-def for_the_nodes(text: str, name: str) -> str:
-    """The file as the nodes get it: whole-line comments left out (the repository keeps
-    them), but for the shebang and shellcheck directives, and in shell the indentation too,
-    except inside heredocs: bash means the same by it (a unit test compares swarm-node's
-    functions as bash reads them), and EC2's 16 KiB has no room for either."""
-    shell = name.endswith((".sh", ".bash-completion")) or (text.startswith("#!") and "sh" in text.splitlines()[0])
-    kept, heredoc, quoted = [], None, ""
-    for line in text.splitlines():
-        if heredoc is not None:
-            kept.append(line)
-            heredoc = None if line == heredoc else heredoc
-            continue
-        if not quoted and line.lstrip().startswith("#") and not line.startswith("#!") and "shellcheck " not in line:
-            continue
-        if shell:
-            # A quoted string that spans lines (an awk program) keeps its lines whole.
-            line = line if quoted else line.lstrip(" ")
-            quoted = f"{quoted}\n{line}" if quoted else line
-            quoted = quoted if _open_quote(quoted) else ""
-            match = None if quoted else _HEREDOC.search(line)
-            heredoc = match.group(1) if match else None
-        kept.append(line)
-    return "\n".join(kept) + "\n"
-
-
-@functools.cache
-def keytool_payload() -> str:
-    """swarm-keytool as one line: base64 of its gzip (stable bytes, so no spurious diff)."""
-    return base64.b64encode(gzip.compress(KEYTOOL.read_bytes(), compresslevel=9, mtime=0)).decode()
-
-
 def stacks_payload() -> str:
     return bundle(STACK_FILES)
 
@@ -130,9 +69,8 @@ def stacks_payload() -> str:
 @functools.cache
 def _user_data_template() -> str:
     template = USER_DATA_TEMPLATE.read_text()
-    for marker in (SETTINGS_MARKER, PAYLOAD_MARKER):
-        if marker not in template:
-            raise RuntimeError(f"{USER_DATA_TEMPLATE} lost its marker {marker!r}")
+    if SETTINGS_MARKER not in template:
+        raise RuntimeError(f"{USER_DATA_TEMPLATE} lost its marker {SETTINGS_MARKER!r}")
     return template
 
 
@@ -158,12 +96,10 @@ def node_environment(settings: Settings, node: NodePlan, bucket_name: str) -> di
     }
 
 
-def render_user_data(values: Mapping[str, str | None], payload: str | None = None) -> str:
-    """user-data.sh with `SWARM_*` assignments and the node scripts in place of its markers."""
-    template = _user_data_template()
+def render_user_data(values: Mapping[str, str | None]) -> str:
+    """user-data.sh with `SWARM_*` assignments in place of its marker."""
     lines = [f"{key}={shlex.quote('' if value is None else str(value))}" for key, value in values.items()]
-    text = template.replace(SETTINGS_MARKER, "\n".join(lines), 1)
-    return text.replace(PAYLOAD_MARKER, (payload if payload is not None else node_payload()).rstrip("\n"), 1)
+    return _user_data_template().replace(SETTINGS_MARKER, "\n".join(lines), 1)
 
 
 def with_host_key(script: str, private_key: str, public_key: str) -> str:

@@ -1,10 +1,11 @@
 """Swarm formation over SSH: the remote commands that turn machines into one swarm.
 
 It knows nothing of EC2: it receives `SwarmNode`s (where to connect, which address the
-node advertises, what changes when the machine is replaced) and runs the verbs of
-`scripts/node/swarm-node` on them, in this order:
+node advertises, what changes when the machine is replaced), installs the node agent on
+them (components/agent.py) and runs its verbs (`swarm-node`, agent/swarm_agent/cli.py)
+in this order:
 
-    ready (every node) -> probe (the other managers) -> [stage: a local backup pushed]
+    install-agent, ready (every node) -> probe (the other managers) -> [stage: a local backup pushed]
     -> bootstrap (manager 0: nothing | join the live swarm | restore | init) -> tokens
     -> manager joins, one at a time -> worker joins, in parallel -> reconcile
     -> teardown marker -> backup
@@ -44,15 +45,17 @@ import pulumi
 import pulumi_random as random
 from pulumi_command import local, remote
 
+from agent.swarm_agent import contract
+from components.agent import install_agent
 from components.hostkeys import known_hosts_lines
-from components.payload import NODE_CLI, ROOT, keytool_payload
+from components.payload import NODE_CLI, ROOT
 from components.settings import BACKUP_DIAL_ERROR_LIMIT, DIAL_ERROR_LIMIT, PER_DIAL_TIMEOUT
 
 SWARM_PORT = 2377
 READY_TIMEOUT = 900
 # Waits for user-data to finish (it leaves /etc/swarm/ready, or /etc/swarm/failed with
-# the line that broke), then for Docker. Bounded; user-data installs the verb script,
-# so this part cannot be one of its verbs.
+# the line that broke), then for Docker. Bounded. (Kept as it was when user-data still
+# installed the agent: a changed command would run again on every live node.)
 WAIT_READY = (
     f"i=0; while [ $i -lt {READY_TIMEOUT} ]; do "
     'if [ -e /etc/swarm/failed ]; then echo "user-data failed: $(cat /etc/swarm/failed)" >&2; '
@@ -161,12 +164,13 @@ class SwarmFormation(pulumi.ComponentResource):
         nodes = args.managers + args.workers
         self.leaves = self._leaves(name) if args.leave_on_destroy else {}
         self.provisions = {node.name: self._provision(name, node) for node in nodes if node.provision is not None}
+        self.agents = {node.name: self._install_agent(name, node) for node in nodes}
         ready = {node.name: self._ready(name, node) for node in nodes}
         self.retires = self._retires(name, ready)
         self.signing = self._signing_keys(name, ready)
         self.known_hosts = self._host_keys(name, ready)
         self.bootstrap = self._bootstrap(name, ready)
-        self.bootstrap_result = self.bootstrap.stdout.apply(lambda out: (out or "").strip())
+        self.bootstrap_result = self.bootstrap.stdout.apply(_bootstrap_result)
 
         tokens = self._command(
             f"{name}-tokens",
@@ -265,6 +269,17 @@ class SwarmFormation(pulumi.ComponentResource):
             }
         )
 
+    def _install_agent(self, name: str, node: SwarmNode) -> remote.Command:
+        """The agent, before the first verb; it connects as `ready` does (the operator key)."""
+        args = self._args
+        return install_agent(
+            f"{name}-install-agent-{node.name}",
+            ssh_connection(node, args.ssh_user, args.operator_key or args.ssh_private_key),
+            node.replaced_by,
+            [*node.depends_on, *self._provisioned(node)],
+            self,
+        )
+
     def _ready(self, name: str, node: SwarmNode) -> remote.Command:
         """Wait for user-data and Docker; with a key of your own, authorize it first thing."""
         args = self._args
@@ -278,7 +293,9 @@ class SwarmFormation(pulumi.ComponentResource):
             stdin=stdin,
             triggers=list(node.replaced_by),
             add_previous_output_in_env=False,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*node.depends_on, *self._provisioned(node)]),
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[*node.depends_on, *self._provisioned(node), self.agents[node.name]]
+            ),
         )
 
     def _provisioned(self, node: SwarmNode) -> list[pulumi.Resource]:
@@ -339,16 +356,14 @@ class SwarmFormation(pulumi.ComponentResource):
 
     def _signing_keys(self, name: str, ready: dict[str, remote.Command]) -> dict[str, remote.Command]:
         """The key that signs the backups (HMAC of name and sha256) and seals an autolocked
-        swarm's unlock key beside them, with swarm-keytool, on every manager: a restore
-        refuses a backup whose signature does not match, so nothing that can only write to
-        the bucket can plant one. Made once and kept through the teardown (the backups
-        outlive the machines), it reaches the managers only on a secret stdin. (The tool
-        travels here, not in user-data: EC2's 16 KiB has no room left, and an update of it
-        reaches running managers.)"""
+        swarm's unlock key beside them, on every manager: a restore refuses a backup whose
+        signature does not match, so nothing that can only write to the bucket can plant
+        one. Made once and kept through the teardown (the backups outlive the machines), it
+        reaches the managers only on a secret stdin."""
         key = random.RandomBytes(
             f"{name}-backup-signing-key", length=32, opts=pulumi.ResourceOptions(parent=self, protect=True)
         )
-        stdin = pulumi.Output.secret(pulumi.Output.concat(key.hex, "\n", keytool_payload(), "\n"))
+        stdin = pulumi.Output.secret(pulumi.Output.concat(key.hex, "\n"))
         if self._args.backup_target == "none":
             return {}  # kept all the same: a protected resource must never be dropped
         return {
@@ -513,17 +528,33 @@ class SwarmFormation(pulumi.ComponentResource):
 
 
 def _parse_tokens(stdout: str) -> dict[str, str]:
-    """The one JSON line `swarm-node tokens` prints; errors never echo the text (it is secret)."""
+    """The swarm-tokens line of `swarm-node tokens`; errors never echo the text (it is secret)."""
     try:
-        tokens = json.loads(stdout.strip().splitlines()[-1]) if stdout and stdout.strip() else {}
-    except json.JSONDecodeError:
-        tokens = {}
-    if not (
-        isinstance(tokens, dict)
-        and tokens.get("worker", "").startswith("SWMTKN-")
-        and tokens.get("manager", "").startswith("SWMTKN-")
-    ):
+        tokens = _tokens_record(stdout)
+    except (contract.ContractError, ValueError):
         if pulumi.runtime.is_dry_run():
             return {"worker": "", "manager": "", "unlock": ""}
-        raise ValueError("swarm-node tokens did not print the expected JSON line (contents hidden: secret)")
+        raise ValueError("swarm-node tokens did not print a swarm-tokens line (contents hidden: secret)") from None
     return {"worker": tokens["worker"], "manager": tokens["manager"], "unlock": tokens.get("unlock") or ""}
+
+
+def _tokens_record(stdout: str) -> dict:
+    try:
+        return contract.read("swarm-tokens", stdout)
+    except contract.ContractError:
+        # The bash agent printed the same fields without a kind, and a stack's state from
+        # then keeps that line until tokens runs again (a live stack upgraded mid-day).
+        last = json.loads(stdout.strip().splitlines()[-1]) if stdout and stdout.strip() else None
+        if not isinstance(last, dict) or "kind" in last:
+            raise
+        return contract.check({"kind": "swarm-tokens", **last})
+
+
+def _bootstrap_result(stdout: str | None) -> str:
+    """bootstrapResult: the human line of bootstrap's swarm-bootstrap record (the same
+    string the output always carried). Before the agent was Python, bootstrap printed that
+    line alone; a state from then still reads."""
+    try:
+        return contract.read("swarm-bootstrap", stdout)["result"]
+    except contract.ContractError:
+        return (stdout or "").strip()

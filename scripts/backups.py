@@ -46,7 +46,7 @@ BUCKET_TYPE = "aws:s3/bucket:Bucket"
 SIGNING_KEY_TYPE = "random:index/randomBytes:RandomBytes"
 ROOT = Path(__file__).resolve().parent.parent
 DRILL_SCRIPT = ROOT / "scripts" / "drill" / "restore-drill.sh"
-KEYTOOL = ROOT / "scripts" / "manager" / "swarm_keytool.py"
+KEYTOOL = ROOT / "agent" / "swarm_agent" / "keytool.py"
 DRILL_TIMEOUT = 600  # seconds for the restore and listing on the drill machine
 
 

@@ -35,6 +35,9 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from agent.swarm_agent import contract
+
 NODE_CLI = "/usr/local/sbin/swarm-node"
 BACKUP_NAME = re.compile(r"^\d{8}T\d{6}Z\.tar\.gz$")
 REPORT = re.compile(r"^backup: sha256 ([0-9a-f]{64}) name (\d{8}T\d{6}Z\.tar\.gz)(?: meta (.*))?$")
@@ -105,6 +108,24 @@ def cmd_check(args: argparse.Namespace) -> None:
     print(f"backups go to {directory}")
 
 
+def read_report(errors: str, host: str) -> tuple[str, str, str]:
+    """(sha256, name, .meta text) from the agent's swarm-backup line on stderr (or, from a
+    node that still runs the bash agent, its `backup: sha256 ... name ... meta ...` line)."""
+    try:
+        record = contract.read("swarm-backup", errors)
+    except contract.ContractError:
+        legacy = next((m for m in map(REPORT.match, reversed(errors.splitlines())) if m), None)
+        if legacy is None:
+            fail(f"backup on {host} did not report its sha256: {errors or 'no output'}")
+        want, name, meta = legacy.groups()
+        return want, name, "\n".join((meta or "").split()) + "\n" if meta else ""
+    name = record["key"].removeprefix("backups/")
+    if not BACKUP_NAME.match(name) or not re.fullmatch(r"[0-9a-f]{64}", record["sha256"]):
+        fail(f"backup on {host} reported a name or sha256 that is not one: {name!r}")
+    meta = "".join(f"{k}={v}\n" for k, v in record["meta"].items())
+    return record["sha256"], name, meta
+
+
 def cmd_fetch(args: argparse.Namespace) -> None:
     directory = store(args)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -122,10 +143,7 @@ def cmd_fetch(args: argparse.Namespace) -> None:
         errors = proc.stderr.decode(errors="replace").strip()
         if proc.returncode != 0:
             fail(f"backup on {args.host} failed (exit {proc.returncode}): {errors or 'no output'}")
-        report = next((m for m in map(REPORT.match, reversed(errors.splitlines())) if m), None)
-        if report is None:
-            fail(f"backup on {args.host} did not report its sha256: {errors or 'no output'}")
-        want, name, meta = report.groups()
+        want, name, meta = read_report(errors, args.host)
         got = sha256(incoming)
         if got != want:
             fail(f"the backup from {args.host} arrived with sha256 {got}, not {want}; the latest pointer was not moved")
@@ -134,7 +152,7 @@ def cmd_fetch(args: argparse.Namespace) -> None:
         incoming.unlink(missing_ok=True)
     write_atomically(directory / f"{name}.sha256", f"{want}  {name}\n")
     if meta:
-        write_atomically(directory / f"{name}.meta", "\n".join(meta.split()) + "\n")
+        write_atomically(directory / f"{name}.meta", meta)
     write_atomically(directory / "latest", f"backups/{name} {want}\n")
     prune(directory, args.keep, spare={name, *(n.removeprefix("backups/") for n in args.spare)})
     print(f"backup: wrote {directory / name} sha256 {want}")

@@ -20,6 +20,7 @@ import tarfile
 import time
 
 import pytest
+from swarm_agent import contract
 from testbed.bed import BED_REGION, LOCAL_BUSYBOX, S3_CREDENTIALS, BedError, wait_until
 from testbed.engine import EngineError, scenario_engine
 from testbed.verify import backups_script, bucket_of, fp, nodes, read, signing_key_of
@@ -305,7 +306,7 @@ def test_a_wedged_docker_fails_a_verb_within_its_bound(engine, bed):
         started = time.monotonic()
         probe = manager.run(["env", "SWARM_DOCKER_TIMEOUT=2", "swarm-node", "probe"], timeout=60)
         assert time.monotonic() - started < 20
-        assert "state=down" in probe.stdout.decode()
+        assert contract.read("swarm-probe", probe.stdout.decode())["state"] == "down"
     finally:
         manager.run(["kill", "-CONT", str(pid)])
     wait_until("manager 2's Docker", lambda: manager.run(["docker", "info"], check=False).returncode == 0, 60)

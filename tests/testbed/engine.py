@@ -40,9 +40,11 @@ import collections
 import json
 import logging
 import runpy
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -295,7 +297,8 @@ class Engine:
         secret_names: set[str] = set()
 
         def program():
-            runpy.run_path(str(self.program), run_name="__main__")
+            with program_modules(self.program):
+                runpy.run_path(str(self.program), run_name="__main__")
 
         error = None
         try:
@@ -630,6 +633,34 @@ class _FileHandler(logging.Handler):
 
     def emit(self, record):
         self.engine.log(f"{record.levelname.lower()}: {record.getMessage()}")
+
+
+# The program's own top-level packages: another checkout's (an older release) must not
+# find this one's already imported.
+PROGRAM_PACKAGES = ("components", "agent")
+
+
+@contextmanager
+def program_modules(program: Path):
+    """Run a program from another checkout (a git worktree of an earlier commit) with its
+    own `components` and `agent` packages; this checkout's come back afterwards."""
+    root = program.resolve().parent
+    if root == ROOT:
+        yield
+        return
+
+    def ours(name: str) -> bool:
+        return name.split(".")[0] in PROGRAM_PACKAGES
+
+    stashed = {name: sys.modules.pop(name) for name in list(sys.modules) if ours(name)}
+    sys.path.insert(0, str(root))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(root))
+        for name in [n for n in sys.modules if ours(n)]:
+            del sys.modules[name]
+        sys.modules.update(stashed)
 
 
 def scenario_engine(bed: Bed, log_dir: Path, stack: str, nodes: tuple[int, int], part: tuple[int, int], **config):

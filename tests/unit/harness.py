@@ -24,6 +24,7 @@ from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 from testbed.sdk import drop_pending_outputs, fresh_stack, stack_exports, unwrap
 
+from agent.swarm_agent import contract
 from components.swarm import READ_HOST_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -138,16 +139,19 @@ class SwarmMocks(pulumi.runtime.Mocks):
             create = state.get("create") or ""
             if " tokens" in create:
                 # As the node prints it: the unlock key only when the swarm is autolocked.
-                unlock = UNLOCK_KEY if "autolock" in (state.get("triggers") or []) else ""
-                state["stdout"] = json.dumps({"worker": WORKER_TOKEN, "manager": MANAGER_TOKEN, "unlock": unlock})
+                unlock = UNLOCK_KEY if "autolock" in (state.get("triggers") or []) else None
+                tokens = {"worker": WORKER_TOKEN, "manager": MANAGER_TOKEN, "unlock": unlock}
+                state["stdout"] = contract.line("swarm-tokens", **tokens)
             elif create == READ_HOST_KEY:
                 state["stdout"] = f"{HOST_PUBLIC_KEY} root@{args.name}\n"
             elif " bootstrap " in create:
-                state["stdout"] = "bootstrap: initialised a new swarm\n"
+                state["stdout"] = contract.line(
+                    "swarm-bootstrap", action="initialised", result="bootstrap: initialised a new swarm"
+                )
             elif create.endswith(" probe"):
                 # A live manager's answer carries the manager token: it must stay secret.
-                live = "state=active manager=true quorum=true"
-                state["stdout"] = f"swarm-probe addr=10.42.16.10:2377 {live} token={MANAGER_TOKEN}"
+                live = {"state": "active", "manager": True, "quorum": True}
+                state["stdout"] = contract.line("swarm-probe", addr="10.42.16.10:2377", token=MANAGER_TOKEN, **live)
             else:
                 state["stdout"] = ""
             state["stderr"] = ""

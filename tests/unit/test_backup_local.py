@@ -1,7 +1,7 @@
 """scripts/swarm_backup_local.py: backups kept on the machine running Pulumi.
 
 A stand-in `ssh` on PATH plays manager 0: for `backup --stdout` it prints a tarball and
-the sha256 line swarm-node prints; for `stage-restore` it keeps what it was sent. The
+the swarm-backup line swarm-node prints (contract.py); for `stage-restore` it keeps what it was sent. The
 real round trip (a swarm backed up, left, and restored) is the bed's scenario.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import stat
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from harness import PRIVATE_KEY, ROOT
+from swarm_agent.bootstrap import STAGED_RE
 
 HELPER = ROOT / "scripts" / "swarm_backup_local.py"
 PREFIX = "swarm/dev/"
@@ -33,7 +33,9 @@ if argv[-2:] == ["backup", "--stdout"]:
     data = open(os.environ["FAKE_TARBALL"], "rb").read()
     sys.stdout.buffer.write(data)
     sys.stderr.write("backup: stopping docker\n")
-    sys.stderr.write(f"backup: sha256 {os.environ['FAKE_SHA']} name {os.environ['FAKE_NAME']}\n")
+    report = {"kind": "swarm-backup", "key": "backups/" + os.environ["FAKE_NAME"], "sha256": os.environ["FAKE_SHA"],
+              "meta": {"engine": "26.1.5", "addr": "10.42.0.10", "signature": "ab" * 32}}
+    sys.stderr.write(json.dumps(report) + "\n")
 elif argv[-1] == "stage-restore":
     open(os.environ["FAKE_STAGE"], "wb").write(sys.stdin.buffer.read())
     print("stage-restore: staged")
@@ -125,8 +127,10 @@ def test_only_the_newest_backups_are_kept(fake):
     store = directory / PREFIX / "backups"
     assert sorted(p.name for p in store.iterdir()) == [
         "20261123T190000Z.tar.gz",
+        "20261123T190000Z.tar.gz.meta",
         "20261123T190000Z.tar.gz.sha256",
         "20261124T190000Z.tar.gz",
+        "20261124T190000Z.tar.gz.meta",
         "20261124T190000Z.tar.gz.sha256",
         "latest",
     ]
@@ -151,13 +155,18 @@ def test_push_sends_latest_and_the_backup_it_names(fake):
     files = staged(env)
     assert sorted(files) == [
         "backups/20261122T190000Z.tar.gz",
+        "backups/20261122T190000Z.tar.gz.meta",
         "backups/20261122T190000Z.tar.gz.sha256",
         "backups/latest",
     ]
+    # The .meta as the node reported it, one field a line.
+    meta = files["backups/20261122T190000Z.tar.gz.meta"].decode().splitlines()
+    assert meta == ["engine=26.1.5", "addr=10.42.0.10", f"signature={'ab' * 32}"]
     assert files["backups/20261122T190000Z.tar.gz"] == Path(env["FAKE_TARBALL"]).read_bytes()
     # A pinned older backup (swarm:restoreFrom) is sent instead, without the pointer.
     assert push(env, directory, "backups/20261121T190000Z.tar.gz").returncode == 0
-    assert sorted(staged(env)) == ["backups/20261121T190000Z.tar.gz", "backups/20261121T190000Z.tar.gz.sha256"]
+    pinned = "backups/20261121T190000Z.tar.gz"
+    assert sorted(staged(env)) == [pinned, f"{pinned}.meta", f"{pinned}.sha256"]
 
 
 def test_push_with_no_backup_yet_stages_nothing_so_a_new_swarm_starts(fake):
@@ -185,9 +194,8 @@ def test_without_the_key_it_stops_and_names_the_setting(fake):
 
 def test_stage_restore_accepts_what_push_sends():
     """The node's filter (swarm-node stage-restore) admits exactly the names push uses."""
-    node = (ROOT / "scripts/node/swarm-node").read_text()
-    pattern = re.search(r"grep -vE '(\^backups/[^']+)'", node).group(1)
-    for name in ("backups/latest", "backups/20261122T190000Z.tar.gz", "backups/20261122T190000Z.tar.gz.sha256"):
-        assert re.match(pattern, name), name
+    pushed = ("latest", "20261122T190000Z.tar.gz", "20261122T190000Z.tar.gz.sha256", "20261122T190000Z.tar.gz.meta")
+    for name in pushed:
+        assert STAGED_RE.match(f"backups/{name}"), name
     for name in ("../etc/passwd", "backups/../../x", "swarm/raft"):
-        assert not re.match(pattern, name), name
+        assert not STAGED_RE.match(name), name

@@ -13,8 +13,10 @@ import pytest
 import yaml
 from harness import BACKUP_KEY, MANAGER_TOKEN, PRIVATE_KEY, UNLOCK_KEY, WORKER_TOKEN, require_tool, run_program
 
+from agent.swarm_agent.install import tree_digest
+from components.agent import AGENT_DIR, agent_bundle, agent_digest
 from components.hostkeys import derive_host_key
-from components.payload import KEYTOOL, NODE_SCRIPTS, STACK_FILES, USER_DATA_LIMIT, digest, keytool_payload
+from components.payload import STACK_FILES, USER_DATA_BUDGET, USER_DATA_LIMIT, digest
 from components.settings import BACKUP_DIAL_ERROR_LIMIT, DIAL_ERROR_LIMIT
 
 SECRETS = (WORKER_TOKEN, MANAGER_TOKEN, PRIVATE_KEY.strip().splitlines()[1])
@@ -90,9 +92,9 @@ def test_restore_source_reaches_bootstrap():
 
 def test_no_secret_in_any_command_string(run):
     commands = run.commands()
-    # ready and retire per node, probes, backup keys, bootstrap, tokens, joins, reconcile,
-    # teardown, backup, mirror
-    assert len(commands) == 6 + 6 + 2 + 3 + 1 + 1 + 5 + 1 + 1 + 1 + 1
+    # install-agent, ready and retire per node, probes, backup keys, bootstrap, tokens,
+    # joins, reconcile, teardown, backup, mirror
+    assert len(commands) == 6 + 6 + 6 + 2 + 3 + 1 + 1 + 5 + 1 + 1 + 1 + 1
     leaking = [c.name for c in commands for verb in ("create", "update", "delete") if leaks(c.inputs.get(verb))]
     assert leaking == []
 
@@ -247,16 +249,46 @@ def test_user_data_without_mirror_has_no_mirror_addresses():
     assert "SWARM_REGISTRY_MIRRORS=''" in user_data_of(run, "worker-0")
 
 
-def test_user_data_payload_carries_the_node_scripts(run):
+def test_user_data_does_only_what_must_happen_before_the_first_ssh(run):
     text = user_data_of(run, "manager-0")
-    names = {line.split()[1]: line.split()[2] for line in text.splitlines() if line.startswith("payload_file ")}
-    assert {"swarm-node", "swarm-aliases.sh", "swarm-image-cleanup.service", "swarm-image-cleanup.timer"} <= set(names)
-    assert "user-data.sh" not in names and names["swarm-node"] == "0755"
-    # The heredoc carries every line of the script that is not a comment (unindented:
-    # test_node_scripts checks bash reads the same script).
-    for line in (NODE_SCRIPTS / "swarm-node").read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            assert line.strip() in text
+    # No agent inside: it comes over SSH (install-agent); no verb of it is called here.
+    assert "swarm-node" not in text.replace("The node agent (swarm-node)", "")
+    assert "/usr/local/lib/swarm" not in text
+    assert "daemon.json" in text and "/etc/swarm/env" in text
+
+
+def test_every_node_gets_the_agent_before_its_first_verb(run):
+    for name in ("manager-0", "manager-2", "worker-1"):
+        install = run.command(f"-install-agent-swarm-dev-{name}")
+        ready = run.command(f"-ready-swarm-dev-{name}")
+        assert run.depends_on(ready, install)
+        assert run.depends_on(install, run.named(f"swarm-dev-nodes-{name}"))
+        # A new machine gets it again; an agent change is an update (stdin and command).
+        assert install.inputs["triggers"] == [f"swarm-dev-nodes-{name}-id"]
+        assert agent_digest() in install.inputs["create"] and install.inputs["stdin"] == agent_bundle()
+        assert "delete" not in install.inputs
+        assert install.inputs["connection"]["host"] == ready.inputs["connection"]["host"]
+
+
+def test_the_agent_bundle_is_agent_dir_byte_for_byte(tmp_path):
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(base64.b64decode(agent_bundle())))) as tar:
+        assert all(m.uid == 0 and m.gid == 0 and m.mtime == 0 for m in tar.getmembers())
+        tar.extractall(tmp_path, filter="data")
+    assert tree_digest(str(tmp_path)) == tree_digest(str(AGENT_DIR)) == agent_digest()
+    shipped = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert "swarm-node" in shipped and "swarm_agent/cli.py" in shipped and not any("pycache" in s for s in shipped)
+    # Stable: the same bytes each time, so an unchanged agent is no diff.
+    assert agent_bundle.__wrapped__() == agent_bundle()
+
+
+def test_no_command_but_install_agent_mentions_the_agent(run):
+    """An agent change must update install-agent alone: no retire, backup, bootstrap or join
+    may carry the digest or the bundle, or it would run (or its delete would) again."""
+    for command in run.commands():
+        if "-install-agent-" in command.name:
+            continue
+        inputs = str(command.inputs)
+        assert agent_digest() not in inputs and agent_bundle()[:200] not in inputs, command.name
 
 
 def test_rendered_user_data_passes_shellcheck(run, tmp_path):
@@ -267,10 +299,12 @@ def test_rendered_user_data_passes_shellcheck(run, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:]
 
 
-def test_largest_user_data_fits_ec2_limit():
-    run = run_program({"managerCount": 7, "stateBucketName": "a" * 63, "tags": {"k": "v" * 200}})
-    for instance in run.of_type("aws:ec2/instance:Instance"):
-        assert len(base64.b64decode(instance.inputs["userDataBase64"])) < USER_DATA_LIMIT
+def test_largest_user_data_is_within_half_of_ec2s_limit():
+    """The largest config: 7 managers, autolock, a 63-character bucket, long tags."""
+    config = {"managerCount": 7, "autolock": True, "stateBucketName": "a" * 63}
+    run = run_program({**config, "tags": {"team": "v" * 200, "cost-centre": "c" * 200, "owner": "o" * 200}})
+    sizes = [len(base64.b64decode(i.inputs["userDataBase64"])) for i in run.of_type("aws:ec2/instance:Instance")]
+    assert max(sizes) <= USER_DATA_BUDGET < USER_DATA_LIMIT, sizes
 
 
 # -- day two: the graph that lets nodes go and come during the day ------------------------------
@@ -335,9 +369,7 @@ def test_the_backups_signing_key_is_kept_and_reaches_only_the_managers_on_a_secr
     assert all("manager" in c.name for c in installs)
     for install in installs:
         assert install.inputs["create"] == "sudo /usr/local/sbin/swarm-node install-backup-keys"
-        assert install.inputs["stdin"] == f"{BACKUP_KEY}\n{keytool_payload()}\n" and "stdin" in install.secret_inputs
-    # The tool that installs is the repository's, byte for byte.
-    assert gzip.decompress(base64.b64decode(keytool_payload())) == KEYTOOL.read_bytes()
+        assert install.inputs["stdin"] == f"{BACKUP_KEY}\n" and "stdin" in install.secret_inputs
     # Bootstrap verifies with it, the backup signs with it.
     assert run.depends_on(run.command("-bootstrap"), run.command("-backup-keys-swarm-dev-manager-0"))
     assert run.depends_on(run.command("-backup"), run.command("-backup-keys-swarm-dev-manager-0"))

@@ -299,14 +299,15 @@ def test_no_credentials_or_key_in_plain_outputs(s3_run):
 
 def test_nothing_the_nodes_run_is_x86_only():
     """ARM hosts (Raspberry Pis, Graviton) run the same scripts and the same mirror image."""
-    files = [*(ROOT / "scripts/node").iterdir(), *(ROOT / "scripts/stacks").iterdir()]
+    files = [p for p in (ROOT / "agent").rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    files += [ROOT / "components/user-data.sh", *(ROOT / "scripts/stacks").iterdir()]
     pattern = re.compile(r"amd64|x86_64|x86-64|i[3-6]86|platform:|--platform", re.I)
     offenders = [f"{f.name}: {line}" for f in files for line in f.read_text().splitlines() if pattern.search(line)]
     assert offenders == []
     # The mirror image is pinned by the digest of registry 2.8.3's multi-arch index.
     assert DEFAULTS["mirrorImage"].startswith("registry:2.8.3@sha256:")
     # Docker and the AWS CLI come from the distribution's packages, which exist for arm64.
-    user_data = (ROOT / "scripts/node/user-data.sh").read_text()
+    user_data = (ROOT / "components/user-data.sh").read_text()
     assert "get.docker.com" not in user_data and "awscli-exe-linux" not in user_data
 
 

@@ -86,7 +86,7 @@ def _tag(name: str, sealed: bytes, key: bytes) -> bytes:
 def wrap_unlock(name: str, unlock_key: str, key: bytes | None = None) -> str:
     key = key or signing_key()
     raw = parse_unlock_key(unlock_key)
-    sealed = bytes(a ^ b for a, b in zip(raw, _pad(name, len(raw), key), strict=True))
+    sealed = bytes(a ^ b for a, b in zip(raw, _pad(name, len(raw), key)))
     return (sealed + _tag(name, sealed, key)).hex()
 
 
@@ -99,7 +99,7 @@ def unwrap_unlock(name: str, wrapped: str, key: bytes | None = None) -> str:
     sealed, tag = blob[:-32], blob[-32:]
     if len(blob) <= 32 or not hmac.compare_digest(tag, _tag(name, sealed, key)):
         raise KeytoolError(f"the unlock key beside {name} does not verify with this stack's signing key")
-    return format_unlock_key(bytes(a ^ b for a, b in zip(sealed, _pad(name, len(sealed), key), strict=True)))
+    return format_unlock_key(bytes(a ^ b for a, b in zip(sealed, _pad(name, len(sealed), key))))
 
 
 # --- NaCl secretbox (XSalsa20-Poly1305), open only ------------------------------------
@@ -141,7 +141,7 @@ def _salsa20_stream(key: bytes, nonce8: bytes, length: int) -> bytes:
     while len(out) < length:
         start = _state(key, nonce8 + counter.to_bytes(8, "little"))
         mixed = _salsa_rounds(start)
-        out += b"".join(((a + b) & MASK32).to_bytes(4, "little") for a, b in zip(mixed, start, strict=False))
+        out += b"".join(((a + b) & MASK32).to_bytes(4, "little") for a, b in zip(mixed, start))
         counter += 1
     return bytes(out[:length])
 
@@ -163,7 +163,7 @@ def secretbox_open(box: bytes, nonce: bytes, key: bytes) -> bytes:
     tag, ciphertext = box[:16], box[16:]
     if not hmac.compare_digest(tag, _poly1305(stream[:32], ciphertext)):
         raise KeytoolError("the unlock key does not open this swarm's keys (wrong key, or altered)")
-    return bytes(a ^ b for a, b in zip(ciphertext, stream[32:], strict=False))
+    return bytes(a ^ b for a, b in zip(ciphertext, stream[32:]))
 
 
 # --- swarmkit's MaybeEncryptedRecord (protobuf: 1 algorithm, 2 data, 3 nonce) ----------

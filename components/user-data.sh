@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Node user-data: runs once as root via cloud-init (and is safe to run again). Python
-# replaces the settings marker below with shlex-quoted SWARM_* assignments, and the
-# payload marker with the node scripts. It prepares the host (hostname, docker, aws
-# cli, daemon.json, /etc/swarm/env, node scripts) but does no swarm work: the swarm-node verbs, run later by Pulumi, do that. On EC2 cloud-init
-# runs it at boot; on machines the user brings, Pulumi runs it over SSH (`sudo bash -s`)
-# with the hosts' S3 credentials, if any, on stdin: they are written root-only and
-# never reach /etc/swarm/env, a log or an argv.
+# replaces the settings marker below with shlex-quoted SWARM_* assignments. It does only
+# what must happen before the first SSH: hostname, Docker, the aws CLI and python3 from
+# the distribution where missing, daemon.json (before Docker first starts) and
+# /etc/swarm/env. The node agent (swarm-node) arrives over SSH afterwards
+# (components/agent.py) and does all the swarm work. On EC2 cloud-init runs this at
+# boot; on machines the user brings, Pulumi runs it over SSH (`sudo bash -s`) with the
+# hosts' S3 credentials, if any, on stdin: they are written root-only and never reach
+# /etc/swarm/env, a log or an argv.
 set -euo pipefail
 # @SWARM_SETTINGS@
 : "${SWARM_STACK:?}" "${SWARM_CLUSTER:?}" "${SWARM_NODE_NAME:?}" "${SWARM_ROLE:?}"
@@ -80,10 +82,8 @@ if [[ $SWARM_BACKUP_TARGET == s3 ]] && ! command -v aws >/dev/null; then
   # Ubuntu 24.04 dropped the awscli deb; the snap is the supported route there.
   elif ! pkg awscli; then snap install aws-cli --classic; fi
 fi
-command -v curl >/dev/null || pkg curl
-# swarm-keytool (backup signatures, autolocked restores) is python3 with its stdlib.
+# The node agent is python3 with its standard library.
 command -v python3 >/dev/null || pkg python3
-[[ -d /usr/share/bash-completion ]] || pkg bash-completion
 
 mirrors='' insecure=''
 for url in $SWARM_REGISTRY_MIRRORS; do
@@ -123,42 +123,36 @@ fi
 chmod 0644 /etc/swarm/env.new
 mv /etc/swarm/env.new /etc/swarm/env
 
-lib=/usr/local/lib/swarm
-rm -rf "$lib.new"
-mkdir -p "$lib.new"
-payload_file() { cat >"$lib.new/$1"; chmod "$2" "$lib.new/$1"; }
-# Python puts the node scripts here, each as `payload_file NAME MODE <<'DELIMITER'`.
-# @SWARM_PAYLOAD@
-rm -rf "$lib"
-mv "$lib.new" "$lib"
-install -D -m 0755 "$lib/swarm-node" /usr/local/sbin/swarm-node
-install -D -m 0644 "$lib/swarm-aliases.sh" /etc/profile.d/swarm-aliases.sh
-install -D -m 0644 "$lib/swarm-node.bash-completion" /usr/share/bash-completion/completions/swarm-node
-
-if [[ -d /run/systemd/system ]]; then
-  install -m 0644 "$lib/swarm-image-cleanup.service" "$lib/swarm-image-cleanup.timer" /etc/systemd/system/
-  systemctl daemon-reload
-  systemctl enable --now swarm-image-cleanup.timer
-elif [[ -d /etc/cron.daily ]]; then
-  printf '#!/bin/sh\nexec /usr/local/sbin/swarm-node cleanup-images\n' >/etc/cron.daily/swarm-image-cleanup
-  chmod 0755 /etc/cron.daily/swarm-image-cleanup
-else
-  echo "user-data: no systemd and no /etc/cron.daily: daily image cleanup skipped"
-fi
-
 getent group docker >/dev/null || groupadd -r docker
 if id -u "$SWARM_SSH_USER" >/dev/null 2>&1; then usermod -aG docker "$SWARM_SSH_USER"; fi
 # The operator key (the one the program generated and keeps): every machine accepts it,
 # so Pulumi still reaches the running ones after a switch to your own key pair.
 if [[ -n $SWARM_OPERATOR_KEY ]]; then
-  /usr/local/sbin/swarm-node authorize-key <<<"$SWARM_OPERATOR_KEY"
+  home=$(getent passwd "$SWARM_SSH_USER" | cut -d: -f6)
+  [[ -n $home ]] || fail "no user $SWARM_SSH_USER for the operator key"
+  install -d -m 0700 -o "$SWARM_SSH_USER" -g "$(id -gn "$SWARM_SSH_USER")" "$home/.ssh"
+  read -r _ body _ <<<"$SWARM_OPERATOR_KEY"
+  if ! grep -qF -- "$body" "$home/.ssh/authorized_keys" 2>/dev/null; then
+    printf '%s\n' "$SWARM_OPERATOR_KEY" >>"$home/.ssh/authorized_keys"
+    chown "$SWARM_SSH_USER:" "$home/.ssh/authorized_keys"
+    chmod 0600 "$home/.ssh/authorized_keys"
+  fi
 fi
 
-/usr/local/sbin/swarm-node docker-service enable
-if ((daemon_changed)); then
-  /usr/local/sbin/swarm-node docker-service restart
+# Debian's, Ubuntu's and Docker's packages start dockerd through docker.socket: enable
+# and start both (the agent's docker-service verb does the same later on).
+if [[ -d /run/systemd/system ]]; then
+  units=()
+  for unit in docker.socket docker.service; do
+    [[ $(systemctl show -P LoadState "$unit") == loaded ]] && units+=("$unit")
+  done
+  ((${#units[@]})) || fail "systemd has no docker.service"
+  systemctl enable "${units[@]}"
+  systemctl reset-failed "${units[@]}" 2>/dev/null || true
+  if ((daemon_changed)); then systemctl restart docker.service; fi
+  systemctl start "${units[@]}"
 else
-  /usr/local/sbin/swarm-node docker-service start
+  service docker "$( ((daemon_changed)) && echo restart || echo start)"
 fi
 
 rm -f /etc/swarm/failed

@@ -1,4 +1,4 @@
-"""The node scripts as files: shellcheck-clean, and the parts that need no node behave."""
+"""The files that go to the nodes: shellcheck-clean shell, the agent's entry point, the units."""
 
 from __future__ import annotations
 
@@ -8,22 +8,17 @@ import tarfile
 
 import pytest
 from harness import require_tool
+from swarm_agent import cli, tarballs
 
-from components.payload import NODE_SCRIPTS, STACK_FILES, for_the_nodes
+from components.payload import ROOT, STACK_FILES, USER_DATA_TEMPLATE
 
-SWARM_NODE = NODE_SCRIPTS / "swarm-node"
-SHELL_FILES = sorted(p for p in NODE_SCRIPTS.iterdir() if p.is_file() and p.read_text().startswith("#!"))
+AGENT = ROOT / "agent"
+SHELL_FILES = [USER_DATA_TEMPLATE, AGENT / "shell" / "swarm-aliases.sh", AGENT / "shell" / "swarm-node.bash-completion"]
 
 
-def test_the_node_scripts_exist():
-    names = {p.name for p in NODE_SCRIPTS.iterdir()}
-    assert {
-        "user-data.sh",
-        "swarm-node",
-        "swarm-aliases.sh",
-        "swarm-image-cleanup.service",
-        "swarm-image-cleanup.timer",
-    } <= names
+def test_the_node_files_exist():
+    assert (AGENT / "swarm-node").stat().st_mode & 0o111
+    assert {"swarm-image-cleanup.service", "swarm-image-cleanup.timer"} <= {p.name for p in (AGENT / "units").iterdir()}
     assert {"mirror.yml", "mirror-config.yml"} <= {p.name for p in STACK_FILES.iterdir()}
 
 
@@ -34,44 +29,46 @@ def test_shellcheck_clean(path):
     assert result.returncode == 0, result.stdout[-3000:]
 
 
-def test_scripts_are_strict():
-    for path in (NODE_SCRIPTS / "user-data.sh", SWARM_NODE):
-        assert "set -euo pipefail" in path.read_text(), path.name
+def test_user_data_is_strict():
+    assert "set -euo pipefail" in USER_DATA_TEMPLATE.read_text()
 
 
 def swarm_node(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(SWARM_NODE), *args], capture_output=True, text=True, check=False, timeout=30)
+    """The launcher as a node runs it (python3 from PATH, the package beside it)."""
+    command = ["python3", str(AGENT / "swarm-node"), *args]
+    return subprocess.run(command, capture_output=True, text=True, check=False, timeout=30)
 
 
 def test_help_lists_every_verb():
-    result = swarm_node("help")
+    result = swarm_node("--help")
     assert result.returncode == 0
     for verb in ("wait-ready", "bootstrap", "tokens", "join", "reconcile", "backup", "mirror-deploy", "cleanup-images"):
-        assert verb in result.stdout + result.stderr
+        assert verb in result.stdout
 
 
 def test_unknown_verb_is_a_usage_error():
     result = swarm_node("frobnicate")
     assert result.returncode == 2
-    assert "usage" in result.stderr
+    assert "invalid choice: 'frobnicate'" in result.stderr
+
+
+def test_the_completion_offers_every_verb():
+    text = (AGENT / "shell" / "swarm-node.bash-completion").read_text()
+    verbs = set(cli.parser()._subparsers._group_actions[0].choices)
+    offered = set(text.split('1:*) words="', 1)[1].split('"', 1)[0].split())
+    assert verbs <= offered, verbs - offered
 
 
 def test_image_cleanup_spares_kept_images_and_runs_on_machines_that_live_only_a_day():
-    text = SWARM_NODE.read_text()
-    assert "label!=swarm.keep" in text
+    assert "label!=swarm.keep" in (AGENT / "swarm_agent" / "ready.py").read_text()
     # The bed proves it fires (tests/e2e/test_daily_cycle.py); here, that its schedule
     # counts from boot: a midnight timer never fires on nodes that live 06:00 to 19:00.
-    lines = (NODE_SCRIPTS / "swarm-image-cleanup.timer").read_text().splitlines()
+    lines = (AGENT / "units" / "swarm-image-cleanup.timer").read_text().splitlines()
     settings = {line.split("=")[0] for line in lines if "=" in line and not line.startswith("#")}
     assert {"OnBootSec", "OnUnitActiveSec"} <= settings and "OnCalendar" not in settings
-
-
-def swarm_node_function(snippet: str, cwd) -> subprocess.CompletedProcess:
-    """Run `snippet` with swarm-node's functions defined (its last line, `main "$@"`, left out)."""
-    body = SWARM_NODE.read_text().rsplit('main "$@"', 1)[0]
-    return subprocess.run(
-        ["bash", "-c", body + "\n" + snippet], cwd=cwd, capture_output=True, text=True, check=False, timeout=30
-    )
+    # It must never start a dockerd that a backup has stopped.
+    unit = (AGENT / "units" / "swarm-image-cleanup.service").read_text().splitlines()
+    assert not [line for line in unit if line.startswith(("Requires=", "BindsTo=", "Wants="))]
 
 
 def make_tar(path, members: list[str], gz: bool = True) -> None:
@@ -96,8 +93,7 @@ def make_tar(path, members: list[str], gz: bool = True) -> None:
 )
 def test_a_backup_tar_must_hold_the_raft_log_and_the_certificates_and_nothing_else(tmp_path, members, gz, problem):
     make_tar(tmp_path / "b.tar.gz", members, gz)
-    result = swarm_node_function('check_backup_content b.tar.gz && echo ok || echo "bad: $CONTENT_PROBLEM"', tmp_path)
-    assert result.stdout.strip() == ("ok" if not problem else f"bad: {problem}"), result.stderr
+    assert tarballs.content_problem(str(tmp_path / "b.tar.gz")) == problem
 
 
 @pytest.mark.parametrize(
@@ -111,8 +107,7 @@ def test_a_backup_tar_must_hold_the_raft_log_and_the_certificates_and_nothing_el
 def test_an_autolocked_node_key_is_told_from_an_open_one(tmp_path, first_lines, sealed):
     (tmp_path / "swarm" / "certificates").mkdir(parents=True)
     (tmp_path / "swarm" / "certificates" / "swarm-node.key").write_text(first_lines + "\nAAAA\n-----END-----\n")
-    result = swarm_node_function("node_key_sealed swarm && echo sealed || echo open", tmp_path)
-    assert result.stdout.strip() == ("sealed" if sealed else "open"), result.stderr
+    assert tarballs.node_key_sealed(str(tmp_path / "swarm")) is sealed
 
 
 def install_bed_packages(tmp_path, installed: set[str], uid: int) -> tuple[subprocess.CompletedProcess, str]:
@@ -129,7 +124,7 @@ def install_bed_packages(tmp_path, installed: set[str], uid: int) -> tuple[subpr
     for name, body in stubs.items():
         (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
         (bin_dir / name).chmod(0o755)
-    script = NODE_SCRIPTS.parent / "install-bed-packages"
+    script = ROOT / "scripts" / "install-bed-packages"
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "INSTALLED": " ".join(sorted(installed))}
     result = subprocess.run(["bash", str(script), "--test"], capture_output=True, text=True, env=env, timeout=30)
     return result, calls.read_text() if calls.exists() else ""
@@ -149,21 +144,3 @@ def test_missing_bed_packages_are_named_and_need_root(tmp_path):
     result, calls = install_bed_packages(tmp_path, BED_PACKAGES - {"debootstrap", "shellcheck"}, uid=1000)
     assert result.returncode == 1 and calls == ""
     assert "missing debootstrap shellcheck; run as root: sudo" in result.stderr
-
-
-@pytest.mark.parametrize("name", ["swarm-node", "swarm-node.bash-completion", "swarm-aliases.sh"])
-def test_what_the_nodes_get_means_to_bash_what_the_repository_says(tmp_path, name):
-    """User-data carries the scripts without comments and indentation (EC2's 16 KiB):
-    bash must read the same functions, heredocs and aliases from both."""
-    shipped = tmp_path / name
-    shipped.write_text(for_the_nodes((NODE_SCRIPTS / name).read_text(), name))
-
-    def as_bash_reads_it(path) -> str:
-        body = path.read_text().rsplit('main "$@"', 1)[0]
-        script = f"shopt -s expand_aliases\n{body}\ndeclare -f; alias"
-        return subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30, check=True).stdout
-
-    original = as_bash_reads_it(NODE_SCRIPTS / name)
-    assert original.count("()") >= (30 if name == "swarm-node" else 0)
-    assert as_bash_reads_it(shipped) == original
-    assert len(shipped.read_text()) < len((NODE_SCRIPTS / name).read_text())

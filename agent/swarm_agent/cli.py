@@ -1,0 +1,100 @@
+"""swarm-node: the verbs Pulumi runs on a node (as root, by full path, over SSH).
+
+One table of verbs, their arguments, and the module that does each. Settings come only
+from /etc/swarm/env, so a remote command can never be steered by the caller's
+environment. Every verb is idempotent, every wait is bounded, and a join token, key or
+unlock key is only ever read from stdin or docker's stdout and never reaches an argv.
+A verb that fails prints one line, `swarm-node: <what happened and what to do>`, on
+stderr and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import signal
+import sys
+
+from swarm_agent.keytool import KeytoolError
+from swarm_agent.run import AgentError
+
+EPILOG = "Run as root. What each verb does: the README, 'On the nodes'. Example: sudo swarm-node probe"
+
+
+def _timeout(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"--timeout wants whole seconds, got '{text}'")
+    return int(text)
+
+
+def _verbs(sub) -> None:
+    """verb -> (module, function), with its arguments."""
+
+    def verb(name: str, target: str, help_text: str, timeout: int | None = None):
+        parser = sub.add_parser(name, help=help_text, description=help_text)
+        parser.set_defaults(target=target)
+        if timeout is not None:
+            parser.add_argument("--timeout", type=_timeout, default=timeout, help=f"seconds (default {timeout})")
+        return parser
+
+    verb("wait-ready", "ready:wait_ready", "wait until user-data has finished and dockerd answers", 300)
+    p = verb("bootstrap", "bootstrap:bootstrap", "manager 0: nothing | join the live swarm | restore | init")
+    p.add_argument("--restore", default="latest", help="latest, none or backups/<name>.tar.gz")
+    p.add_argument("--autolock", choices=("true", "false"), default=None)
+    verb("tokens", "membership:tokens", "print the join tokens (and unlock key) as one JSON line")
+    verb("probe", "membership:probe", "a manager's answer to a bootstrapping manager 0 (JSON)")
+    p = verb("join", "membership:join", "join the swarm; the token comes on stdin")
+    p.add_argument("role", choices=("manager", "worker"))
+    p.add_argument("leader", help="HOST:PORT of a manager")
+    p = verb("reconcile", "nodes:reconcile", "every named node Ready in its role; stale ones removed", 300)
+    p.add_argument("--managers", required=True, help="names,...")
+    p.add_argument("--workers", default="", help="names,...")
+    p = verb("retire", "nodes:retire", "drain, demote (within quorum) and remove a node", 120)
+    p.add_argument("--name", required=True)
+    p.add_argument("--addr", required=True)
+    p = verb("teardown-mark", "nodes:teardown_mark", "mark the swarm as being torn down (after the backup)")
+    p.add_argument("--clear", action="store_true")
+    verb("converge", "nodes:converge", "wait until every service runs its desired replicas", 300)
+    verb("authorize-key", "ready:authorize_key", "add the OpenSSH public key on stdin to the SSH user's keys")
+    verb("install-backup-keys", "keys:install_backup_keys", "stdin: the backups' signing key (hex)")
+    p = verb("backup", "backup:backup", "stop dockerd, back up the swarm's state, sign, upload, prune")
+    p.add_argument("--stdout", action="store_true", help="write the tar.gz to stdout (backup target local)")
+    p.add_argument("--keep", action="append", default=[], help="a backup pruning must spare")
+    verb("stage-restore", "bootstrap:stage_restore", "stdin: a tar of backups/ pushed from the Pulumi machine")
+    verb("leave", "membership:leave", "leave the swarm and remove what this swarm put here")
+    p = verb("mirror-deploy", "mirror:mirror_deploy", "deploy the registry mirror stack (stdin: its files)", 180)
+    p.add_argument("--image", default="registry:2")
+    verb("cleanup-images", "ready:cleanup_images", "prune unused images older than 24h (swarm.keep spared)")
+    p = verb("docker-service", "ready:docker_service", "start | stop | restart | enable dockerd and its socket")
+    p.add_argument("action", choices=("start", "stop", "restart", "enable"))
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="swarm-node", description=__doc__.split("\n\n")[0], epilog=EPILOG)
+    _verbs(top.add_subparsers(dest="verb", metavar="VERB"))
+    return top
+
+
+def _end_cleanly(signum, frame) -> None:
+    # A dropped SSH session (SIGHUP) or a kill (SIGTERM) unwinds through every `finally`:
+    # dockerd is started again and the temporary copy of the swarm's keys is removed.
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.umask(0o022)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _end_cleanly)
+    args = parser().parse_args(argv)
+    if not getattr(args, "target", None):
+        parser().print_help(sys.stderr)
+        return 2
+    module_name, function = args.target.split(":")
+    module = importlib.import_module(f"swarm_agent.{module_name}")
+    try:
+        getattr(module, function)(args)
+    except (AgentError, KeytoolError) as error:
+        print(f"swarm-node: {error}", file=sys.stderr, flush=True)
+        return 1
+    return 0

@@ -1,0 +1,20 @@
+"""Every file and directory the agent reads or writes on a node, in one place.
+
+Modules use them as `paths.NAME` (never `from paths import NAME`), so that the unit
+tests point them all into a temporary directory by patching this module alone.
+"""
+
+ENV_FILE = "/etc/swarm/env"  # the node's settings (user-data writes it)
+READY = "/etc/swarm/ready"  # user-data finished
+FAILED = "/etc/swarm/failed"  # user-data broke: the line that did
+CREDS_FILE = "/etc/swarm/aws-credentials"  # machines the user brings: their S3 keys, root-only
+SIGNING_KEY = "/etc/swarm/backup-signing.key"  # the stack's backup signing key, managers only, root-only
+STACK_DIR = "/etc/swarm/stacks"  # the mirror's compose files as last deployed
+SWARM_DIR = "/var/lib/docker/swarm"  # the Raft state and certificates
+RESTORE_DIR = "/var/lib/swarm/restore"  # backups pushed from the machine running Pulumi (target local)
+WORK_DIR = "/var/tmp"  # noqa: S108 - each verb makes a private mkdtemp here; where a verb makes its private temporary directory
+DOCKER_SOCKET = "/var/run/docker.sock"
+# One lock for the verbs that stop dockerd or change the swarm.
+RETIRE_LOCK = "/run/swarm-node-retire.lock"
+SYSTEMD_RUN = "/run/systemd/system"  # exists when systemd is PID 1
+PROC = "/proc"

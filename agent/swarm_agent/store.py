@@ -1,0 +1,96 @@
+"""The backup store: the stack's prefix in S3, or the copy staged from the Pulumi machine.
+
+Keys are relative to the store (`backups/latest`, `backups/<UTC>.tar.gz`). S3 goes
+through the aws CLI (the instance role, or an own host's root-only keys), one call per
+object: each `aws` start costs about a second.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+from swarm_agent import paths
+from swarm_agent.env import NodeEnv
+from swarm_agent.run import AWS_TIMEOUT, AgentError, CallFailed, call
+
+BACKUP_NAME = re.compile(r"^backups/[0-9]{8}T[0-9]{6}Z\.tar\.gz$")
+MISSING = ("Not Found", "404", "NoSuchKey")
+
+
+def aws(env: NodeEnv, *args: str, **kwargs):
+    region = ["--region", env.region] if env.region else []
+    endpoint = ["--endpoint-url", env.get("SWARM_S3_ENDPOINT")] if env.get("SWARM_S3_ENDPOINT") else []
+    return call("aws", *region, *endpoint, *args, timeout=AWS_TIMEOUT, env=env.aws_env(), **kwargs)
+
+
+def url(env: NodeEnv, key: str) -> str:
+    return f"s3://{env.bucket}/{env.prefix}{key}"
+
+
+def local_path(env: NodeEnv, key: str) -> str:
+    return os.path.join(paths.RESTORE_DIR, env.prefix + key)
+
+
+def fetch(env: NodeEnv, key: str, dest: str) -> bool:
+    """Copy `key` to the file `dest`: True if fetched, False if it does not exist; any other
+    failure (credentials, network) raises."""
+    if env.target == "local":
+        source = local_path(env, key)
+        if not os.path.isfile(source):
+            return False
+        shutil.copyfile(source, dest)
+        return True
+    try:
+        aws(env, "s3", "cp", url(env, key), dest, "--only-show-errors")
+    except CallFailed as error:
+        if any(m in error.stderr for m in MISSING):
+            return False
+        raise AgentError(f"cannot read {env.store}{key}: {error}") from None
+    return True
+
+
+def read_text(env: NodeEnv, key: str, work_dir: str) -> str:
+    """The object's text, or "" when it does not exist."""
+    dest = os.path.join(work_dir, key.replace("/", "_") + ".fetched")
+    if not fetch(env, key, dest):
+        return ""
+    with open(dest) as handle:
+        return handle.read()
+
+
+def put_file(env: NodeEnv, path: str, key: str) -> None:
+    aws(env, "s3", "cp", path, url(env, key), "--only-show-errors")
+
+
+def put_text(env: NodeEnv, text: str, key: str) -> None:
+    aws(env, "s3", "cp", "-", url(env, key), "--only-show-errors", input=text)
+
+
+def remove(env: NodeEnv, key: str) -> None:
+    aws(env, "s3", "rm", url(env, key), "--only-show-errors")
+
+
+def backups(env: NodeEnv) -> list[str]:
+    """The backups/<UTC>.tar.gz keys in the store, newest first."""
+    if env.target == "local":
+        directory = local_path(env, "backups")
+        names = os.listdir(directory) if os.path.isdir(directory) else []
+        keys = [f"backups/{n}" for n in names]
+    else:
+        result = aws(
+            env,
+            "s3api",
+            "list-objects-v2",
+            "--bucket",
+            env.bucket,
+            "--prefix",
+            f"{env.prefix}backups/",
+            "--query",
+            "Contents[].Key",
+            "--output",
+            "text",
+        )
+        keys = [k[len(env.prefix) :] for k in result.stdout.split() if k.startswith(env.prefix)]
+    return sorted((k for k in keys if BACKUP_NAME.match(k)), reverse=True)

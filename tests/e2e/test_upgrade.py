@@ -1,0 +1,176 @@
+"""A live stack takes the Python agent: formed and backed up by the release before it.
+
+The release before is a git worktree of LAST_BASH_AGENT (the bash agent inside
+user-data), run by the same engine. Two stacks, one after the other, on the same part
+of the bed:
+- `upgrade` (3 managers + 1 worker), formed by the old release; mid-day the new program
+  installs the agent on the running nodes and changes nothing else (no machine, dockerd,
+  retire, backup, bootstrap or join); then an agent change that edits one module and
+  removes another reaches every node, whose installed tree (contents, modes, owner)
+  equals the repository's; then a night and a morning on the new agent alone.
+- `upgrade-morning` (1 manager), formed and backed up by the old release: the first
+  morning of the new one restores the bash agent's backup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from testbed.bed import LOCAL_BUSYBOX
+from testbed.engine import MAIN, ROOT, scenario_engine
+from testbed.verify import fp, nodes, wait_service
+
+from components import agent as agent_delivery
+
+pytestmark = pytest.mark.e2e
+
+# main before the agent left user-data (the last commit with scripts/node/swarm-node).
+LAST_BASH_AGENT = "1ad2c64983062fef59cf8a691c380f24aefc7d14"
+PART = (160, 19)
+SWARM_LIB = "/usr/local/lib/swarm"
+
+
+@pytest.fixture(scope="module")
+def old_release(tmp_path_factory):
+    path = tmp_path_factory.mktemp("release") / "swarm"
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", f"{LAST_BASH_AGENT[:7]}^{{commit}}"],
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    if commit.returncode != 0:
+        pytest.fail(f"this clone lacks {LAST_BASH_AGENT[:7]} (a shallow clone?): {commit.stderr.strip()}")
+    git = ["git", "-C", str(ROOT), "worktree"]
+    subprocess.run([*git, "add", "--detach", str(path), commit.stdout.strip()], check=True, capture_output=True)
+    try:
+        yield path / "__main__.py"
+    finally:
+        subprocess.run([*git, "remove", "--force", str(path)], check=False, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def live(bed, log_dir, old_release):
+    for engine in scenario_engine(bed, log_dir, "upgrade", (3, 1), PART):
+        engine.program = old_release
+        yield engine
+
+
+def machine_marks(engine) -> dict[str, tuple[str, str]]:
+    """Per node: its boot id (a restarted machine has a new one) and dockerd's start."""
+    marks = {}
+    for host in engine.hosts():
+        boot = host.run(["cat", "/proc/sys/kernel/random/boot_id"]).stdout.decode().strip()
+        started = host.run(["systemctl", "show", "-P", "ExecMainStartTimestampMonotonic", "docker.service"])
+        marks[host.name] = (boot, started.stdout.decode().strip())
+    return marks
+
+
+def installed_tree(host) -> list[str]:
+    """What is under /usr/local/lib/swarm/current on the node: path, mode, owner, sha256."""
+    script = f"cd {SWARM_LIB}/current/ && find . -type f -printf '%P %m %U:%G ' -exec sha256sum {{}} \\; | sort"
+    lines = host.run(["sh", "-c", script]).stdout.decode().splitlines()
+    return sorted(" ".join(line.split()[:4]) for line in lines)
+
+
+def repository_tree(root: Path) -> list[str]:
+    files = [p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"]
+
+    def mode(p: Path) -> int:
+        return 755 if p.stat().st_mode & 0o111 else 644
+
+    return sorted(f"{p.relative_to(root)} {mode(p)} 0:0 {hashlib.sha256(p.read_bytes()).hexdigest()}" for p in files)
+
+
+def assert_only_the_agent_changed(result, log_from: int, engine) -> None:
+    changed = result.changed()
+    others = {urn: op for urn, op in changed.items() if "-install-agent-" not in urn and "-backup-keys-" not in urn}
+    assert others == {}, others
+    assert all(op in ("create", "update") for op in changed.values()), changed
+    log = engine.log_path.read_text()[log_from:]
+    assert "delete hook of" not in log and "terminate " not in log
+
+
+def test_a_stack_of_the_last_release_forms_with_the_bash_agent(live):
+    live.up()
+    leader = live.host_of("manager-0")
+    leader.run(["docker", "secret", "create", "kept-secret", "-"], input=b"kept")
+    leader.docker("service", "create", "--detach", "--quiet", "--name", "kept", "--replicas", "2",
+                  "--endpoint-mode", "dnsrr", LOCAL_BUSYBOX, "sleep", "86400")  # fmt: skip
+    wait_service(leader, "kept", 2)
+    assert leader.run(["test", "-f", f"{SWARM_LIB}/swarm-node"]).returncode == 0  # the bash agent's layout
+
+
+def test_mid_day_the_new_program_installs_the_agent_and_changes_nothing_else(live):
+    before = machine_marks(live)
+    live.program = MAIN
+    log_from = len(live.log_path.read_text())
+    result = live.up()
+    assert_only_the_agent_changed(result, log_from, live)
+    assert sum("-install-agent-" in urn for urn in result.changed()) == 4
+    assert machine_marks(live) == before  # no machine restarted, no dockerd restarted
+    for host in live.hosts():
+        assert installed_tree(host) == repository_tree(ROOT / "agent"), host.name
+        left = host.run(["ls", SWARM_LIB]).stdout.decode().split()
+        assert sorted(set(left) - {"incoming"}) == ["current", "releases"], (host.name, left)
+        link = host.run(["readlink", "-f", "/usr/local/sbin/swarm-node"]).stdout.decode().strip()
+        assert link.startswith(f"{SWARM_LIB}/releases/"), link
+    wait_service(live.host_of("manager-0"), "kept", 2)
+
+
+def test_an_agent_change_reaches_every_node_and_a_removed_module_is_gone(live, tmp_path, monkeypatch):
+    tree = tmp_path / "agent"
+    shutil.copytree(ROOT / "agent", tree, ignore=shutil.ignore_patterns("__pycache__"))
+    (tree / "swarm_agent" / "farewell.py").write_text('"""A module that the next release removes."""\n')
+    monkeypatch.setattr(agent_delivery, "AGENT_DIR", tree)
+    for step in ("add a module", "change one, remove the other"):
+        if step != "add a module":
+            (tree / "swarm_agent" / "farewell.py").unlink()
+            ready = tree / "swarm_agent" / "ready.py"
+            ready.write_text(ready.read_text() + "# changed by test_upgrade\n")
+        agent_delivery.agent_digest.cache_clear()
+        agent_delivery.agent_bundle.cache_clear()
+        before = machine_marks(live)
+        log_from = len(live.log_path.read_text())
+        result = live.up()
+        assert_only_the_agent_changed(result, log_from, live)
+        assert machine_marks(live) == before
+        for host in live.hosts():
+            assert installed_tree(host) == repository_tree(tree), (step, host.name)
+    agent_delivery.agent_digest.cache_clear()
+    agent_delivery.agent_bundle.cache_clear()
+
+
+def test_a_night_and_a_morning_on_the_new_agent_keep_the_swarm(live):
+    tokens = fp(live.up().outputs["workerJoinToken"])  # back to the repository's agent
+    live.destroy()
+    result = live.up()
+    assert fp(result.outputs["workerJoinToken"]) == tokens
+    assert result.outputs["bootstrapResult"].startswith("bootstrap: restored from backups/")
+    leader = live.host_of("manager-0")
+    assert "kept-secret" in leader.docker("secret", "ls", "--format", "{{.Name}}").split()
+    wait_service(leader, "kept", 2)
+    assert all(n["Status"] == "Ready" for n in nodes(leader))
+
+
+@pytest.fixture(scope="module")
+def morning(bed, log_dir, old_release, live):
+    # After `live` (same part of the bed): its machines are gone by now.
+    for host in live.hosts():
+        bed.wipe_host(host.key)
+    for engine in scenario_engine(bed, log_dir, "upgrade-morning", (1, 0), PART):
+        engine.program = old_release
+        yield engine
+
+
+def test_the_first_morning_of_the_new_release_restores_the_bash_agents_backup(morning):
+    first = morning.up()
+    leader = morning.host_of("manager-0")
+    leader.run(["docker", "secret", "create", "from-bash", "-"], input=b"kept")
+    morning.destroy()  # the bash agent's backup
+    morning.program = MAIN
+    result = morning.up()
+    assert result.outputs["bootstrapResult"].startswith("bootstrap: restored from backups/")
+    assert fp(result.outputs["managerJoinToken"]) == fp(first.outputs["managerJoinToken"])
+    leader = morning.host_of("manager-0")
+    assert "from-bash" in leader.docker("secret", "ls", "--format", "{{.Name}}").split()
