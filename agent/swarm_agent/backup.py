@@ -24,7 +24,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 
-from swarm_agent import contract, dockerd, env, keys, keytool, paths, run, store, tarballs
+from swarm_agent import contract, dockerd, env, keys, keytool, paths, run, snapshot, store, tarballs
 from swarm_agent.env import NodeEnv
 from swarm_agent.keytool import KeytoolError
 from swarm_agent.run import AgentError
@@ -54,6 +54,7 @@ def backup(args) -> None:
     if node.target != "s3" and not args.stdout:
         raise AgentError(f"backup: this swarm's backups go to '{node.target}', not S3; use 'backup --stdout > file'")
     backup_preflight()
+    run.note(snapshot.fresh_snapshot())
     unlock_key = keys.read_unlock_key()
     # Before dockerd stops: without the key there is no signature, and a night without a
     # backup is better than an outage for one that a restore refuses.

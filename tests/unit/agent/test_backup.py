@@ -268,7 +268,7 @@ def test_a_manager_without_todays_state_is_not_backed_up(bed, fakes, rule, messa
 def test_an_autolocked_backup_carries_its_sealed_key_and_dockerd_is_unlocked(bed, fakes, capsys):
     tar = swarm_tar(node_key=sealed_node_key())
     bed.fake_tar(tar)
-    fakes.swarm(autolock=True, times=2)  # the preflight and the unlock key's read
+    fakes.swarm(autolock=True, times=3)  # the preflight, the snapshot interval and the unlock key
     fakes.swarm(state="locked", autolock=True, times=1)  # dockerd back after the tar
     fakes.on("docker", "swarm", "unlock-key", "-q", stdout=UNLOCK + "\n")
     bed.ready(read_back=tar)
