@@ -12,9 +12,9 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 
 
-def test_sandbox_stands_up_a_reachable_swarm_and_removes_it(bed_prerequisites):
+def test_sandbox_stands_up_a_reachable_swarm_shows_a_night_and_a_morning_and_removes_it(bed_prerequisites):
     run = subprocess.run(
-        [str(ROOT / "scripts" / "sandbox"), "--managers", "1", "--workers", "1", "--hold", "0", "--check"],
+        [str(ROOT / "scripts" / "sandbox"), "--managers", "1", "--workers", "1", "--hold", "0", "--check", "--cycle"],
         capture_output=True,
         text=True,
         timeout=900,
@@ -30,5 +30,12 @@ def test_sandbox_stands_up_a_reachable_swarm_and_removes_it(bed_prerequisites):
     assert "sandbox: removed" in out
     # The status view, before it waited: the nodes, the leader, this morning's bootstrap.
     assert "manager ★ leader" in out and "initialised a new swarm" in out and "Backups (" in out, out[-3000:]
+    # The night and the morning: the backup taken, every machine gone, the same swarm back.
+    assert re.search(r"night done in \d+s: 0 machines left; backup backups/\d{8}T\d{6}Z\.tar\.gz", out), out[-3000:]
+    came_back = out.split("what came back this morning:", 1)[1]
+    assert "worker token: the same" in came_back and "manager token: the same" in came_back, came_back[:2000]
+    assert re.search(r"services: the same \([^)]*\bhello\b", came_back), came_back[:2000]
+    assert re.search(r"secrets: the same \([^)]*\bsandbox-secret\b", came_back), came_back[:2000]
+    assert "bootstrap: bootstrap: restored from backups/" in came_back
     assert not Path(socket.group(1)).parent.parent.exists(), "the sandbox left its bed directory behind"
     assert "PRIVATE KEY" not in out and "SWMTKN-" not in out

@@ -1,11 +1,19 @@
 """A local swarm from this program, on the test bed: try the product without AWS.
 
-    scripts/sandbox [--managers 3] [--workers 2] [--hold SECONDS]
+    scripts/sandbox [--managers 3] [--workers 2] [--hold SECONDS] [--cycle] [--check]
 
-Starts the bed, runs the program against it as `pulumi up` would, forwards the leader's
-Docker socket to a local one over SSH, prints how to reach the swarm, and waits (until
-Enter, Ctrl-C, or --hold seconds). Then it tears down as the nightly job does (the backup
-hook runs) and removes the bed.
+Starts the bed, runs the program against it as `pulumi up` would, puts a service and a
+secret on the swarm, forwards the leader's Docker socket to a local one over SSH, prints
+how to reach it, and gives a prompt:
+
+    night     the nightly teardown: the backup hook, then every machine goes
+    morning   the morning's `up`: fresh machines, the backup restored; then what came
+              back (the join tokens' fingerprints, the services and secrets) and the status
+    status    the status view (scripts/swarm status)
+    quit      tear down as the nightly job does, and remove the bed (also Enter, Ctrl-D)
+
+`--cycle` runs a night and a morning before the prompt; `--hold SECONDS` skips the prompt
+and tears down after that long (both for scripts and the tests).
 """
 
 from __future__ import annotations
@@ -20,8 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-from testbed.bed import Bed, BedError, missing_prerequisites, wait_until
+from testbed.bed import LOCAL_BUSYBOX, Bed, BedError, missing_prerequisites, wait_until
 from testbed.engine import Engine, EngineError, abort_all
+from testbed.verify import fp
 
 STACK = "sandbox"
 
@@ -34,6 +43,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--hold", type=float, default=None, help="tear down after this many seconds instead of waiting for Enter"
     )
     parser.add_argument("--check", action="store_true", help="run 'docker node ls' through the forwarded socket")
+    parser.add_argument("--cycle", action="store_true", help="a night and a morning before the prompt (or --hold)")
     args = parser.parse_args(argv)
     if args.managers < 1 or args.managers % 2 == 0 or args.managers > 7:
         parser.error(f"--managers must be odd, from 1 to 7 (got {args.managers})")
@@ -89,49 +99,27 @@ def main(argv: list[str]) -> int:
     # Ctrl-C and SIGTERM both end in the teardown below.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     bed = Bed(log=lambda message: print(f"sandbox: {message}", flush=True))
-    forward = None
+    sandbox = None
     try:
         bed.start()
         engine = Engine(bed, bed.program_config(args.managers, args.workers), stack=STACK)
         print(
             f"sandbox: forming {args.managers} managers + {args.workers} workers (log: {engine.log_path})", flush=True
         )
-        started = time.monotonic()
-        outputs = engine.up().outputs
-        print(f"sandbox: swarm formed in {time.monotonic() - started:.0f}s", flush=True)
-        workdir = bed.root / "client"
-        workdir.mkdir(mode=0o700)
-        leader = outputs["managerPublicIps"][0]
-        forward, ssh_config = forward_socket(workdir, outputs["sshPrivateKey"], outputs["sshUser"], leader)
-        socket = workdir / "docker.sock"
-        print(
-            "\nReach it from this machine (as root):\n"
-            f"  export DOCKER_HOST=unix://{socket}\n"
-            "  docker node ls\n"
-            f"  ssh -F {ssh_config} leader          # a shell on manager 0 (swarm-node, aliases)\n"
-            f"Registry mirrors: {' '.join(outputs['registryMirrors'])}; state bucket {outputs['stateBucket']} "
-            f"(moto at {bed.s3_endpoint})\n",
-            flush=True,
-        )
-        show_status(outputs, workdir)
-        if args.check:
-            docker = shutil.which("docker")
-            listing = subprocess.run(
-                [docker, "--host", f"unix://{socket}", "node", "ls"], capture_output=True, text=True, timeout=60
-            )
-            print(listing.stdout + listing.stderr, flush=True)
-            if listing.returncode != 0:
-                return 1
+        sandbox = Sandbox(bed, engine, args.workers)
+        sandbox.morning(first=True)
+        if args.check and not sandbox.check():
+            return 1
+        if args.cycle:
+            sandbox.night()
+            sandbox.morning()
         if args.hold is None:
-            with _interruptible():
-                input("Press Enter (or Ctrl-C) to tear the sandbox down... ")
+            sandbox.prompt()
         else:
             time.sleep(args.hold)
-        print("sandbox: tearing down (the backup hook runs first)", flush=True)
-        forward.terminate()
-        forward.wait(timeout=10)
-        forward = None
-        engine.destroy()
+        if sandbox.formed:
+            print("sandbox: tearing down (the backup hook runs first)", flush=True)
+            sandbox.night()
         return 0
     except (BedError, EngineError) as error:
         print(f"sandbox: {error}", file=sys.stderr)
@@ -141,19 +129,143 @@ def main(argv: list[str]) -> int:
         return 130
     finally:
         abort_all()
-        if forward is not None:
-            forward.terminate()
-            forward.wait(timeout=10)
+        if sandbox is not None:
+            sandbox.stop_forward()
         bed.close()
         print("sandbox: removed", flush=True)
 
 
+DEMO_SERVICE, DEMO_SECRET = "hello", "sandbox-secret"
+PROMPT_HELP = "night | morning | status | quit"
+
+
+class Sandbox:
+    """One stack on the bed through its days: mornings (`up`) and nights (`destroy`)."""
+
+    def __init__(self, bed: Bed, engine: Engine, workers: int):
+        self.bed, self.engine, self.workers = bed, engine, workers
+        self.workdir = bed.root / "client"
+        self.workdir.mkdir(mode=0o700)
+        self.forward: subprocess.Popen | None = None
+        self.outputs: dict = {}
+        self.before_night: dict = {}
+        self.formed = False
+
+    def morning(self, first: bool = False) -> None:
+        started = time.monotonic()
+        if not first:
+            print("sandbox: morning: fresh machines, last night's backup restored", flush=True)
+        self.outputs = self.engine.up().outputs
+        self.formed = True
+        print(f"sandbox: swarm {'formed' if first else 'back'} in {time.monotonic() - started:.0f}s", flush=True)
+        if first:
+            self._put_demo()
+        self._reach()
+        if not first:
+            self._what_came_back()
+        show_status(self.outputs, self.workdir)
+
+    def night(self) -> None:
+        self.before_night = self._seen()
+        self.stop_forward()
+        started = time.monotonic()
+        print("sandbox: night: manager 0 backs up, then every machine goes", flush=True)
+        self.engine.destroy()
+        self.formed = False
+        latest = self.bed.s3().get_object(Bucket=self.outputs["stateBucket"], Key=f"swarm/{STACK}/backups/latest")
+        key = latest["Body"].read().decode().split()[0]
+        print(f"sandbox: night done in {time.monotonic() - started:.0f}s: {len(self.engine.hosts())} machines left; "
+              f"backup {key} (latest) in s3://{self.outputs['stateBucket']}", flush=True)  # fmt: skip
+
+    def _put_demo(self) -> None:
+        """What a team would have on the swarm by evening: a service and a secret."""
+        leader = self.engine.host_of("manager-0")
+        leader.run(["docker", "secret", "create", DEMO_SECRET, "-"], input=b"kept through the night")
+        replicas = str(max(1, self.workers))
+        leader.docker("service", "create", "--detach", "--quiet", "--name", DEMO_SERVICE, "--replicas", replicas,
+                      "--secret", DEMO_SECRET, "--endpoint-mode", "dnsrr", LOCAL_BUSYBOX, "sleep", "86400")  # fmt: skip
+        print(f"sandbox: created service {DEMO_SERVICE} ({replicas} replicas) and secret {DEMO_SECRET}", flush=True)
+
+    def _seen(self) -> dict:
+        leader = self.engine.host_of("manager-0")
+        return {
+            "worker token": fp(self.outputs["workerJoinToken"]),
+            "manager token": fp(self.outputs["managerJoinToken"]),
+            "services": sorted(leader.docker("service", "ls", "--format", "{{.Name}}").split()),
+            "secrets": sorted(leader.docker("secret", "ls", "--format", "{{.Name}}").split()),
+        }
+
+    def _what_came_back(self) -> None:
+        now = self._seen()
+        print("sandbox: what came back this morning:", flush=True)
+        for name in ("worker token", "manager token", "services", "secrets"):
+            same = "the same" if now[name] == self.before_night.get(name) else "CHANGED"
+            shown = now[name] if isinstance(now[name], str) else " ".join(now[name]) or "none"
+            print(f"  {name}: {same} ({shown})", flush=True)
+        print(f"  bootstrap: {self.outputs.get('bootstrapResult')}", flush=True)
+
+    def _reach(self) -> None:
+        leader = self.outputs["managerPublicIps"][0]
+        self.stop_forward()
+        self.forward, ssh_config = forward_socket(
+            self.workdir, self.outputs["sshPrivateKey"], self.outputs["sshUser"], leader
+        )
+        print(
+            "\nReach it from this machine (as root):\n"
+            f"  export DOCKER_HOST=unix://{self.workdir / 'docker.sock'}\n"
+            "  docker node ls\n"
+            f"  ssh -F {ssh_config} leader          # a shell on manager 0 (swarm-node, aliases)\n"
+            f"Registry mirrors: {' '.join(self.outputs['registryMirrors'])}; state bucket "
+            f"{self.outputs['stateBucket']} (moto at {self.bed.s3_endpoint})\n",
+            flush=True,
+        )
+
+    def check(self) -> bool:
+        docker = shutil.which("docker")
+        socket = self.workdir / "docker.sock"
+        listing = subprocess.run(
+            [docker, "--host", f"unix://{socket}", "node", "ls"], capture_output=True, text=True, timeout=60
+        )
+        print(listing.stdout + listing.stderr, flush=True)
+        return listing.returncode == 0
+
+    def stop_forward(self) -> None:
+        if self.forward is not None:
+            self.forward.terminate()
+            self.forward.wait(timeout=10)
+            self.forward = None
+        # The next morning forwards again to the same path (the host keys stay: they are
+        # derived from the stack's seed, so known_hosts still holds).
+        (self.workdir / "docker.sock").unlink(missing_ok=True)
+
+    def prompt(self) -> None:
+        print(f"sandbox: {PROMPT_HELP}", flush=True)
+        while True:
+            with _interruptible() as ended:
+                line = input("sandbox> ").strip().lower()
+            if ended.eof or line in ("", "quit", "exit", "q"):
+                return
+            if line == "night" and self.formed:
+                self.night()
+            elif line == "morning" and not self.formed:
+                self.morning()
+            elif line == "status" and self.formed:
+                show_status(self.outputs, self.workdir)
+            elif line in ("night", "morning", "status"):
+                print(f"sandbox: it is {'day' if self.formed else 'night'}; {PROMPT_HELP}", flush=True)
+            else:
+                print(f"sandbox: {PROMPT_HELP}", flush=True)
+
+
 class _interruptible:
+    eof = False
+
     def __enter__(self):
         return self
 
     def __exit__(self, kind, *_):
-        return kind is EOFError  # no terminal: treat end of input as Enter
+        self.eof = kind is EOFError  # no terminal: treat end of input as quit
+        return self.eof
 
 
 if __name__ == "__main__":
