@@ -1,5 +1,5 @@
 """What leaves the repository for a node, in bytes: user-data (EC2 takes 16,384 gzipped)
-and the agent's bundle (install-agent's stdin), for the largest config there is.
+and the agent's bundle (the first line of each node's `ready` stdin), for the largest config there is.
 
 The largest config: 7 managers, `swarm:autolock true`, a 63-character bucket name and
 three 200-character tags (every one of them lands in user-data or its env file).
@@ -41,7 +41,7 @@ def main() -> None:
           f"EC2's limit {USER_DATA_LIMIT:,}, the program's budget {USER_DATA_BUDGET:,}")  # fmt: skip
     bundle = agent_bundle()
     print(f"agent bundle {agent_digest()[:16]}: {len(base64.b64decode(bundle)):,} bytes tar.gz, "
-          f"{len(bundle):,} as install-agent's base64 stdin")  # fmt: skip
+          f"{len(bundle):,} as base64 on ready's stdin")  # fmt: skip
 
 
 if __name__ == "__main__":

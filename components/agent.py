@@ -2,8 +2,9 @@
 
 User-data only prepares the machine (host keys, Docker, daemon.json, /etc/swarm/env);
 the agent arrives over the channel the formation already uses, before the first verb:
-one `install-agent` command per node whose stdin is agent/ as a deterministic tar.gz
-and whose command carries the tree's digest. Root unpacks it, and
+each node's `ready` command (components/swarm.py) starts by installing it, its stdin's
+first line agent/ as a deterministic tar.gz and its command the tree's digest (so the
+copy is no extra SSH session on the formation's chain). Root unpacks it, and
 `agent/swarm_agent/install.py` checks the digest, installs it as a release of its own
 and switches to it atomically (see that file).
 
@@ -13,11 +14,12 @@ modes, never removes a file that left the archive and has no delete, so it would
 root command after it anyway, and a window in which the SSH user's files are what root
 installs. Here root receives the bytes and checks them before anything is switched.
 
-What an agent change does at the next `up`: the command's stdin and digest change, which
+What an agent change does at the next `up`: `ready`'s stdin and command change, which
 pulumi-command treats as an update (only `triggers` replace), so it runs again on the
-running machine and nothing else changes: no machine, dockerd, bootstrap, join, retire
-or backup is touched, because no other command's inputs mention the agent. A new
-machine gets a new install-agent (its trigger is the machine).
+running machine (installing, then finding the node ready) and nothing else changes: no
+machine, dockerd, bootstrap, join, retire or backup is touched, because no other
+command's inputs mention the agent, and an update of `ready` runs none of its
+dependents. A new machine gets a new `ready` (its trigger is the machine).
 """
 
 from __future__ import annotations
@@ -28,9 +30,6 @@ import gzip
 import io
 import shlex
 import tarfile
-
-import pulumi
-from pulumi_command import remote
 
 from agent.swarm_agent.install import BASE, entries, tree_digest
 from components.payload import ROOT
@@ -73,33 +72,15 @@ def _info(name: str, mode: int, kind: bytes) -> tarfile.TarInfo:
 
 
 def install_command(digest: str) -> str:
-    """Unpack stdin as root into a fresh directory beside the releases, then let the
-    agent's installer check and switch it. The directory goes whatever happens."""
+    """Unpack stdin's first line (the bundle) as root into a fresh directory beside the
+    releases, then let the agent's installer check and switch it. What follows on stdin
+    (a key to authorize) is left for the next command; the directory goes whatever happens."""
     incoming = f"{BASE}/incoming"
     script = (
         "set -eu; umask 022; "
         f"mkdir -p {incoming}; d=$(mktemp -d {incoming}/XXXXXXXX); "
         "trap 'rm -rf \"$d\"' EXIT; "
-        'base64 -d | tar -xzf - --no-same-owner -C "$d"; '
+        'IFS= read -r bundle; printf %s "$bundle" | base64 -d | tar -xzf - --no-same-owner -C "$d"; '
         f'python3 -B "$d/swarm_agent/install.py" "$d" {digest}'
     )
     return f"sudo sh -c {shlex.quote(script)}"
-
-
-def install_agent(
-    name: str,
-    connection: remote.ConnectionArgs,
-    replaced_by: list,
-    depends_on: list[pulumi.Resource],
-    parent: pulumi.Resource,
-) -> remote.Command:
-    """The node's install-agent command (no delete: the machine takes the agent with it)."""
-    return remote.Command(
-        name,
-        connection=connection,
-        create=install_command(agent_digest()),
-        stdin=agent_bundle(),
-        triggers=list(replaced_by),
-        add_previous_output_in_env=False,
-        opts=pulumi.ResourceOptions(parent=parent, depends_on=depends_on),
-    )

@@ -5,7 +5,8 @@ node advertises, what changes when the machine is replaced), installs the node a
 them (components/agent.py) and runs its verbs (`swarm-node`, agent/swarm_agent/cli.py)
 in this order:
 
-    install-agent, ready (every node) -> probe (the other managers) -> [stage: a local backup pushed]
+    ready (every node: user-data waited for, the agent installed, Docker waited for)
+    -> probe (the other managers) -> [stage: a local backup pushed]
     -> bootstrap (manager 0: nothing | join the live swarm | restore | init) -> tokens
     -> manager joins, one at a time -> worker joins, in parallel -> reconcile
     -> teardown marker -> backup
@@ -46,24 +47,22 @@ import pulumi_random as random
 from pulumi_command import local, remote
 
 from agent.swarm_agent import contract
-from components.agent import install_agent
+from components.agent import agent_bundle, agent_digest, install_command
 from components.hostkeys import known_hosts_lines
 from components.payload import NODE_CLI, ROOT
 from components.settings import BACKUP_DIAL_ERROR_LIMIT, DIAL_ERROR_LIMIT, PER_DIAL_TIMEOUT
 
 SWARM_PORT = 2377
 READY_TIMEOUT = 900
-# Waits for user-data to finish (it leaves /etc/swarm/ready, or /etc/swarm/failed with
-# the line that broke), then for Docker. Bounded. (Kept as it was when user-data still
-# installed the agent: a changed command would run again on every live node.)
-WAIT_READY = (
+# Waits (bounded) for user-data to finish: it leaves /etc/swarm/ready, or /etc/swarm/failed
+# with the line that broke; it exits the shell on either failure.
+WAIT_USER_DATA = (
     f"i=0; while [ $i -lt {READY_TIMEOUT} ]; do "
     'if [ -e /etc/swarm/failed ]; then echo "user-data failed: $(cat /etc/swarm/failed)" >&2; '
     "echo 'see /var/log/swarm-user-data.log on the node' >&2; exit 1; fi; "
     "[ -e /etc/swarm/ready ] && break; i=$((i+1)); sleep 1; done; "
     "if [ ! -e /etc/swarm/ready ]; then "
-    f"echo 'user-data did not finish within {READY_TIMEOUT}s (no /etc/swarm/ready)' >&2; exit 1; fi; "
-    f"sudo {NODE_CLI} wait-ready"
+    f"echo 'user-data did not finish within {READY_TIMEOUT}s (no /etc/swarm/ready)' >&2; exit 1; fi"
 )
 
 
@@ -164,7 +163,6 @@ class SwarmFormation(pulumi.ComponentResource):
         nodes = args.managers + args.workers
         self.leaves = self._leaves(name) if args.leave_on_destroy else {}
         self.provisions = {node.name: self._provision(name, node) for node in nodes if node.provision is not None}
-        self.agents = {node.name: self._install_agent(name, node) for node in nodes}
         ready = {node.name: self._ready(name, node) for node in nodes}
         self.retires = self._retires(name, ready)
         self.signing = self._signing_keys(name, ready)
@@ -269,23 +267,19 @@ class SwarmFormation(pulumi.ComponentResource):
             }
         )
 
-    def _install_agent(self, name: str, node: SwarmNode) -> remote.Command:
-        """The agent, before the first verb; it connects as `ready` does (the operator key)."""
-        args = self._args
-        return install_agent(
-            f"{name}-install-agent-{node.name}",
-            ssh_connection(node, args.ssh_user, args.operator_key or args.ssh_private_key),
-            node.replaced_by,
-            [*node.depends_on, *self._provisioned(node)],
-            self,
-        )
-
     def _ready(self, name: str, node: SwarmNode) -> remote.Command:
-        """Wait for user-data and Docker; with a key of your own, authorize it first thing."""
+        """Wait for user-data, install the agent (components/agent.py: its bundle is stdin's
+        first line), wait for Docker; with a key of your own, authorize it (stdin's second
+        line). One SSH session, so copying the agent adds no step to the formation's chain;
+        an agent change is an update of this command alone (it has no delete)."""
         args = self._args
-        create, stdin = WAIT_READY, None
+        # After user-data: it installs python3 where the image has none.
+        steps = [install_command(agent_digest()), node_cli("wait-ready")]
+        stdin: pulumi.Input[str] = agent_bundle() + "\n"
         if args.authorized_key is not None:
-            create, stdin = f"{WAIT_READY} && {node_cli('authorize-key')}", args.authorized_key
+            steps.append(node_cli("authorize-key"))
+            stdin = pulumi.Output.concat(agent_bundle(), "\n", args.authorized_key)
+        create = f"{WAIT_USER_DATA}; " + " && ".join(steps)
         return remote.Command(
             f"{name}-ready-{node.name}",
             connection=ssh_connection(node, args.ssh_user, args.operator_key or args.ssh_private_key),
@@ -293,9 +287,7 @@ class SwarmFormation(pulumi.ComponentResource):
             stdin=stdin,
             triggers=list(node.replaced_by),
             add_previous_output_in_env=False,
-            opts=pulumi.ResourceOptions(
-                parent=self, depends_on=[*node.depends_on, *self._provisioned(node), self.agents[node.name]]
-            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*node.depends_on, *self._provisioned(node)]),
         )
 
     def _provisioned(self, node: SwarmNode) -> list[pulumi.Resource]:

@@ -92,9 +92,9 @@ def test_restore_source_reaches_bootstrap():
 
 def test_no_secret_in_any_command_string(run):
     commands = run.commands()
-    # install-agent, ready and retire per node, probes, backup keys, bootstrap, tokens,
-    # joins, reconcile, teardown, backup, mirror
-    assert len(commands) == 6 + 6 + 6 + 2 + 3 + 1 + 1 + 5 + 1 + 1 + 1 + 1
+    # ready (which installs the agent) and retire per node, probes, backup keys,
+    # bootstrap, tokens, joins, reconcile, teardown, backup, mirror
+    assert len(commands) == 6 + 6 + 2 + 3 + 1 + 1 + 5 + 1 + 1 + 1 + 1
     leaking = [c.name for c in commands for verb in ("create", "update", "delete") if leaks(c.inputs.get(verb))]
     assert leaking == []
 
@@ -257,17 +257,19 @@ def test_user_data_does_only_what_must_happen_before_the_first_ssh(run):
     assert "daemon.json" in text and "/etc/swarm/env" in text
 
 
-def test_every_node_gets_the_agent_before_its_first_verb(run):
+def test_every_node_gets_the_agent_in_its_ready_command_before_any_verb(run):
     for name in ("manager-0", "manager-2", "worker-1"):
-        install = run.command(f"-install-agent-swarm-dev-{name}")
         ready = run.command(f"-ready-swarm-dev-{name}")
-        assert run.depends_on(ready, install)
-        assert run.depends_on(install, run.named(f"swarm-dev-nodes-{name}"))
+        assert run.depends_on(ready, run.named(f"swarm-dev-nodes-{name}"))
         # A new machine gets it again; an agent change is an update (stdin and command).
-        assert install.inputs["triggers"] == [f"swarm-dev-nodes-{name}-id"]
-        assert agent_digest() in install.inputs["create"] and install.inputs["stdin"] == agent_bundle()
-        assert "delete" not in install.inputs
-        assert install.inputs["connection"]["host"] == ready.inputs["connection"]["host"]
+        assert ready.inputs["triggers"] == [f"swarm-dev-nodes-{name}-id"] and "delete" not in ready.inputs
+        create = ready.inputs["create"]
+        assert agent_digest() in create and ready.inputs["stdin"] == agent_bundle() + "\n"
+        # user-data first (it installs python3 where missing), then the agent, then its first verb.
+        order = [create.index(s) for s in ("/etc/swarm/ready", "install.py", "swarm-node wait-ready")]
+        assert order == sorted(order)
+        # Each step stops the chain when it fails.
+        assert create.index("install.py") < create.index(" && sudo /usr/local/sbin/swarm-node wait-ready")
 
 
 def test_the_agent_bundle_is_agent_dir_byte_for_byte(tmp_path):
@@ -281,11 +283,11 @@ def test_the_agent_bundle_is_agent_dir_byte_for_byte(tmp_path):
     assert agent_bundle.__wrapped__() == agent_bundle()
 
 
-def test_no_command_but_install_agent_mentions_the_agent(run):
-    """An agent change must update install-agent alone: no retire, backup, bootstrap or join
-    may carry the digest or the bundle, or it would run (or its delete would) again."""
+def test_no_command_but_ready_mentions_the_agent(run):
+    """An agent change must update the ready commands alone: no retire, backup, bootstrap or
+    join may carry the digest or the bundle, or it would run (or its delete would) again."""
     for command in run.commands():
-        if "-install-agent-" in command.name:
+        if "-ready-" in command.name:
             continue
         inputs = str(command.inputs)
         assert agent_digest() not in inputs and agent_bundle()[:200] not in inputs, command.name
