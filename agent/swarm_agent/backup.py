@@ -13,7 +13,6 @@ running Pulumi keeps it. Nothing is uploaded unless it is signed: the bash agent
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import re
@@ -167,7 +166,7 @@ def take_and_ship(
     try:
         tarball = take_tarball(job, work, restart)
         check_backup_content(job, tarball, work)
-        sha = sha256_file(tarball)
+        sha = tarballs.sha256_file(tarball)
         meta = backup_meta(job, sha)
         if to_stdout:
             send(tarball)
@@ -258,7 +257,7 @@ def publish_backup(job: Job, tarball: str, sha: str, work: str) -> None:
         raise AgentError(f"backup: uploading {node.store}{key} failed ({error}); {NOT_MOVED}") from None
     if not found:
         raise AgentError(f"backup: {node.store}{key} is not there after its upload; {NOT_MOVED}")
-    got = sha256_file(check)
+    got = tarballs.sha256_file(check)
     if got != sha:
         raise AgentError(f"backup: {node.store}{key} read back with sha256 {got}, not {sha}; {NOT_MOVED}")
     store.put_text(node, f"{key} {sha}\n", "backups/latest")
@@ -323,14 +322,6 @@ def report(job: Job, sha: str, meta: dict[str, str], to_stdout: bool) -> None:
         return
     print(f"backup: wrote {job.key} sha256 {sha}")
     print(line, flush=True)
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _utc() -> datetime.datetime:

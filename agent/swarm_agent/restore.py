@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime
 import glob
-import hashlib
 import hmac
 import os
 import re
@@ -118,7 +117,7 @@ def verify_backup(node: NodeEnv, key: str, want: str, pinned: bool, work: str) -
     fetch_backup(node, key, work)
     if not os.path.isfile(tarball):
         raise AgentError(f"bootstrap: backup {node.store}{key} does not exist; list them with {node.list_hint}")
-    got, side = _sha256(tarball), _first_fields(tarball + ".sha256")
+    got, side = tarballs.sha256_file(tarball), _first_fields(tarball + ".sha256")
     why = ""
     if not side:
         why = f"{node.store}{key}.sha256 is missing or empty"
@@ -134,14 +133,6 @@ def verify_backup(node: NodeEnv, key: str, want: str, pinned: bool, work: str) -
             f"Pick an older backup: {node.list_hint}, {PICK_OLDER} and 'pulumi up'."
         )
     return tarball, check_backup_meta(node, key, tarball + ".meta", got, pinned)
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _first_fields(path: str) -> str:

@@ -6,11 +6,20 @@ certificates: a tar without them restores as a new cluster (a new CA and new tok
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tarfile
 
 SEALED_KEY = re.compile(r"^(-----BEGIN ENCRYPTED PRIVATE KEY|Proc-Type: 4,ENCRYPTED)", re.MULTILINE)
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def members(path: str) -> list[str]:

@@ -4,8 +4,10 @@ by rules, a fake clock, and the env file user-data writes (the fixture: conftest
 from __future__ import annotations
 
 import base64
+import io
 import json
 import shutil
+import tarfile
 from pathlib import Path
 
 from swarm_agent import paths
@@ -109,3 +111,18 @@ class Clock:
     def sleep(self, seconds: float) -> None:
         self.now += seconds
         self.slept += seconds
+
+
+def make_tar(files: dict[str, bytes], gz: bool = True, links: tuple[str, ...] = ()) -> bytes:
+    """A tar (gzipped unless gz is false) of `files`, plus symbolic links to /etc/shadow."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz" if gz else "w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name in links:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/shadow"
+            tar.addfile(info)
+    return raw.getvalue()

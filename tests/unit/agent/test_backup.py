@@ -7,18 +7,16 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
-import io
 import json
 import os
 import shutil
-import tarfile
 import types
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from node_fakes import FAKE_TOOL, write_env
+from node_fakes import FAKE_TOOL, make_tar, write_env
 from swarm_agent import backup, cli, contract, dockerd, keys, keytool, paths, store, tarballs
 from swarm_agent.run import AgentError
 
@@ -37,13 +35,7 @@ def swarm_tar(node_key: bytes = b"-----BEGIN PRIVATE KEY-----\n", raft: bool = T
     files = {"swarm/certificates/swarm-node.key": node_key, "swarm/state.json": b"[]"}
     if raft:
         files["swarm/raft/wal-v3-encrypted/0000.wal"] = b"raft"
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return raw.getvalue()
+    return make_tar(files)
 
 
 def sealed_node_key() -> bytes:

@@ -10,12 +10,10 @@ import os
 import stat
 import sys
 import tarfile
-import types
 from pathlib import Path
 
 import pytest
-import swarm_agent
-from node_fakes import write_env
+from node_fakes import make_tar, write_env
 from swarm_agent import bootstrap, cli, contract, paths, restore
 from swarm_agent.run import AgentError
 
@@ -45,17 +43,11 @@ class Terminal(io.StringIO):
 
 @pytest.fixture
 def joins(monkeypatch):
-    """membership.join_swarm as bootstrap imports it (a stand-in if the module is not there)."""
-    try:
-        from swarm_agent import membership
-    except ImportError:
-        membership = types.ModuleType("swarm_agent.membership")
-        monkeypatch.setitem(sys.modules, "swarm_agent.membership", membership)
-        monkeypatch.setattr(swarm_agent, "membership", membership, raising=False)
+    """membership.join_swarm as bootstrap calls it: recorded, not run."""
+    from swarm_agent import membership
+
     calls = []
-    monkeypatch.setattr(
-        membership, "join_swarm", lambda env, *rest: calls.append((env.node_name, *rest)), raising=False
-    )
+    monkeypatch.setattr(membership, "join_swarm", lambda env, *rest: calls.append((env.node_name, *rest)))
     return calls
 
 
@@ -295,13 +287,7 @@ def test_the_cli_prints_the_line_pulumi_reads(inactive, capsys, monkeypatch):
 
 # -- stage-restore -----------------------------------------------------------------------
 def archive(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+    return make_tar(files, gz=False)
 
 
 def stage(monkeypatch, data: bytes) -> None:

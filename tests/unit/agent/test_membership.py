@@ -9,10 +9,8 @@ import json
 import os
 import re
 import sys
-import types
 
 import pytest
-import swarm_agent
 from node_fakes import write_env
 from swarm_agent import contract, dockerd, membership, paths, run
 from swarm_agent import env as node_env
@@ -33,15 +31,11 @@ def docker_argvs_hold(fakes, text: str) -> bool:
 
 @pytest.fixture
 def keys(monkeypatch):
-    """swarm_agent.keys as tokens imports it (a stand-in while the real one is being written)."""
-    try:
-        from swarm_agent import keys as module
-    except Exception:
-        module = types.ModuleType("swarm_agent.keys")
-        monkeypatch.setitem(sys.modules, "swarm_agent.keys", module)
-        monkeypatch.setattr(swarm_agent, "keys", module, raising=False)
+    """The unlock key tokens reads (keys.read_unlock_key), scripted."""
+    from swarm_agent import keys as module
+
     unlock = {"key": ""}
-    monkeypatch.setattr(module, "read_unlock_key", lambda: unlock["key"], raising=False)
+    monkeypatch.setattr(module, "read_unlock_key", lambda: unlock["key"])
     return unlock
 
 

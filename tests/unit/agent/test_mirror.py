@@ -10,11 +10,10 @@ import os
 import stat
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
-from node_fakes import write_env
+from node_fakes import make_tar, write_env
 from swarm_agent import cli, mirror, paths, run
 from swarm_agent.run import AgentError
 
@@ -34,17 +33,7 @@ printf '%s\n' "$tpl"
 
 
 def archive(files: dict[str, bytes], links: tuple[str, ...] = ()) -> bytes:
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        for name in links:
-            info = tarfile.TarInfo(name)
-            info.type, info.linkname = tarfile.SYMTYPE, "/etc/shadow"
-            tar.addfile(info)
-    return raw.getvalue()
+    return make_tar(files, links=links)
 
 
 def stack_files() -> dict[str, bytes]:
