@@ -31,6 +31,9 @@ SEARCH_PATH = ":".join(
 )
 
 
+TIMED_OUT = 124  # the returncode of a call with check=False that did not answer in time
+
+
 class AgentError(Exception):
     """A verb's failure: its message is the line on-call reads, and says what to do."""
 
@@ -84,7 +87,11 @@ def call(
             check=False,
         )
     except subprocess.TimeoutExpired:
-        raise CallFailed(program, args, -1, f"no answer within {timeout:g}s") from None
+        if check:
+            raise CallFailed(program, args, -1, f"no answer within {timeout:g}s") from None
+        # Asked for the outcome, not for success: no answer in time is one (a wedged
+        # dockerd reads as "down", as coreutils' timeout says 124).
+        return Result("", f"no answer within {timeout:g}s", TIMED_OUT)
     finally:
         if stdout_file:
             out.close()

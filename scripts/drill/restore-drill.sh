@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # restore-drill.sh DIR [ADVERTISE_ADDR]: restore the backup in DIR into this machine's
 # Docker as a throwaway single-node swarm, print what it holds, then leave that swarm and
-# put the machine back as it was. scripts/backups.py drill runs it as root on a test-bed
+# put the machine back as it was. `scripts/swarm backups drill` runs it as root on a test-bed
 # host or on a machine you name. DIR (root-only) holds backup.tar.gz and, for an
 # autolocked backup, swarm-keytool and its unlock key. The services come back drained:
 # their definitions are listed, none of their tasks runs here.

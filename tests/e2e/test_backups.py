@@ -166,7 +166,7 @@ def test_a_night_records_the_engine_and_the_address_beside_its_backup(engine, be
 
 
 def test_a_drill_restores_last_night_into_a_throwaway_swarm_and_lists_it(engine, bed, capsys, monkeypatch):
-    """scripts/backups.py drill, as a team runs it: on a bed of its own (a second one), from
+    """`scripts/swarm backups drill`, as a team runs it: on a bed of its own (a second one), from
     the bucket, checked with the stack's signing key; this stack's machines are gone."""
     backups = backups_script()
     # As a team's shell has them: credentials for the bucket (moto's) in the environment.

@@ -4,7 +4,7 @@ One stack (3 managers + 2 workers) lives through the module, in Pulumi's own ste
 (the engine defers the deletes of replaced and dropped machines to the end of the
 update; pinned managers are deleted before they are replaced): a worker replaced, manager
 0 replaced, workers scaled 2 to 5 to 1, managers 3 to 5 to 3, a switch to a key pair of
-your own, an instance type change, and `scripts/roll` applying it one machine at a time
+your own, an instance type change, and `scripts/swarm roll` applying it one machine at a time
 while a 4-replica probe service is asked every few tenths of a second. After every step:
 one swarm (every manager lists the same node IDs), every node named by the program Ready,
 today's service and secret still there at their replicas, the join tokens unchanged.
@@ -12,9 +12,7 @@ today's service and secret still there at their replicas, the join tokens unchan
 
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
 import threading
 import time
 import urllib.request
@@ -26,17 +24,12 @@ from testbed.providers import INSTANCE
 from testbed.ssh import release, ssh_connect
 from testbed.verify import fp, nodes, wait_service
 
-from components.payload import ROOT
+from swarmcli import roll
 
 pytestmark = pytest.mark.e2e
 
 STACK = "day"
 PROBE_PORT = 8081
-
-_spec = importlib.util.spec_from_file_location("roll", ROOT / "scripts" / "roll.py")
-roll = importlib.util.module_from_spec(_spec)
-sys.modules["roll"] = roll  # its dataclasses look themselves up there
-_spec.loader.exec_module(roll)
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +193,7 @@ def test_a_new_instance_type_restarts_nothing_until_rolled(engine, today):
 
 # -- the rolling upgrade -----------------------------------------------------------------------
 class BedStack:
-    """scripts/roll's view of the stack on the bed: the engine's state and `up(replace=...)`."""
+    """`scripts/swarm roll`'s view of the stack on the bed: the engine's state and `up(replace=...)`."""
 
     def __init__(self, engine):
         self.engine = engine

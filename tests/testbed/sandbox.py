@@ -74,18 +74,14 @@ def forward_socket(workdir: Path, key: str, user: str, host: str) -> tuple[subpr
 
 def show_status(outputs: dict, workdir: Path) -> None:
     """What `scripts/swarm status sandbox --outputs FILE` shows (the file is written for it)."""
-    import importlib.util
+    from swarmcli import status
 
-    path = Path(__file__).resolve().parents[2] / "scripts" / "swarm_cli.py"
-    spec = importlib.util.spec_from_file_location("swarm_cli", path)
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
     saved = workdir / "outputs.json"
     saved.touch(mode=0o600)
     saved.write_text(json.dumps(outputs))
     try:
-        cli.render(cli.summarize(STACK, outputs, cli.collect(outputs)), cli.console())
-    except cli.SwarmCliError as error:
+        status.render(status.summarize(STACK, outputs, status.collect(outputs)), status.console())
+    except status.SwarmCliError as error:
         print(f"sandbox: status: {error}", flush=True)
     print(f"(again: scripts/swarm status {STACK} --outputs {saved})\n", flush=True)
 

@@ -80,17 +80,10 @@ def signing_key_of(engine) -> bytes:
 
 
 def backups_script():
-    """scripts/backups.py as a module (it is a script, not a package)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
+    """`scripts/swarm backups`' module (swarmcli.backups): list, verify, drill, its main(argv)."""
+    from swarmcli import backups
 
-    path = Path(__file__).resolve().parents[2] / "scripts" / "backups.py"
-    spec = importlib.util.spec_from_file_location("backups", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("backups", module)
-    spec.loader.exec_module(module)
-    return module
+    return backups
 
 
 def ssh_strict(outputs: dict, address: str, known_hosts: str, workdir) -> subprocess.CompletedProcess:

@@ -1,25 +1,23 @@
-"""scripts/backups.py against an in-process S3 (moto), in the layout `swarm-node backup` writes."""
+"""swarmcli.backups (`scripts/swarm backups`) and the daily cycle's verbs (`scripts/swarm
+night` and `morning`, with a stand-in Pulumi CLI) against an in-process S3 (moto), in the
+layout `swarm-node backup` writes."""
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
+import json
 import os
-import shutil
-import subprocess
-import sys
+import socket
 import tarfile
+import tempfile
+from pathlib import Path
 
 import boto3
 import pytest
-from harness import ROOT
 from moto import mock_aws
 
-spec = importlib.util.spec_from_file_location("backups", ROOT / "scripts" / "backups.py")
-backups = importlib.util.module_from_spec(spec)
-sys.modules["backups"] = backups
-spec.loader.exec_module(backups)
+from swarmcli import backups, main
 
 BUCKET, PREFIX = "swarm-dev-state", "swarm/dev/"
 
@@ -84,7 +82,7 @@ def test_nothing_backed_up_yet(s3, capsys):
 
 
 def test_verify_exit_codes_tell_a_first_morning_from_a_missing_latest(s3, capsys):
-    """morning-up goes on for a first morning (3), and stops when backups exist but
+    """The morning goes on for a first morning (3), and stops when backups exist but
     `latest` does not (1): bootstrap would refuse, and a new swarm must not replace them."""
     assert backups.main(["verify", "--bucket", BUCKET, "--prefix", PREFIX]) == 3
     put_backup(s3, "20261120T230000Z", b"monday", latest=False)
@@ -96,37 +94,186 @@ def test_verify_exit_codes_tell_a_first_morning_from_a_missing_latest(s3, capsys
     assert "pulumi config set swarm:restoreFrom backups/20261121T230000Z.tar.gz" in err
 
 
-@pytest.mark.parametrize(("verify_exit", "goes_up"), [(0, True), (3, True), (1, False)])
-def test_morning_up_stops_on_a_failed_verify_and_goes_on_for_a_first_morning(tmp_path, verify_exit, goes_up):
-    """scripts/morning-up with stand-ins for setup, the venv's python (backups.py verify
-    answering `verify_exit`) and the Pulumi CLI, which records what it is asked."""
-    (tmp_path / "scripts").mkdir()
-    (tmp_path / "venv" / "bin").mkdir(parents=True)
-    (tmp_path / "bin").mkdir()
-    shutil.copy(ROOT / "scripts" / "morning-up", tmp_path / "scripts" / "morning-up")
-    calls = tmp_path / "calls"
-    stubs = {
-        tmp_path / "scripts" / "setup": "exit 0",
-        tmp_path / "venv" / "bin" / "python": f'echo "python $*" >>{calls}; exit {verify_exit}',
-        tmp_path / "bin" / "pulumi": f'echo "pulumi $*" >>{calls}; [ "$1" = config ] && exit 1; exit 0',
-    }
-    for path, body in stubs.items():
-        path.write_text(f"#!/bin/sh\n{body}\n")
-        path.chmod(0o755)
-    run = subprocess.run(
-        [str(tmp_path / "scripts" / "morning-up"), "dev"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"},
-        timeout=60,
-        check=False,
+def test_list_and_verify_as_json(s3, capsys):
+    older = put_backup(s3, "20261120T230000Z", b"monday")
+    key = put_backup(s3, "20261121T230000Z", b"tuesday")
+    where = ["--bucket", BUCKET, "--prefix", PREFIX, "--json"]
+    assert main.main(["backups", "list", *where]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["bucket"] == BUCKET and listed["prefix"] == PREFIX
+    assert [(b["key"], b["latest"], b["size"]) for b in listed["backups"]] == [(key, True, 7), (older, False, 6)]
+    assert listed["backups"][0]["lastModified"].endswith("Z")
+    assert main.main(["backups", "verify", *where]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "bucket": BUCKET, "prefix": PREFIX, "key": key, "sha256": hashlib.sha256(b"tuesday").hexdigest(), "ok": True
+    }  # fmt: skip
+    assert main.main(["backups", "verify", older, *where]) == 0
+    assert json.loads(capsys.readouterr().out)["key"] == older
+
+
+def stand_in_pulumi(tmp_path: Path, monkeypatch, restore_from: str | None = None, exits: dict | None = None) -> Path:
+    """A `pulumi` on PATH that records what it is asked (and the SSH_AUTH_SOCK it got),
+    holds the stack's state (its bucket), has swarm:restoreFrom unset or `restore_from`, and
+    exits as `exits` says for `up` and `destroy` (0 otherwise)."""
+    (tmp_path / "bin").mkdir(exist_ok=True)
+    state = {"deployment": {"resources": [{"type": backups.BUCKET_TYPE, "outputs": {"bucket": BUCKET}}]}}
+    (tmp_path / "export.json").write_text(json.dumps(state))
+    calls, exits = tmp_path / "calls", {"up": 0, "destroy": 0, **(exits or {})}
+    config = f"echo {restore_from}" if restore_from else "exit 1"
+    (tmp_path / "bin" / "pulumi").write_text(
+        f'#!/bin/sh\necho "pulumi $* SSH_AUTH_SOCK=${{SSH_AUTH_SOCK-unset}}" >>{calls}\n'
+        f'case "$1 $2" in\n  "config get") {config} ;;\n  "stack export") cat {tmp_path}/export.json ;;\n'
+        f'  "stack output") echo ssh://ec2-user@198.51.100.10 ;;\n  up*) exit {exits["up"]} ;;\n'
+        f"  destroy*) exit {exits['destroy']} ;;\nesac\n"
     )
-    asked = calls.read_text()
-    assert "python scripts/backups.py verify --stack dev" in asked
-    assert ("pulumi up --stack dev" in asked) == goes_up
-    assert (run.returncode == 0) == goes_up, run.stderr
-    if not goes_up:
-        assert "did not verify" in run.stderr and "nothing was started" in run.stderr
+    (tmp_path / "bin" / "pulumi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    return calls
+
+
+def asked(calls: Path) -> list[str]:
+    return [line.rsplit(" SSH_AUTH_SOCK=", 1)[0] for line in calls.read_text().splitlines()]
+
+
+@pytest.mark.parametrize(("bucket_holds", "goes_up"), [("a good backup", True), ("nothing", True), ("rot", False)])
+def test_the_morning_stops_on_a_failed_verify_and_goes_on_for_a_first_morning(
+    s3, tmp_path, monkeypatch, capsys, bucket_holds, goes_up
+):
+    """`scripts/swarm morning` with a stand-in Pulumi CLI: the backup it will restore is
+    verified first (the bucket read from the stack's state), and nothing is started unless
+    it verifies or nothing was backed up yet."""
+    if bucket_holds != "nothing":
+        key = put_backup(s3, "20261121T230000Z", b"tuesday")
+        if bucket_holds == "rot":
+            s3.put_object(Bucket=BUCKET, Key=PREFIX + key, Body=b"bit rot")
+    calls = stand_in_pulumi(tmp_path, monkeypatch)
+    code = main.main(["morning", "--stack", "dev"])
+    out, err = capsys.readouterr()
+    done = asked(calls)
+    assert "pulumi config get swarm:restoreFrom --stack dev --non-interactive" in done
+    assert "pulumi stack export --stack dev --non-interactive" in done  # verify found the bucket there
+    assert ("pulumi up --yes --skip-preview --stack dev --non-interactive" in done) == goes_up
+    assert (code == 0) == goes_up, err
+    if goes_up:
+        assert out.strip() == "ssh://ec2-user@198.51.100.10"
+        assert ("nothing backed up yet: a new swarm starts" in err) == (bucket_holds == "nothing")
+    else:
+        assert code == 1 and "did not verify" in err and "nothing was started" in err
+        assert "scripts/swarm backups list --stack dev" in err
+        assert not [line for line in done if line.split()[1] in ("up", "destroy")]  # ran nothing
+        assert "stack output" not in " ".join(done)
+
+
+def test_the_morning_verifies_a_pinned_backup_and_skips_it_for_none(s3, tmp_path, monkeypatch, capsys):
+    older = put_backup(s3, "20261120T230000Z", b"monday")
+    put_backup(s3, "20261121T230000Z", b"tuesday")
+    (tmp_path / "pinned").mkdir()
+    stand_in_pulumi(tmp_path / "pinned", monkeypatch, restore_from=older)
+    assert main.main(["morning", "dev", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["restoreFrom"] == older and summary["backup"] == older and summary["restore"] == "verified"
+    assert summary["sha256"] == hashlib.sha256(b"monday").hexdigest()
+    (tmp_path / "none").mkdir()
+    calls = stand_in_pulumi(tmp_path / "none", monkeypatch, restore_from="none")
+    assert main.main(["morning", "dev", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["restore"] == "none" and summary["backup"] is None
+    assert "pulumi stack export --stack dev --non-interactive" not in asked(calls)  # nothing to verify
+
+
+def test_the_morning_s_json_summary_says_what_it_restored_and_each_step(s3, tmp_path, monkeypatch, capsys):
+    key = put_backup(s3, "20261121T230000Z", b"tuesday")
+    stand_in_pulumi(tmp_path, monkeypatch)
+    assert main.main(["morning", "--stack", "dev", "--json"]) == 0
+    out, err = capsys.readouterr()
+    summary = json.loads(out)  # stdout is only the summary; the progress is on stderr
+    assert {k: summary[k] for k in ("verb", "stack", "ok", "restoreFrom", "restore", "backup", "dockerHost")} == {
+        "verb": "morning", "stack": "dev", "ok": True, "restoreFrom": "latest", "restore": "verified",
+        "backup": key, "dockerHost": "ssh://ec2-user@198.51.100.10",
+    }  # fmt: skip
+    assert [s["step"].split(" (")[0] for s in summary["steps"]] == [
+        "checking the Pulumi CLI and the SSH agent", "reading swarm:restoreFrom",
+        "verifying the backup to restore", "pulumi up", "reading dockerHost",
+    ]  # fmt: skip
+    assert all(s["ok"] and isinstance(s["seconds"], float) for s in summary["steps"])
+    assert "s] morning: pulumi up (fresh machines, the restore, the joins, reconcile): done in" in err
+
+
+def test_a_failed_up_says_so_in_the_summary(s3, tmp_path, monkeypatch, capsys):
+    put_backup(s3, "20261121T230000Z", b"tuesday")
+    stand_in_pulumi(tmp_path, monkeypatch, exits={"up": 255})
+    assert main.main(["morning", "--stack", "dev", "--json"]) == 1
+    out, err = capsys.readouterr()
+    summary = json.loads(out)
+    assert not summary["ok"] and "pulumi up --yes --skip-preview --stack dev failed (exit 255)" in summary["error"]
+    assert summary["steps"][-1] == {**summary["steps"][-1], "ok": False} and summary["restore"] == "verified"
+    assert "failed (exit 255)" in err
+
+
+def test_the_night_tears_down_then_lists_the_backups(s3, tmp_path, monkeypatch, capsys):
+    put_backup(s3, "20261120T230000Z", b"monday")
+    key = put_backup(s3, "20261121T230000Z", b"tuesday")
+    calls = stand_in_pulumi(tmp_path, monkeypatch)
+    assert main.main(["night", "--stack", "dev"]) == 0
+    out, _ = capsys.readouterr()
+    assert asked(calls)[-2:] == [
+        "pulumi destroy --exclude-protected --yes --stack dev --non-interactive",
+        "pulumi stack export --stack dev --non-interactive",
+    ]
+    assert out.splitlines()[0] == "teardown of dev done; the backups:"
+    assert out.splitlines()[1].startswith(f"* {key}")
+    assert main.main(["night", "dev", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert {k: summary[k] for k in ("verb", "stack", "ok", "destroyed", "latest", "backupCount")} == {
+        "verb": "night", "stack": "dev", "ok": True, "destroyed": True, "latest": key, "backupCount": 2,
+    }  # fmt: skip
+    assert summary["latestIsTonights"] is True  # (moto's clock is ours)
+    assert set(summary["backups"][0]) == {"key", "size", "lastModified", "latest"}
+
+
+def test_a_failed_teardown_stops_before_the_listing(s3, tmp_path, monkeypatch, capsys):
+    calls = stand_in_pulumi(tmp_path, monkeypatch, exits={"destroy": 1})
+    assert main.main(["night", "--stack", "dev", "--json"]) == 1
+    summary = json.loads(capsys.readouterr().out)
+    assert not summary["ok"] and "destroyed" not in summary and "pulumi destroy" in summary["error"]
+    assert "pulumi stack export --stack dev --non-interactive" not in asked(calls)
+
+
+def test_the_cycle_refuses_to_start_without_the_pulumi_cli(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    for verb in ("night", "morning"):
+        assert main.main([verb, "--stack", "dev"]) == 1
+        assert "the Pulumi CLI is not on PATH: see https://www.pulumi.com/docs/install/" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("agent", ["gone", "stale", "live"])
+def test_a_dead_ssh_agent_socket_is_cleared_for_pulumi_and_a_live_one_kept(s3, tmp_path, monkeypatch, capsys, agent):
+    """pulumi-command dials SSH_AUTH_SOCK first and fails every remote command when it is
+    stale: the cycle's pulumi calls get none then; a live agent stays."""
+    calls = stand_in_pulumi(tmp_path, monkeypatch)
+    short = Path(tempfile.mkdtemp(prefix="agent", dir="/tmp"))  # a socket's path is at most 107 bytes
+    path = str(short / "agent.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        if agent != "gone":
+            listener.bind(path)
+            listener.listen(1)
+        if agent == "stale":
+            listener.close()  # the file stays, nothing listens: an agent that died
+        monkeypatch.setenv("SSH_AUTH_SOCK", path)
+        for verb in ("night", "morning"):
+            main.main([verb, "--stack", "dev"])
+        err = capsys.readouterr().err
+    finally:
+        listener.close()
+        for leftover in short.iterdir():
+            leftover.unlink()
+        short.rmdir()
+    seen = {line.rsplit(" SSH_AUTH_SOCK=", 1)[1] for line in calls.read_text().splitlines()}
+    assert seen == ({path} if agent == "live" else {"unset"})
+    assert ("cleared for pulumi" in err) == (agent != "live")
+    assert os.environ["SSH_AUTH_SOCK"] == path  # this process's own environment is left alone
 
 
 # --- the restore drill: what happens on this machine (the bed runs the rest) -------------

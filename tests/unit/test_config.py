@@ -200,11 +200,11 @@ def test_a_pinned_restore_source_warns(caplog):
     assert warned()
 
 
-def test_nightly_workflow_runs_the_cycle_scripts():
+def test_nightly_workflow_runs_the_cycle_verbs():
     workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "nightly.yml").read_text())
     steps = workflow["jobs"]["cycle"]["steps"]
     runs = " ".join(step.get("run", "") for step in steps)
-    assert 'scripts/nightly-teardown "$STACK"' in runs and 'scripts/morning-up "$STACK"' in runs
+    assert 'scripts/swarm night --stack "$STACK"' in runs and 'scripts/swarm morning --stack "$STACK"' in runs
     crons = [entry["cron"] for entry in workflow[True]["schedule"]]  # YAML 1.1 reads `on` as True
     assert len(crons) == 2
     for step in steps:

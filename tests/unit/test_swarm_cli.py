@@ -1,12 +1,15 @@
-"""scripts/swarm: the status view from what the leader reports, and the docker context, on
-this machine (the bed runs both against a real swarm: tests/e2e/test_daily_cycle.py)."""
+"""scripts/swarm (swarmcli): the status view from what the leader reports, the docker
+context, and the command line itself: every verb's flags, examples and JSON, on this
+machine (the bed runs status and context against a real swarm: tests/e2e/test_daily_cycle.py)."""
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
-import importlib.util
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 
@@ -14,10 +17,8 @@ import pytest
 from harness import ROOT
 from rich.console import Console
 
-spec = importlib.util.spec_from_file_location("swarm_cli", ROOT / "scripts" / "swarm_cli.py")
-cli = importlib.util.module_from_spec(spec)
-sys.modules["swarm_cli"] = cli
-spec.loader.exec_module(cli)
+from swarmcli import context, main, status
+from swarmcli.errors import SwarmCliError
 
 KNOWN = "198.51.100.10 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMockHostKey\n"
 OUTPUTS = {
@@ -63,7 +64,7 @@ COLLECTED = "\n".join([
 
 
 def test_the_view_says_what_the_leader_reported():
-    view = cli.summarize("dev", OUTPUTS, cli.parse_sections(COLLECTED), now=NOW)
+    view = status.summarize("dev", OUTPUTS, status.parse_sections(COLLECTED), now=NOW)
     assert [n["name"] for n in view["nodes"]] == ["swarm-dev-manager-0", "swarm-dev-worker-0"]
     manager = view["nodes"][0]
     assert manager["leader"] and manager["engine"] == "26.1.5" and manager["zone"] == "eu-west-1a"
@@ -85,15 +86,15 @@ def test_the_view_says_what_the_leader_reported():
 
 
 def test_the_terminal_and_the_page_show_the_same_view(tmp_path):
-    view = cli.summarize("dev", OUTPUTS, cli.parse_sections(COLLECTED), now=NOW)
+    view = status.summarize("dev", OUTPUTS, status.parse_sections(COLLECTED), now=NOW)
     console = Console(record=True, width=140, file=open(os.devnull, "w"))
-    cli.render(view, console)
+    status.render(view, console)
     text = console.export_text()
     for expected in ("swarm-dev-manager-0", "manager ★ leader", "down", "2/3", "nginx:1", "12 h", "8080->80/tcp",
                      "latest · sha256 ✓ · signature ✓", "5.0 MiB in 12 objects", "restored from backups/"):  # fmt: skip
         assert expected in text, expected
     page = tmp_path / "status.html"
-    cli.write_html(view, str(page))
+    status.write_html(view, str(page))
     html = page.read_text()
     assert html.startswith("<!DOCTYPE html>") and "swarm-dev-manager-0" in html and "2/3" in html
     assert "<link" not in html and "<script" not in html  # self-contained
@@ -101,17 +102,17 @@ def test_the_terminal_and_the_page_show_the_same_view(tmp_path):
 
 def test_a_failed_check_shows_red_not_green():
     collected = COLLECTED.replace('"matchesSidecar": true', '"matchesSidecar": false').replace('"ok"}', '"mismatch"}')
-    view = cli.summarize("dev", OUTPUTS, cli.parse_sections(collected), now=NOW)
+    view = status.summarize("dev", OUTPUTS, status.parse_sections(collected), now=NOW)
     console = Console(record=True, width=140, file=open(os.devnull, "w"))
-    cli.render(view, console)
+    status.render(view, console)
     assert "latest · sha256 ✗ · signature ✗" in console.export_text()
 
 
 def test_status_refuses_outputs_without_host_keys(tmp_path):
     outputs = tmp_path / "outputs.json"
     outputs.write_text(json.dumps({k: v for k, v in OUTPUTS.items() if k != "sshKnownHosts"}))
-    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "swarm_cli.py"), "status", "dev",
-                          "--outputs", str(outputs)], capture_output=True, text=True, timeout=60)  # fmt: skip
+    run = subprocess.run([sys.executable, "-m", "swarmcli", "status", "dev", "--outputs", str(outputs)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert run.returncode == 1 and "no sshKnownHosts output" in run.stderr
 
 
@@ -132,9 +133,10 @@ def test_a_context_checks_host_keys_strictly_and_is_made_once(tmp_path, monkeypa
     (home / ".ssh").mkdir(parents=True)
     (home / ".ssh" / "config").write_text("Host old\n  User me\n")
     for _ in range(2):
-        assert cli.make_context("organization/swarm/dev", OUTPUTS, None, None, home) == "swarm-organization-swarm-dev"
+        made = context.make_context("organization/swarm/dev", OUTPUTS, None, None, home)
+        assert made == "swarm-organization-swarm-dev"
     config = (home / ".ssh" / "config").read_text()
-    assert config.startswith(cli.INCLUDE + "\n") and config.count("Include") == 1 and "Host old" in config
+    assert config.startswith(context.INCLUDE + "\n") and config.count("Include") == 1 and "Host old" in config
     directory = home / ".swarm" / "organization-swarm-dev"
     ssh_config = (directory / "ssh_config").read_text()
     assert "HostName 198.51.100.10" in ssh_config and "StrictHostKeyChecking yes" in ssh_config
@@ -148,5 +150,171 @@ def test_a_context_checks_host_keys_strictly_and_is_made_once(tmp_path, monkeypa
 @pytest.mark.parametrize("missing", ["sshPrivateKey", "dockerHost"])
 def test_context_names_what_is_missing(tmp_path, missing):
     outputs = {k: v for k, v in OUTPUTS.items() if k != missing}
-    with pytest.raises(cli.SwarmCliError, match="--identity" if missing == "sshPrivateKey" else "dockerHost"):
-        cli.make_context("dev", outputs, None, None, tmp_path)
+    with pytest.raises(SwarmCliError, match="--identity" if missing == "sshPrivateKey" else "dockerHost"):
+        context.make_context("dev", outputs, None, None, tmp_path)
+
+
+# --- the command line: one entry point, the same global flags, an example in every --help ---
+
+VERB_PATHS = {"status", "context", "backups list", "backups verify", "backups drill", "roll", "night", "morning"}
+POSITIONAL_STACK = ["status", "context", "roll", "night", "morning"]
+
+
+def leaf_parsers() -> dict[str, argparse.ArgumentParser]:
+    """Every verb's own parser, by its command path (`backups verify`)."""
+    found = {}
+
+    def walk(parser: argparse.ArgumentParser, path: list[str]) -> None:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            found[" ".join(path)] = parser
+        for name, child in subs[0].choices.items() if subs else ():
+            walk(child, [*path, name])
+
+    walk(main.build_parser(), [])
+    return found
+
+
+def parsed(argv: list[str]) -> argparse.Namespace:
+    args = main.build_parser().parse_args(argv)
+    main.resolve(args)
+    return args
+
+
+def test_every_verb_s_help_has_an_example_that_parses():
+    parsers = leaf_parsers()
+    assert set(parsers) == VERB_PATHS
+    for path, parser in parsers.items():
+        text = parser.format_help()
+        assert "examples:" in text and f"scripts/swarm {path}" in text, path
+        examples = [line.strip() for line in parser.epilog.splitlines() if f"scripts/swarm {path}" in line]
+        assert examples, path
+        for example in examples:
+            words = shlex.split(example.split("scripts/swarm ", 1)[1].split(" | ")[0].split(" && ")[0])
+            assert main.build_parser().parse_args(words).command_path == path, example
+
+
+def test_the_entry_point_runs_as_a_module_with_help_for_each_verb(tmp_path):
+    for verb in ("--help", "night --help", "backups drill --help"):
+        run = subprocess.run([sys.executable, "-m", "swarmcli", *verb.split()], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+        assert run.returncode == 0 and "examples:" in run.stdout and "scripts/swarm" in run.stdout, run.stderr
+
+
+@pytest.mark.parametrize("path", sorted(VERB_PATHS))
+def test_the_global_flags_are_accepted_by_every_verb_before_or_after_it(path, monkeypatch):
+    monkeypatch.delenv("PULUMI_STACK", raising=False)
+    verb = path.split()
+    for argv in ([*verb, "--stack", "dev", "--json"], ["--stack", "dev", "--json", *verb], ["-s", "dev", *verb]):
+        args = parsed(argv)
+        assert args.stack == "dev" and args.json == ("--json" in argv), argv
+    assert parsed([*verb, "--stack", "dev"]).json is False
+
+
+@pytest.mark.parametrize("verb", POSITIONAL_STACK)
+def test_a_stack_given_first_still_works_and_two_stacks_are_refused(verb, monkeypatch, capsys):
+    monkeypatch.delenv("PULUMI_STACK", raising=False)
+    assert parsed([verb, "organization/swarm/dev"]).stack == "organization/swarm/dev"
+    assert parsed([verb, "dev", "--stack", "dev"]).stack == "dev"
+    assert main.main([verb, "dev", "--stack", "prod"]) == 2
+    assert "two stacks given: dev and --stack prod" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("verb", POSITIONAL_STACK)
+def test_the_stack_defaults_to_pulumi_stack_or_the_error_names_the_flag(verb, monkeypatch, capsys):
+    monkeypatch.setenv("PULUMI_STACK", "staging")
+    assert parsed([verb]).stack == "staging"
+    monkeypatch.delenv("PULUMI_STACK")
+    assert main.main([verb]) == 2
+    assert "no stack: pass --stack STACK (or set $PULUMI_STACK)" in capsys.readouterr().err
+
+
+def test_backups_need_a_stack_or_a_bucket_and_prefix(monkeypatch, capsys):
+    monkeypatch.delenv("PULUMI_STACK", raising=False)
+    assert main.main(["backups", "list"]) == 2
+    assert "give --stack STACK (or set $PULUMI_STACK), or --bucket B and --prefix P" in capsys.readouterr().err
+    args = parsed(["backups", "verify", "backups/x.tar.gz", "--bucket", "b", "--prefix", "swarm/dev/"])
+    assert args.stack is None and args.key == "backups/x.tar.gz"
+
+
+def test_status_json_is_the_view(tmp_path, monkeypatch, capsys):
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps(OUTPUTS))
+    monkeypatch.setattr(status, "collect", lambda outputs, identity=None: status.parse_sections(COLLECTED))
+    page = tmp_path / "status.html"
+    assert main.main(["status", "dev", "--outputs", str(outputs), "--json", "--html", str(page)]) == 0
+    view = json.loads(capsys.readouterr().out)
+    assert view["stack"] == "dev" and view["backupCount"] == 2 and view["latestBackup"]["verified"]
+    assert set(view) >= {"nodes", "services", "backups", "mirror", "clusterId", "bootstrapResult", "collectedAt"}
+    assert "swarm-dev-manager-0" in page.read_text()
+
+
+def fake_docker(tmp_path, monkeypatch) -> None:
+    (tmp_path / "bin").mkdir(exist_ok=True)
+    fake = tmp_path / "bin" / "docker"
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+
+
+def test_context_json_names_the_context(tmp_path, monkeypatch, capsys):
+    fake_docker(tmp_path, monkeypatch)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps(OUTPUTS))
+    assert main.main(["context", "--stack", "dev", "--outputs", str(outputs), "--json", "--name", "mine"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"stack": "dev", "context": "mine", "leader": "198.51.100.10"}
+
+
+def instance(name: str, role: str) -> dict:
+    return {"type": "aws:ec2/instance:Instance", "urn": f"urn:pulumi:dev::swarm::aws:ec2/instance:Instance::{name}",
+            "outputs": {"tags": {"Name": name, "swarm:role": role}}}  # fmt: skip
+
+
+def stand_in_pulumi(tmp_path, monkeypatch, resources: list[dict]):
+    """A `pulumi` on PATH that answers `stack export` with `resources` and records its argv."""
+    (tmp_path / "bin").mkdir(exist_ok=True)
+    (tmp_path / "export.json").write_text(json.dumps({"deployment": {"resources": resources}}))
+    calls = tmp_path / "pulumi-calls"
+    fake = tmp_path / "bin" / "pulumi"
+    answer = f'[ "$1 $2" = "stack export" ] && cat {tmp_path}/export.json'
+    fake.write_text(f'#!/bin/sh\necho "$*" >>{calls}\n{answer}\nexit 0\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    return calls
+
+
+def test_roll_s_plan_as_json_is_workers_then_managers_manager_0_last(tmp_path, monkeypatch, capsys):
+    names = [("swarm-dev-manager-0", "manager"), ("swarm-dev-worker-1", "worker"), ("swarm-dev-manager-2", "manager"),
+             ("swarm-dev-worker-0", "worker"), ("swarm-dev-manager-1", "manager")]  # fmt: skip
+    calls = stand_in_pulumi(tmp_path, monkeypatch, [instance(n, r) for n, r in names])
+    assert main.main(["roll", "dev", "--dry-run", "--json"]) == 0
+    out, err = capsys.readouterr()
+    plan = json.loads(out)
+    assert plan["stack"] == "dev" and set(plan["plan"][0]) == {"urn", "name", "role"}
+    assert [m["name"] for m in plan["plan"]] == [
+        "swarm-dev-worker-0", "swarm-dev-worker-1", "swarm-dev-manager-1", "swarm-dev-manager-2", "swarm-dev-manager-0"
+    ]  # fmt: skip
+    assert "reading the stack's machines: done in" in err  # the progress line, on stderr
+    assert "stack export --stack dev --non-interactive" in calls.read_text()
+    assert "up" not in calls.read_text().split()  # a plan replaces nothing
+    assert main.main(["roll", "--stack", "dev", "--dry-run", "--only", "workers", "--json"]) == 0
+    assert [m["role"] for m in json.loads(capsys.readouterr().out)["plan"]] == ["worker", "worker"]
+
+
+def test_the_old_entry_points_are_aliases_of_the_verbs(tmp_path):
+    (tmp_path / "scripts").mkdir()
+    stand_in = tmp_path / "scripts" / "swarm"
+    stand_in.write_text('#!/bin/sh\necho "swarm $*"\n')
+    stand_in.chmod(0o755)
+    for name in ("roll", "morning-up", "nightly-teardown"):
+        shutil.copy(ROOT / "scripts" / name, tmp_path / "scripts" / name)
+    said = {}
+    for argv in (["roll", "dev", "--dry-run"], ["morning-up", "dev"], ["nightly-teardown", "dev"]):
+        run = subprocess.run([str(tmp_path / "scripts" / argv[0]), *argv[1:]], capture_output=True, text=True,
+                             timeout=30, check=True)  # fmt: skip
+        said[argv[0]] = run.stdout.strip()
+    assert said == {"roll": "swarm roll dev --dry-run", "morning-up": "swarm morning --stack dev",
+                    "nightly-teardown": "swarm night --stack dev"}  # fmt: skip
+    run = subprocess.run([str(tmp_path / "scripts" / "morning-up")], capture_output=True, text=True, timeout=30)
+    assert run.returncode != 0 and "usage: scripts/morning-up STACK" in run.stderr

@@ -22,6 +22,12 @@ def test_a_call_that_does_not_answer_in_time_fails(fakes, monkeypatch):
         run.call("sleep", "5", timeout=0.2)
 
 
+def test_a_call_asked_for_its_outcome_reports_no_answer_instead_of_raising(fakes, monkeypatch):
+    """A wedged dockerd (SIGSTOPped) must read as down to probe, not fail it."""
+    result = run.call("sleep", "5", timeout=0.2, check=False)
+    assert result.returncode == run.TIMED_OUT and "no answer within 0.2s" in result.stderr
+
+
 def test_stdin_never_appears_in_a_failure(fakes):
     fakes.on("docker", "swarm", "join", rc=1, stderr="denied\n")
     with pytest.raises(run.CallFailed) as raised:

@@ -1,6 +1,4 @@
-"""Roll a stack's machines one at a time onto what the program says now.
-
-    scripts/roll STACK [--only workers|managers] [--dry-run]
+"""`scripts/swarm roll`: a stack's machines, one at a time, onto what the program says now.
 
 A new AMI, user-data or instance type is ignored by `pulumi up` on running machines (a
 change there must never replace or restart every machine at once). This applies it: each
@@ -20,20 +18,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
+
+from swarmcli import pulumicli
+from swarmcli.errors import SwarmCliError
+from swarmcli.progress import Progress
 
 INSTANCE = "aws:ec2/instance:Instance"
 CONVERGE_TIMEOUT = 600
 
 
-class RollError(RuntimeError):
+class RollError(SwarmCliError):
     pass
 
 
@@ -66,12 +67,17 @@ def order(machines: list[Machine]) -> list[Machine]:
     return workers + managers
 
 
+def plan(machines: list[Machine], only: str | None = None) -> list[Machine]:
+    """The machines a roll replaces, in `order`; with `only` (workers|managers) just those."""
+    ordered = order(machines)
+    return [m for m in ordered if m.role == only.rstrip("s")] if only else ordered
+
+
 def roll(stack: Stack, only: str | None = None, log=print) -> list[dict]:
     """Replace every machine in `order`, one at a time; what happened to each."""
-    machines = order(stack.machines())
-    if only:
-        machines = [m for m in machines if m.role == only.rstrip("s")]
-    managers = [m for m in stack.machines() if m.role == "manager"]
+    every = stack.machines()
+    machines = plan(every, only)
+    managers = [m for m in every if m.role == "manager"]
     if any(m.role == "manager" for m in machines) and len(managers) < 3:
         raise RollError(
             f"rolling {len(managers)} manager(s) would lose the swarm's quorum while one is replaced; "
@@ -90,22 +96,18 @@ def roll(stack: Stack, only: str | None = None, log=print) -> list[dict]:
 class PulumiStack:
     """A stack through the Pulumi CLI (`pulumi stack export`, `pulumi up --replace`)."""
 
-    def __init__(self, stack: str, cwd: Path):
-        self.stack, self.cwd = stack, cwd
-        if shutil.which("pulumi") is None:
-            raise RollError("the Pulumi CLI is not on PATH: see https://www.pulumi.com/docs/install/")
+    def __init__(self, stack: str):
+        self.stack = stack
+        try:
+            pulumicli.require()
+        except SwarmCliError as error:
+            raise RollError(str(error)) from error
 
-    def _pulumi(self, *args: str, capture: bool = True) -> str:
-        run = subprocess.run(
-            ["pulumi", *args, "--stack", self.stack, "--non-interactive"],
-            cwd=self.cwd,
-            capture_output=capture,
-            text=True,
-            check=False,
-        )
-        if run.returncode != 0:
-            raise RollError(f"pulumi {args[0]} failed ({run.returncode}): {(run.stderr or '')[-2000:]}")
-        return run.stdout or ""
+    def _pulumi(self, *args: str, capture: bool = True, timeout: int = pulumicli.QUICK) -> str:
+        try:
+            return pulumicli.run(list(args), self.stack, timeout=timeout, capture=capture).stdout or ""
+        except SwarmCliError as error:
+            raise RollError(str(error)) from error
 
     def machines(self) -> list[Machine]:
         deployment = json.loads(self._pulumi("stack", "export"))["deployment"]
@@ -120,7 +122,7 @@ class PulumiStack:
         return found
 
     def replace(self, urn: str) -> None:
-        self._pulumi("up", "--yes", "--replace", urn, capture=False)
+        self._pulumi("up", "--yes", "--replace", urn, capture=False, timeout=pulumicli.LONG)
 
     def converge(self, timeout: int) -> str:
         outputs = json.loads(self._pulumi("stack", "output", "--json", "--show-secrets"))
@@ -144,28 +146,32 @@ class PulumiStack:
         return run.stdout.strip()
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="scripts/roll", description=__doc__.split("\n\n")[0])
-    parser.add_argument("stack")
-    parser.add_argument("--only", choices=("workers", "managers"))
-    parser.add_argument("--dry-run", action="store_true", help="print the order, replace nothing")
-    args = parser.parse_args(argv)
-    try:
-        stack = PulumiStack(args.stack, Path(__file__).resolve().parent.parent)
-        if args.dry_run:
-            for machine in order(stack.machines()):
+def command(args: argparse.Namespace) -> int:
+    """The verb: the plan (`--dry-run`), or the roll with a line per step on stderr."""
+    progress = Progress("roll")
+    stack = PulumiStack(args.stack)
+    if args.dry_run:
+        with progress.step("reading the stack's machines"):
+            machines = plan(stack.machines(), args.only)
+        if args.json:
+            print(json.dumps({"stack": args.stack, "plan": [asdict(m) for m in machines]}, indent=2))
+        else:
+            for machine in machines:
                 print(f"{machine.role:8} {machine.name}  {machine.urn}")
-            return 0
-        done = roll(stack, args.only)
-    except RollError as error:
-        print(f"roll: {error}", file=sys.stderr)
-        return 1
-    print(
-        f"roll: {len(done)} machine(s) replaced one at a time: "
-        + ", ".join(f"{d['name']} {d['seconds']}s" for d in done)
-    )
+        return 0
+    done = roll(stack, args.only, log=lambda message: progress.note(message.removeprefix("roll: ")))
+    if args.json:
+        print(json.dumps({"stack": args.stack, "replaced": done}, indent=2))
+    else:
+        print(
+            f"roll: {len(done)} machine(s) replaced one at a time: "
+            + ", ".join(f"{d['name']} {d['seconds']}s" for d in done)
+        )
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+def main(argv: list[str] | None = None) -> int:
+    """`scripts/swarm roll ARGV`, as the old scripts/roll.py took them."""
+    from swarmcli.main import main as cli
+
+    return cli(["roll", *(sys.argv[1:] if argv is None else argv)])

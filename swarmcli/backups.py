@@ -1,13 +1,13 @@
-#!/usr/bin/env python3
-"""List, verify and drill the swarm backups of a stack in its state bucket (works after teardown).
+"""`scripts/swarm backups`: list, verify and drill a stack's swarm backups in its state
+bucket (works after the teardown: the bucket is protected and stays).
 
-    scripts/backups.py list   --stack dev            # newest first, * marks `latest`
-    scripts/backups.py verify --stack dev [KEY]      # download and check sha256 (default: latest)
-                                                     # exit 0 ok, 3 nothing backed up yet, 1 anything else
-    scripts/backups.py drill  --stack dev [KEY] [--on bed | --on ssh://user@host[:port]] [--json]
-                                                     # restore it into a throwaway single-node swarm
-                                                     # and list its services, secrets, configs, networks
-    scripts/backups.py list   --bucket B --prefix swarm/dev/
+    scripts/swarm backups list   --stack dev            # newest first, * marks `latest`
+    scripts/swarm backups verify --stack dev [KEY]      # download and check sha256 (default: latest)
+                                                        # exit 0 ok, 3 nothing backed up yet, 1 anything else
+    scripts/swarm backups drill  --stack dev [KEY] [--on bed | --on ssh://user@host[:port]] [--json]
+                                                        # restore it into a throwaway single-node swarm
+                                                        # and list its services, secrets, configs, networks
+    scripts/swarm backups list   --bucket B --prefix swarm/dev/
 
 The drill checks the backup as the morning would (sha256, the stack's signature, the
 sealed unlock key of an autolocked swarm), then restores it on a machine of the test bed
@@ -35,16 +35,20 @@ import shlex
 import subprocess
 import sys
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import boto3
 from botocore.exceptions import ClientError
 
+from swarmcli import ROOT
+from swarmcli.errors import SwarmCliError, UsageError
+from swarmcli.outputs import stack_resources
+from swarmcli.progress import Progress
+
 BUCKET_TYPE = "aws:s3/bucket:Bucket"
 SIGNING_KEY_TYPE = "random:index/randomBytes:RandomBytes"
-ROOT = Path(__file__).resolve().parent.parent
 DRILL_SCRIPT = ROOT / "scripts" / "drill" / "restore-drill.sh"
 KEYTOOL = ROOT / "agent" / "swarm_agent" / "keytool.py"
 DRILL_TIMEOUT = 600  # seconds for the restore and listing on the drill machine
@@ -57,22 +61,17 @@ class Backup:
     last_modified: str
     latest: bool = False
 
+    def as_json(self) -> dict:
+        row = asdict(self)
+        return {"key": row["key"], "size": row["size"], "lastModified": row["last_modified"], "latest": row["latest"]}
 
-class BackupError(Exception):
+
+class BackupError(SwarmCliError):
     pass
 
 
 class NothingBackedUp(BackupError):
     """No backup and no latest pointer: a first morning, a new swarm is right."""
-
-
-def stack_resources(stack: str, show_secrets: bool = False) -> list[dict]:
-    """The resources in a stack's state (`pulumi stack export`): what survives the teardown."""
-    command = ["pulumi", "stack", "export", "--stack", stack, *(["--show-secrets"] if show_secrets else [])]
-    exported = subprocess.run(command, capture_output=True, text=True, check=False)
-    if exported.returncode != 0:
-        raise BackupError(f"{' '.join(command)} failed: {exported.stderr.strip()}")
-    return json.loads(exported.stdout).get("deployment", {}).get("resources", [])
 
 
 def signing_key_of_stack(stack: str) -> bytes:
@@ -136,25 +135,34 @@ def list_backups(s3, bucket: str, prefix: str) -> list[Backup]:
 
 def verify(s3, bucket: str, prefix: str, key: str | None = None) -> str:
     """The sha256 of a backup that matches its .sha256 object (and the pointer, for latest)."""
-    return _verified(s3, bucket, prefix, key)[0]
+    return _verified(s3, bucket, prefix, key)[1]
 
 
-def _verified(s3, bucket: str, prefix: str, key: str | None, keep: bool = False) -> tuple[str, bytes]:
-    """verify(), and with `keep` the backup's bytes too: one download serves both."""
+def verify_named(s3, bucket: str, prefix: str, key: str | None = None) -> tuple[str, str]:
+    """verify(), and which backup it was: (key, sha256); `latest` named by its target."""
+    key, sha, _ = _verified(s3, bucket, prefix, key)
+    return key, sha
+
+
+def _expected(s3, bucket: str, prefix: str, key: str | None) -> tuple[str, str | None]:
+    """The key to check and the sha256 `latest` promises for it (None: it promises nothing)."""
     pointer = latest_pointer(s3, bucket, prefix)
-    expected_by_pointer = None
-    if key is None:
-        if pointer is None:
-            backups = list_backups(s3, bucket, prefix)
-            if backups:
-                raise BackupError(
-                    f"s3://{bucket}/{prefix}backups/ holds backups (the newest: {backups[0].key}) but no latest: "
-                    f"the morning would refuse to start. Pin one: pulumi config set swarm:restoreFrom {backups[0].key}"
-                )
-            raise NothingBackedUp(f"no s3://{bucket}/{prefix}backups/latest: nothing backed up yet")
-        key, expected_by_pointer = pointer
-    elif pointer is not None and pointer[0] == key:
-        expected_by_pointer = pointer[1]
+    if key is not None:
+        return key, pointer[1] if pointer is not None and pointer[0] == key else None
+    if pointer is not None:
+        return pointer
+    backups = list_backups(s3, bucket, prefix)
+    if backups:
+        raise BackupError(
+            f"s3://{bucket}/{prefix}backups/ holds backups (the newest: {backups[0].key}) but no latest: "
+            f"the morning would refuse to start. Pin one: pulumi config set swarm:restoreFrom {backups[0].key}"
+        )
+    raise NothingBackedUp(f"no s3://{bucket}/{prefix}backups/latest: nothing backed up yet")
+
+
+def _verified(s3, bucket: str, prefix: str, key: str | None, keep: bool = False) -> tuple[str, str, bytes]:
+    """(key, sha256, and with `keep` the backup's bytes): one download serves both."""
+    key, expected_by_pointer = _expected(s3, bucket, prefix, key)
     digest, kept = hashlib.sha256(), []
     try:
         body = s3.get_object(Bucket=bucket, Key=f"{prefix}{key}")["Body"]
@@ -172,7 +180,7 @@ def _verified(s3, bucket: str, prefix: str, key: str | None, keep: bool = False)
         raise BackupError(f"s3://{bucket}/{prefix}{key} has sha256 {got}, its .sha256 says {side[0]}")
     if expected_by_pointer and expected_by_pointer != got:
         raise BackupError(f"s3://{bucket}/{prefix}{key} has sha256 {got}, backups/latest says {expected_by_pointer}")
-    return got, b"".join(kept)
+    return key, got, b"".join(kept)
 
 
 # --- the restore drill ------------------------------------------------------------------
@@ -212,6 +220,41 @@ def read_meta(s3, bucket: str, prefix: str, key: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
+def _checked_unlock(keytool, where: str, key: str, sha: str, meta: dict, signing_key: bytes | None, checks: list):
+    """The signature checked (when there is a key) and an autolocked backup's unlock key
+    unsealed (None: not autolocked). `where` is the backup's s3:// address."""
+    if signing_key is None:
+        checks.append("signature not checked (no signing key: give --stack or --signing-key-file)")
+    elif meta.get("signature") != keytool.sign(key, sha, signing_key):
+        why = "has no signature" if "signature" not in meta else "has a signature that does not match"
+        raise BackupError(f"{where} {why}: the stack's managers did not write it (forged?)")
+    else:
+        checks.append("signature ok")
+    if "unlock" not in meta:
+        return None
+    if signing_key is None:
+        raise BackupError(
+            f"{key} is autolocked: its unlock key is sealed with the stack's signing key; "
+            "give --stack or --signing-key-file"
+        )
+    try:
+        unlock = keytool.unwrap_unlock(key, meta["unlock"], signing_key)
+    except keytool.KeytoolError as error:
+        raise BackupError(str(error)) from error
+    checks.append("unlock key unsealed")
+    return unlock
+
+
+def _bundle(files: list[tuple[str, bytes, int]]) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name, data, mode in files:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+    return raw.getvalue()
+
+
 def prepare_drill(
     s3, bucket: str, prefix: str, key: str | None, signing_key: bytes | None
 ) -> tuple[bytes, DrillReport]:
@@ -220,42 +263,17 @@ def prepare_drill(
     if key is None:
         pointer = latest_pointer(s3, bucket, prefix)
         if pointer is None:
-            raise BackupError(f"no s3://{bucket}/{prefix}backups/latest; name a backup (scripts/backups.py list)")
+            raise BackupError(f"no s3://{bucket}/{prefix}backups/latest; name a backup (scripts/swarm backups list)")
         key = pointer[0]
-    sha, body = _verified(s3, bucket, prefix, key, keep=True)
+    _, sha, body = _verified(s3, bucket, prefix, key, keep=True)
     checks = ["sha256 matches"]
     meta = read_meta(s3, bucket, prefix, key)
-    keytool = _keytool()
-    if signing_key is None:
-        checks.append("signature not checked (no signing key: give --stack or --signing-key-file)")
-    elif meta.get("signature") != keytool.sign(key, sha, signing_key):
-        why = "has no signature" if "signature" not in meta else "has a signature that does not match"
-        raise BackupError(f"s3://{bucket}/{prefix}{key} {why}: the stack's managers did not write it (forged?)")
-    else:
-        checks.append("signature ok")
-    unlock = None
-    if "unlock" in meta:
-        if signing_key is None:
-            raise BackupError(
-                f"{key} is autolocked: its unlock key is sealed with the stack's signing key; "
-                "give --stack or --signing-key-file"
-            )
-        try:
-            unlock = keytool.unwrap_unlock(key, meta["unlock"], signing_key)
-        except keytool.KeytoolError as error:
-            raise BackupError(str(error)) from error
-        checks.append("unlock key unsealed")
+    unlock = _checked_unlock(_keytool(), f"s3://{bucket}/{prefix}{key}", key, sha, meta, signing_key, checks)
     files = [("backup.tar.gz", body, 0o600), ("restore-drill.sh", DRILL_SCRIPT.read_bytes(), 0o755)]
     if unlock is not None:
         files += [("swarm-keytool", KEYTOOL.read_bytes(), 0o755), ("unlock", f"{unlock}\n".encode(), 0o600)]
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tar:
-        for name, data, mode in files:
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), mode
-            tar.addfile(info, io.BytesIO(data))
     report = DrillReport(key, sha, checks, engine_then=meta.get("engine", "unknown"), autolocked=unlock is not None)
-    return raw.getvalue(), report
+    return _bundle(files), report
 
 
 # Run as root on the drill machine: unpack the bundle from stdin into a root-only directory.
@@ -283,6 +301,7 @@ class SshTarget:
             raise BackupError(f"--on wants bed or ssh://user@host[:port], got {url!r}")
         self.login, self.port = f"{parts.username}@{parts.hostname}", parts.port or 22
         self.identity, self.address = identity, address
+        self.name = self.login
 
     def run(self, bundle: bytes) -> str:
         remote = "sudo bash -c " + shlex.quote(DRILL_COMMAND.format(address=shlex.quote(self.address or "")))
@@ -294,9 +313,12 @@ class SshTarget:
             "BatchMode=yes",
             *(["-i", self.identity] if self.identity else []),
         ]
-        done = subprocess.run(
-            [*command, self.login, remote], input=bundle, capture_output=True, timeout=DRILL_TIMEOUT, check=False
-        )
+        try:
+            done = subprocess.run(
+                [*command, self.login, remote], input=bundle, capture_output=True, timeout=DRILL_TIMEOUT, check=False
+            )
+        except subprocess.TimeoutExpired as error:
+            raise BackupError(f"the drill on {self.login} took over {DRILL_TIMEOUT} s") from error
         if done.returncode != 0:
             raise BackupError(f"the drill on {self.login} failed: {_tail(done.stderr)}")
         return done.stdout.decode()
@@ -306,26 +328,32 @@ class BedTarget:
     """A throwaway host of the test bed (systemd, Docker from Debian), on a bed of its own
     unless one is given; the host is wiped afterwards, whatever happened."""
 
-    def __init__(self, bed=None, image: str | None = None):
-        self.bed, self.image = bed, image
+    name = "a throwaway host of the test bed"
 
-    def run(self, bundle: bytes) -> str:
+    def __init__(self, bed=None, image: str | None = None, log=None):
+        self.bed, self.image = bed, image
+        # Its news on stderr: stdout is the report (--json).
+        self.log = log or (lambda message: print(f"drill: {message}", file=sys.stderr))
+
+    def _own_bed(self):
         sys.path.insert(0, str(ROOT / "tests"))
         from testbed.bed import Bed, missing_prerequisites
 
+        problems = missing_prerequisites()
+        if problems:
+            raise BackupError("a drill on the bed needs: " + "; ".join(problems) + " (or use --on ssh://...)")
+        bed = Bed(image=self.image, log=self.log)
+        try:
+            bed.start()
+        except Exception:
+            bed.close()
+            raise
+        return bed
+
+    def run(self, bundle: bytes) -> str:
         own = self.bed is None
         if own:
-            problems = missing_prerequisites()
-            if problems:
-                raise BackupError("a drill on the bed needs: " + "; ".join(problems) + " (or use --on ssh://...)")
-            # Its news on stderr: stdout is the report (--json).
-            self.bed = Bed(image=self.image, log=lambda message: print(f"drill: {message}", file=sys.stderr))
-            try:
-                self.bed.start()
-            except Exception:
-                self.bed.close()
-                self.bed = None
-                raise
+            self.bed = self._own_bed()
         bed, host = self.bed, None
         try:
             taken = {h.ip for h in bed.hosts.values()}
@@ -352,9 +380,14 @@ def _tail(stderr: bytes) -> str:
     return stderr.decode(errors="replace").strip()[-800:]
 
 
-def run_drill(s3, bucket: str, prefix: str, key: str | None, signing_key: bytes | None, target) -> DrillReport:
-    bundle, report = prepare_drill(s3, bucket, prefix, key, signing_key)
-    sections = parse_drill_output(target.run(bundle))
+def run_drill(
+    s3, bucket: str, prefix: str, key: str | None, signing_key: bytes | None, target, progress: Progress | None = None
+) -> DrillReport:
+    progress = progress or Progress("drill", quiet=True)
+    with progress.step(f"checking {key or 'the latest backup'}"):
+        bundle, report = prepare_drill(s3, bucket, prefix, key, signing_key)
+    with progress.step(f"restoring {report.key} on {getattr(target, 'name', 'the drill machine')}"):
+        sections = parse_drill_output(target.run(bundle))
     report.engine_here = (sections.pop("engine", None) or ["unknown"])[0]
     report.sections = sections
     return report
@@ -381,57 +414,68 @@ def print_drill(report: DrillReport) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=["list", "verify", "drill"])
-    parser.add_argument("key", nargs="?", help="backup to verify or drill, e.g. backups/20261121T230000Z.tar.gz")
-    parser.add_argument("--stack", help="read the bucket from this stack's state")
-    parser.add_argument("--bucket")
-    parser.add_argument("--prefix", help="key prefix of the stack, e.g. swarm/dev/")
-    parser.add_argument("--endpoint-url", help="S3-compatible endpoint (swarm:s3Endpoint)")
-    parser.add_argument("--on", default="bed", help="drill: bed (default) or ssh://user@host[:port]")
-    parser.add_argument("--identity", help="drill --on ssh://: the SSH private key file")
-    parser.add_argument("--advertise-addr", help="drill --on ssh://: the address the throwaway swarm advertises")
-    parser.add_argument("--signing-key-file", help="drill: the stack's backup signing key (hex), instead of --stack")
-    parser.add_argument("--json", action="store_true", help="drill: print the report as JSON")
-    args = parser.parse_args(argv)
-    try:
-        if args.bucket and args.prefix:
-            bucket, prefix = args.bucket, args.prefix if args.prefix.endswith("/") else args.prefix + "/"
-        elif args.stack:
-            bucket, prefix = bucket_of_stack(args.stack)
-        else:
-            parser.error("give --stack, or --bucket and --prefix")
-        s3 = boto3.client("s3", endpoint_url=args.endpoint_url)
-        if args.action == "list":
-            backups = list_backups(s3, bucket, prefix)
-            if not backups:
-                print(f"no backups under s3://{bucket}/{prefix}backups/")
-            for b in backups:
-                print(f"{'*' if b.latest else ' '} {b.key}  {b.size:>10}  {b.last_modified}")
-        elif args.action == "verify":
-            sha = verify(s3, bucket, prefix, args.key)
-            print(f"ok {args.key or 'latest'} sha256 {sha}")
-        else:
-            signing_key = None
-            if args.signing_key_file:
-                signing_key = bytes.fromhex(Path(args.signing_key_file).read_text().strip())
-            elif args.stack:
-                signing_key = signing_key_of_stack(args.stack)
-            target = BedTarget() if args.on == "bed" else SshTarget(args.on, args.identity, args.advertise_addr)
-            report = run_drill(s3, bucket, prefix, args.key, signing_key, target)
-            if args.json:
-                print(json.dumps(report.as_json(), indent=2))
-            else:
-                print_drill(report)
-    except NothingBackedUp as error:
-        print(f"backups: {error}", file=sys.stderr)
-        return 3
-    except BackupError as error:
-        print(f"backups: {error}", file=sys.stderr)
-        return 1
+# --- the verbs ----------------------------------------------------------------------------
+
+
+def location(args: argparse.Namespace) -> tuple[str, str]:
+    """(bucket, prefix) from --bucket and --prefix, else from the stack's state."""
+    if args.bucket and args.prefix:
+        return args.bucket, args.prefix if args.prefix.endswith("/") else args.prefix + "/"
+    if args.stack:
+        return bucket_of_stack(args.stack)
+    raise UsageError("give --stack STACK (or set $PULUMI_STACK), or --bucket B and --prefix P")
+
+
+def s3_client(endpoint_url: str | None):
+    return boto3.client("s3", endpoint_url=endpoint_url)
+
+
+def command_list(args: argparse.Namespace) -> int:
+    bucket, prefix = location(args)
+    backups = list_backups(s3_client(args.endpoint_url), bucket, prefix)
+    if args.json:
+        print(json.dumps({"bucket": bucket, "prefix": prefix, "backups": [b.as_json() for b in backups]}, indent=2))
+        return 0
+    if not backups:
+        print(f"no backups under s3://{bucket}/{prefix}backups/")
+    for b in backups:
+        print(f"{'*' if b.latest else ' '} {b.key}  {b.size:>10}  {b.last_modified}")
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def command_verify(args: argparse.Namespace) -> int:
+    bucket, prefix = location(args)
+    key, sha = verify_named(s3_client(args.endpoint_url), bucket, prefix, args.key)
+    if args.json:
+        print(json.dumps({"bucket": bucket, "prefix": prefix, "key": key, "sha256": sha, "ok": True}, indent=2))
+    else:
+        print(f"ok {args.key or 'latest'} sha256 {sha}")
+    return 0
+
+
+def command_drill(args: argparse.Namespace) -> int:
+    progress = Progress("drill")
+    with progress.step("reading where the backup is and the key that signed it"):
+        bucket, prefix = location(args)
+        signing_key = None
+        if args.signing_key_file:
+            signing_key = bytes.fromhex(Path(args.signing_key_file).read_text().strip())
+        elif args.stack:
+            signing_key = signing_key_of_stack(args.stack)
+    if args.on == "bed":
+        target = BedTarget(log=progress.note)
+    else:
+        target = SshTarget(args.on, args.identity, args.advertise_addr)
+    report = run_drill(s3_client(args.endpoint_url), bucket, prefix, args.key, signing_key, target, progress)
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        print_drill(report)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`scripts/swarm backups ARGV` (list|verify|drill ...), as the old scripts/backups.py took them."""
+    from swarmcli.main import main as cli
+
+    return cli(["backups", *(sys.argv[1:] if argv is None else argv)])
