@@ -36,6 +36,7 @@ LINKS = {  # where -> what, relative to the current release
 }
 UNITS = ("swarm-image-cleanup.service", "swarm-image-cleanup.timer")
 UNIT_DIR = "/etc/systemd/system"
+SYSTEMD_RUN = "/run/systemd/system"  # exists when systemd is PID 1
 CRON_JOB = "/etc/cron.daily/swarm-image-cleanup"
 SKIPPED = ("__pycache__",)
 
@@ -113,7 +114,7 @@ def _clean(release: str) -> list[str]:
 
 def _units(current: str) -> str:
     """The daily image cleanup: a systemd timer, or cron where there is no systemd."""
-    if os.path.isdir("/run/systemd/system") and shutil.which("systemctl"):
+    if os.path.isdir(SYSTEMD_RUN) and shutil.which("systemctl"):
         changed = False
         for unit in UNITS:
             source, target = os.path.join(current, "units", unit), os.path.join(UNIT_DIR, unit)
