@@ -23,7 +23,6 @@ library only: it runs with whichever python3 is on PATH.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import os
 import re
@@ -36,7 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from agent.swarm_agent import contract
+from agent.swarm_agent import contract, tarballs
 
 NODE_CLI = "/usr/local/sbin/swarm-node"
 BACKUP_NAME = re.compile(r"^\d{8}T\d{6}Z\.tar\.gz$")
@@ -78,14 +77,6 @@ def ssh_command(args: argparse.Namespace):
 
 def store(args: argparse.Namespace) -> Path:
     return Path(args.dir).expanduser() / args.prefix / "backups"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -144,7 +135,7 @@ def cmd_fetch(args: argparse.Namespace) -> None:
         if proc.returncode != 0:
             fail(f"backup on {args.host} failed (exit {proc.returncode}): {errors or 'no output'}")
         want, name, meta = read_report(errors, args.host)
-        got = sha256(incoming)
+        got = tarballs.sha256_file(str(incoming))
         if got != want:
             fail(f"the backup from {args.host} arrived with sha256 {got}, not {want}; the latest pointer was not moved")
         os.replace(incoming, directory / name)
