@@ -13,11 +13,9 @@ import http.client
 import json
 import os
 import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from swarm_agent import paths, run
-from swarm_agent.run import AgentError, CallFailed, call, docker, note, systemctl, wait_until, which
+from swarm_agent.run import AgentError, CallFailed, call, docker, systemctl, wait_until, which
 
 UNITS = ("docker.socket", "docker.service")
 
@@ -110,24 +108,6 @@ def stop() -> None:
 def start(timeout: float = 120) -> None:
     service("start")
     wait_up(timeout)
-
-
-@contextmanager
-def stopped(on_restart=None) -> Iterator[None]:
-    """dockerd stopped for the body (Raft files must not change under a tar); whatever
-    happens in the body, dockerd is started again afterwards and `on_restart` runs (an
-    autolocked manager is unlocked)."""
-    stop()
-    try:
-        yield
-    finally:
-        try:
-            start()
-            if on_restart is not None:
-                on_restart()
-        except AgentError as error:
-            note(f"swarm-node: could not restart docker ({error}); start it by hand")
-            raise
 
 
 # -- the swarm as this daemon sees it ------------------------------------------------------
