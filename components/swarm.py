@@ -302,7 +302,9 @@ class SwarmFormation(pulumi.ComponentResource):
             node.name: self._command(
                 f"{name}-leave-{node.name}",
                 node,
-                create="true",
+                # No create: pulumi-command then dials nothing at `up` (its Create returns
+                # before connecting); only the delete hook matters.
+                create=None,
                 delete=node_cli("leave"),
                 depends_on=node.depends_on,
                 dial_error_limit=BACKUP_DIAL_ERROR_LIMIT,
@@ -337,7 +339,10 @@ class SwarmFormation(pulumi.ComponentResource):
             retires[node.name] = self._command(
                 f"{name}-retire-{node.name}",
                 steward,
-                create="true",
+                # No create: nothing dials the steward at `up`. A `true` here was one more
+                # SSH session per node on manager 0 at the same moment (sshd's MaxStartups
+                # drops them beyond 10 unauthenticated) and one more step before the joins.
+                create=None,
                 delete=pulumi.Output.concat(node_cli("retire", "--name", node.name, "--addr"), " ", node.private_ip),
                 depends_on=[ready[node.name], *([leave] if leave is not None else [])],
                 dial_error_limit=BACKUP_DIAL_ERROR_LIMIT,
@@ -457,7 +462,7 @@ class SwarmFormation(pulumi.ComponentResource):
         resource_name: str,
         node: SwarmNode,
         *,
-        create: pulumi.Input[str],
+        create: pulumi.Input[str] | None,
         depends_on: list[pulumi.Resource],
         delete: pulumi.Input[str] | None = None,
         triggers: list | None = None,
@@ -489,7 +494,7 @@ class SwarmFormation(pulumi.ComponentResource):
         resource_name: str,
         node: SwarmNode,
         *,
-        create: pulumi.Input[str],
+        create: pulumi.Input[str] | None,
         depends_on: list[pulumi.Resource],
         delete: pulumi.Input[str] | None = None,
         stdin: pulumi.Input[str] | None = None,

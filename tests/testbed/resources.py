@@ -51,8 +51,11 @@ class Resources:
         type_ = new.type
         if type_ in (COMMAND, LOCAL):
             new.id = f"{new.name}-{secrets.token_hex(4)}"
+            # pulumi-command: no `create`, nothing runs and nothing is dialled (its Create
+            # returns before the connection is opened); the resource only holds a `delete`.
+            script = new.inputs.get("create")
             run = self._run_command if type_ == COMMAND else self._run_local
-            new.outputs = {**new.inputs, **run(new, new.inputs.get("create") or "")}
+            new.outputs = {**new.inputs, **(run(new, script) if script else {"stdout": "", "stderr": ""})}
         elif type_ == COPY:
             new.id = f"{new.name}-{secrets.token_hex(4)}"
             new.outputs = dict(new.inputs)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
+from node_fakes import Fakes
 from swarm_agent import install
 
 AGENT = Path(__file__).resolve().parents[3] / "agent"
@@ -89,3 +91,37 @@ def test_the_digest_covers_names_modes_and_contents(tmp_path):
     assert install.tree_digest(str(tree)) == first
     (tree / "a" / "x.py").rename(tree / "a" / "y.py")
     assert install.tree_digest(str(tree)) != first
+
+
+@pytest.fixture
+def systemd_node(node, tmp_path, monkeypatch):
+    """The node of `node`, with systemd running and a fake systemctl that answers everything."""
+    (tmp_path / "run/systemd/system").mkdir(parents=True)
+    monkeypatch.setattr(install, "UNIT_DIR", str(tmp_path / "etc/systemd/system"))
+    (tmp_path / "etc/systemd/system").mkdir(parents=True)
+    (tmp_path / "tools").mkdir()
+    fakes = Fakes(tmp_path / "tools")
+    fakes.on("systemctl")
+    monkeypatch.setenv("PATH", f"{fakes.bin}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_DIR", str(fakes.dir))
+    return fakes
+
+
+def test_the_timer_costs_one_reload_when_its_units_change_and_none_after(systemd_node, tmp_path):
+    digest = install.tree_digest(str(AGENT))
+    report = install.install(str(unpacked(tmp_path, "first")), digest)
+    enable = ["enable", "--no-reload", "--now", "swarm-image-cleanup.timer"]
+    assert systemd_node.argvs("systemctl") == [["daemon-reload"], enable]
+    assert "cleanup timer (swarm-image-cleanup.service, swarm-image-cleanup.timer written)" in report
+    for unit in install.UNITS:
+        assert (tmp_path / "etc/systemd/system" / unit).read_bytes() == (AGENT / "units" / unit).read_bytes()
+    # The same units again (a reinstall at a key switch): no reload, the timer kept enabled.
+    install.install(str(unpacked(tmp_path, "second")), digest)
+    assert systemd_node.argvs("systemctl") == [["daemon-reload"], enable, enable]
+
+
+def test_a_failing_systemctl_fails_the_install(systemd_node, tmp_path):
+    systemd_node.rules.clear()
+    systemd_node.on("systemctl", "daemon-reload", rc=1, stderr="Failed to reload daemon\n")
+    with pytest.raises(subprocess.CalledProcessError):
+        install.install(str(unpacked(tmp_path)), install.tree_digest(str(AGENT)))
