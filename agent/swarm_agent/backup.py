@@ -23,7 +23,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 
-from swarm_agent import contract, dockerd, env, keys, keytool, paths, run, snapshot, store, tarballs
+from swarm_agent import contract, dockerd, env, keys, keytool, lock, paths, run, snapshot, store, tarballs
 from swarm_agent.env import NodeEnv
 from swarm_agent.keytool import KeytoolError
 from swarm_agent.run import AgentError
@@ -45,6 +45,7 @@ class Job:
     engine: str  # the version of the dockerd that wrote the state
 
 
+@lock.exclusive(900)
 def backup(args) -> None:
     node = env.load()
     keep_count = node.get("SWARM_BACKUP_KEEP", "14")

@@ -16,7 +16,7 @@ import shutil
 import sys
 import tempfile
 
-from swarm_agent import contract, dockerd, env, paths, restore, run
+from swarm_agent import contract, dockerd, env, lock, paths, restore, run
 from swarm_agent.env import NodeEnv
 from swarm_agent.run import AgentError, note
 
@@ -24,6 +24,7 @@ LEADER_RE = re.compile(r"^[A-Za-z0-9.:_-]+:[0-9]+$")
 STAGED_RE = re.compile(r"^backups/(latest|[A-Za-z0-9._-]+\.tar\.gz(\.sha256|\.meta)?)$")
 
 
+@lock.exclusive(900)
 def bootstrap(args) -> None:
     node = env.load()
     dockerd.wait_up(120)
@@ -114,6 +115,7 @@ def apply_autolock(autolock: str | None) -> None:
     note(f"bootstrap: autolock is now {autolock}")
 
 
+@lock.exclusive(600)
 def stage_restore(args) -> None:
     """Backup target local: the machine running Pulumi pushes backups/latest and the backup
     it names (with its .sha256 and .meta) as a plain tar on stdin; bootstrap then verifies

@@ -16,7 +16,7 @@ import shutil
 import socket
 import sys
 
-from swarm_agent import contract, dockerd, env, paths, run
+from swarm_agent import contract, dockerd, env, lock, paths, run
 from swarm_agent.env import NodeEnv
 from swarm_agent.run import AgentError, CallFailed
 
@@ -66,6 +66,7 @@ def _join_token(verb: str, role: str) -> str:
     return token
 
 
+@lock.exclusive(600)
 def join(args) -> None:
     """Join the swarm as args.role through args.leader (HOST:PORT); the token on stdin."""
     role, leader = args.role, args.leader
@@ -129,6 +130,7 @@ def join_swarm(env: NodeEnv, role: str, leader: str, token: str) -> None:
     )
 
 
+@lock.exclusive(600)
 def leave(args) -> None:
     """`pulumi destroy` on machines the user brings: they stay, so leave them clean and reusable."""
     dockerd.wait_up(60)

@@ -11,14 +11,11 @@ docker prints is read as JSON, and every node id is checked before it goes into 
 from __future__ import annotations
 
 import datetime
-import fcntl
 import json
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import NamedTuple
 
-from swarm_agent import dockerd, env, paths, run
+from swarm_agent import dockerd, env, lock, run
 from swarm_agent.run import AgentError, CallFailed
 
 NODE_ID_RE = re.compile(r"^[a-z0-9]+$")
@@ -90,6 +87,7 @@ def _names(csv: str) -> list[str]:
 
 
 # -- reconcile --------------------------------------------------------------------------
+@lock.exclusive(600)
 def reconcile(args) -> None:
     """Every node named is Ready in its role. Down nodes that were replaced (a Ready node has
     the name) or are named nowhere are removed; Ready nodes named nowhere are left alone:
@@ -165,7 +163,8 @@ def retire(args) -> None:
         print(f"retire: the swarm is being torn down; nothing to do for {name}")
         return
     # One at a time here: two demotions at once could each count the other as reachable.
-    with retire_lock():
+    # The node's lock (not the whole verb's): a torn-down swarm's retires, above, need none.
+    with lock.held("retire", RETIRE_LOCK_WAIT):
         node = find_node(name, addr)
         if node is None:
             print(f"retire: {name} ({addr}) is not in the swarm; nothing to do")
@@ -183,26 +182,6 @@ def retire(args) -> None:
             wait_role(node.id, name, "worker")
         dockerd.raft_retry("node", "rm", "--force", node.id)
     print(f"retire: {name} ({addr}) drained{', demoted' if manager else ''} and removed from the swarm")
-
-
-@contextmanager
-def retire_lock() -> Iterator[None]:
-    """paths.RETIRE_LOCK held for the body; waits at most 600 s for another holder."""
-    with open(paths.RETIRE_LOCK, "w") as handle:
-        deadline = run.now() + RETIRE_LOCK_WAIT
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                pass
-            if run.now() >= deadline:
-                raise AgentError(f"retire: another retire still runs after {RETIRE_LOCK_WAIT}s")
-            run.pause(1)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def find_node(name: str, addr: str) -> Node | None:

@@ -14,7 +14,7 @@ SWARM_DIR = "/var/lib/docker/swarm"  # the Raft state and certificates
 RESTORE_DIR = "/var/lib/swarm/restore"  # backups pushed from the machine running Pulumi (target local)
 WORK_DIR = "/var/tmp"  # noqa: S108 - each verb makes a private mkdtemp here; where a verb makes its private temporary directory
 DOCKER_SOCKET = "/var/run/docker.sock"
-# One lock for the verbs that stop dockerd or change the swarm.
-RETIRE_LOCK = "/run/swarm-node-retire.lock"
+# One lock for the verbs that stop dockerd or change the swarm (lock.py).
+NODE_LOCK = "/run/swarm-node.lock"
 SYSTEMD_RUN = "/run/systemd/system"  # exists when systemd is PID 1
 PROC = "/proc"

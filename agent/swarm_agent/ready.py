@@ -13,7 +13,7 @@ import pwd
 import re
 import sys
 
-from swarm_agent import dockerd, env, paths, run
+from swarm_agent import dockerd, env, lock, paths, run
 from swarm_agent.run import AgentError
 
 PUBLIC_KEY = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp[0-9]+) [A-Za-z0-9+/=]+( .*)?$")
@@ -68,16 +68,26 @@ def authorize_key(args) -> None:
     print(f"authorize-key: authorized for {user} (group {grp.getgrgid(account.pw_gid).gr_name})")
 
 
+@lock.exclusive(600)
 def docker_service(args) -> None:
     dockerd.service(args.action)
 
 
 def cleanup_images(args) -> None:
     """Prune images unused for 24 hours (those labelled swarm.keep are spared). A stopped
-    dockerd is left stopped: calling docker would start it through its socket."""
-    if dockerd.has_systemd() and "docker.service" not in dockerd.active_units():
-        print("cleanup-images: docker.service is not running; nothing pruned")
-        return
+    dockerd is left stopped: calling docker would start it through its socket. Under the
+    node's lock, taken first, so a backup cannot stop dockerd between the check and the prune."""
+    try:
+        with lock.held("cleanup-images", 0):  # a backup or bootstrap first; the next timer prunes
+            if dockerd.has_systemd() and "docker.service" not in dockerd.active_units():
+                print("cleanup-images: docker.service is not running; nothing pruned")
+                return
+            _prune()
+    except lock.Busy as busy:
+        print(f"cleanup-images: nothing pruned: {busy}")
+
+
+def _prune() -> None:
     dockerd.wait_up(60)
     result = run.docker(
         "image", "prune", "-a", "-f", "--filter", "until=24h", "--filter", "label!=swarm.keep",

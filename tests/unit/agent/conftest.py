@@ -20,6 +20,7 @@ def fakes(tmp_path, monkeypatch) -> Fakes:
         if name.isupper() and isinstance(value, str) and value.startswith("/"):
             monkeypatch.setattr(paths, name, str(node) + value)
     (node / "proc").mkdir(parents=True)
+    Path(paths.NODE_LOCK).parent.mkdir(parents=True, exist_ok=True)
     Path(paths.WORK_DIR).mkdir(parents=True)
     fake = Fakes(tmp_path)
     monkeypatch.setattr(run, "SEARCH_PATH", f"{fake.bin}:/usr/bin:/bin")

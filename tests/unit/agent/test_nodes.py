@@ -83,7 +83,7 @@ def long_pauses(fakes, monkeypatch):
 
 @pytest.fixture
 def lock_dir(fakes):
-    os.makedirs(os.path.dirname(paths.RETIRE_LOCK), exist_ok=True)
+    os.makedirs(os.path.dirname(paths.NODE_LOCK), exist_ok=True)
 
 
 # -- reconcile -------------------------------------------------------------------------
@@ -260,9 +260,11 @@ def test_retire_waits_a_bounded_time_for_another_retire(fakes, lock_dir):
     manager_up(fakes)
     fakes.on("docker", "node", "ls", "-q", stdout=f"{SELF}\n")
     serve_nodes(fakes, [node(SELF, "m0", reach="Leader"), node("w1id", "w1", role="worker", addr="10.42.0.21")])
-    with open(paths.RETIRE_LOCK, "w") as other:
+    with open(paths.NODE_LOCK, "w") as other:
         fcntl.flock(other, fcntl.LOCK_EX)
-        with pytest.raises(AgentError, match="retire: another retire still runs after 600s"):
+        other.write("backup (pid 4242, since 19:00:01 UTC)\n")
+        other.flush()
+        with pytest.raises(AgentError, match=r"retire: 'swarm-node backup \(pid 4242, since 19:00:01 UTC\)' holds this node's lock .* after 600s"):
             nodes.retire(retire_args())
     assert 600 <= fakes.clock.slept <= 601
     assert calls_starting(fakes, "node", "update") == []
