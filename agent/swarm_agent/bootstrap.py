@@ -86,6 +86,9 @@ def join_live_swarm(node: NodeEnv, probes: list[dict]) -> str:
 
             membership.join_swarm(node, "manager", addr, probe["token"])
             return f"bootstrap: joined the live swarm through {addr} as a manager; nothing restored"
+        if state == "down" and probe.get("raft_on_disk") is not False:
+            # No answer is not "no swarm": its disk holds one (or an older probe cannot say).
+            _refuse_beside_a_silent_manager(addr)
         if state not in ("inactive", "down"):
             manager, quorum = _flag(probe["manager"]), _flag(probe["quorum"])
             stuck += f" {addr} (swarm {state}, manager {manager}, quorum {quorum})"
@@ -96,6 +99,15 @@ def join_live_swarm(node: NodeEnv, probes: list[dict]) -> str:
             "--advertise-addr <its address>', then 'pulumi up' again."
         )
     return ""
+
+
+def _refuse_beside_a_silent_manager(addr: str) -> None:
+    raise AgentError(
+        f"bootstrap: refusing to restore or start a swarm: the manager at {addr} has a dockerd that does not "
+        f"answer and a swarm's state on its disk ({paths.SWARM_DIR}/raft), so a swarm may be live there. Start "
+        "Docker on it ('sudo swarm-node docker-service start') and 'pulumi up' again: manager 0 then joins that "
+        "swarm if it has quorum. If that state is to go, 'sudo docker swarm leave --force' there first."
+    )
 
 
 def _flag(value: bool) -> str:

@@ -30,6 +30,9 @@ FIELDS = {
         "manager": (bool, True),
         "quorum": (bool, True),
         "token": (str, False),
+        # Only with state "down" (dockerd does not answer): whether the node's disk holds
+        # a swarm's Raft state, which a restore or an init beside it would fork.
+        "raft_on_disk": (bool, False),
     },
     "swarm-tokens": {"worker": (str, True), "manager": (str, True), "unlock": (str, False)},
     "swarm-bootstrap": {"action": (str, True), "result": (str, True), "restored_from": (str, False)},

@@ -44,7 +44,10 @@ def probe(args) -> None:
         quorum = True
         token = _join_token("probe", "manager")
     addr = f"{node.advertise_addr or 'unknown'}:2377"
-    print(contract.line("swarm-probe", addr=addr, state=state, manager=manager, quorum=quorum, token=token))
+    # A dockerd that does not answer may still hold a swarm: say whether its state is here.
+    on_disk = os.path.isdir(os.path.join(paths.SWARM_DIR, "raft")) if state == "down" else None
+    record = {"addr": addr, "state": state, "manager": manager, "quorum": quorum, "token": token}
+    print(contract.line("swarm-probe", **record, raft_on_disk=on_disk))
 
 
 def tokens(args) -> None:

@@ -25,8 +25,10 @@ def ns(restore="latest", autolock=None) -> argparse.Namespace:
     return argparse.Namespace(restore=restore, autolock=autolock)
 
 
-def probe(addr="10.42.0.11:2377", state="inactive", manager=False, quorum=False, token=None) -> str:
-    return contract.line("swarm-probe", addr=addr, state=state, manager=manager, quorum=quorum, token=token)
+def probe(addr="10.42.0.11:2377", state="inactive", manager=False, quorum=False, token=None, **more) -> str:
+    if state == "down":
+        more.setdefault("raft_on_disk", False)
+    return contract.line("swarm-probe", addr=addr, state=state, manager=manager, quorum=quorum, token=token, **more)
 
 
 def stdin(monkeypatch, text: str) -> None:
@@ -226,6 +228,18 @@ def test_a_bad_probe_line_is_refused_without_quoting_it(inactive, monkeypatch, j
         bootstrap.bootstrap(ns())
     assert "secret" not in str(raised.value)
     assert joins == [] and restores == []
+
+
+@pytest.mark.parametrize("on_disk", [{"raft_on_disk": True}, {"raft_on_disk": None}])
+def test_a_manager_whose_dockerd_does_not_answer_but_holds_a_swarm_stops_the_restore(
+    inactive, monkeypatch, joins, restores, on_disk
+):
+    # raft_on_disk None: a probe that cannot say is read as the worse case.
+    stdin(monkeypatch, "\n".join([probe("10.42.0.11:2377"), probe("10.42.0.12:2377", state="down", **on_disk)]))
+    with pytest.raises(AgentError, match=r"the manager at 10.42.0.12:2377 has a dockerd that does not answer and a sw"):
+        bootstrap.bootstrap(ns(restore=KEY))
+    assert joins == [] and restores == []
+    assert docker_calls(inactive, "swarm", "init") == []
 
 
 # -- restore or init -------------------------------------------------------------------

@@ -90,8 +90,22 @@ def test_probe_when_dockerd_does_not_answer_says_down_and_asks_nothing_more(fake
     membership.probe(ns())
     record = contract.read("swarm-probe", capsys.readouterr().out)
     assert (record["state"], record["manager"], record["quorum"]) == ("down", False, False)
-    assert "token" not in record
+    assert "token" not in record and record["raft_on_disk"] is False  # a fresh machine
     assert not docker_argvs_hold(fakes, "join-token")
+
+
+def test_probe_when_dockerd_does_not_answer_says_whether_a_swarm_is_on_its_disk(fakes, capsys):
+    fakes.on("docker", "info", rc=1, stderr="Cannot connect to the Docker daemon\n")
+    os.makedirs(os.path.join(paths.SWARM_DIR, "raft"))
+    membership.probe(ns())
+    assert contract.read("swarm-probe", capsys.readouterr().out)["raft_on_disk"] is True
+
+
+def test_probe_of_a_node_that_answers_says_nothing_of_its_disk(fakes, capsys):
+    fakes.docker_up()
+    fakes.swarm(state="inactive", manager=False)
+    membership.probe(ns())
+    assert "raft_on_disk" not in contract.read("swarm-probe", capsys.readouterr().out)
 
 
 def test_probe_of_a_manager_without_quorum_carries_no_token(fakes, capsys):
