@@ -49,7 +49,7 @@ from pulumi_command import local, remote
 from agent.swarm_agent import contract
 from components.agent import agent_bundle, agent_digest, install_command
 from components.hostkeys import known_hosts_lines
-from components.payload import NODE_CLI, ROOT
+from components.payload import NODE_CLI
 from components.settings import BACKUP_DIAL_ERROR_LIMIT, DIAL_ERROR_LIMIT, PER_DIAL_TIMEOUT
 
 SWARM_PORT = 2377
@@ -471,7 +471,10 @@ class SwarmFormation(pulumi.ComponentResource):
             resource_name,
             create=create,
             delete=delete,
-            dir=str(ROOT),
+            # No `dir`: a local command's delete runs with the inputs frozen at the last
+            # `up`, so this checkout's path would fail the teardown from any other one
+            # ("chdir: no such file or directory", no backup). Pulumi starts providers in
+            # the project directory, where scripts/ is, in every checkout.
             environment={LOCAL_KEY_ENV: pulumi.Output.secret(self._args.ssh_private_key)},
             triggers=triggers if triggers is not None else list(node.replaced_by),
             add_previous_output_in_env=False,

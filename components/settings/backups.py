@@ -5,7 +5,6 @@ user's own), the hosts' S3 keys, and the directory for local backups.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 
@@ -61,10 +60,11 @@ def read_backups(r: Reader, config: pulumi.Config, stack: str, hosts_mode: bool,
     state_bucket_name, existing_bucket = _read_buckets(r, stack, target)
     access_key_id, secret_access_key = _read_host_keys(r, config, hosts_mode, target)
 
+    # Kept as written ("~/.swarm/backups"): the helper expands it when it runs, so a
+    # teardown by another user or from another checkout finds that user's directory,
+    # where a path expanded here and frozen in the state would not be theirs.
     directory = r.string("backupDirectory") or DEFAULTS["backupDirectory"]
-    if target == "local":
-        directory = os.path.abspath(os.path.expanduser(directory))
-    elif r.string("backupDirectory") not in (None, DEFAULTS["backupDirectory"]):
+    if target != "local" and r.string("backupDirectory") not in (None, DEFAULTS["backupDirectory"]):
         r.problem("backupDirectory", f"is only used with swarm:backupTarget local (it is {target})", '""')
     if target == "none" and restore_from not in ("latest", "none"):
         r.problem("restoreFrom", "names a backup, but swarm:backupTarget is none", "none")

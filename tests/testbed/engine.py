@@ -187,8 +187,9 @@ class Engine:
         self.pending_deletes: list[State] = []  # replaced resources whose delete is still due
         self._lock = threading.Lock()
         self.resources = Resources(
-            bed, self.log, self._find, image=image, wait_for_boot=wait_for_boot, log_dir=self.log_dir
-        )
+            bed, self.log, self._find, image=image, wait_for_boot=wait_for_boot, log_dir=self.log_dir,
+            project_dir=program.resolve().parent,
+        )  # fmt: skip
         self._begin(preview=False, replace=())
 
     def _begin(self, *, preview: bool, replace) -> None:

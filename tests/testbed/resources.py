@@ -41,8 +41,10 @@ class Resources:
         image: str | None,
         wait_for_boot: bool,
         log_dir: Path,
+        project_dir: Path,
     ):
         self.bed, self.log, self.find = bed, log, find
+        self.project_dir = project_dir  # where Pulumi starts providers: a local command's default cwd
         self.image, self.wait_for_boot, self.log_dir = image, wait_for_boot, log_dir
         self._ips: set[str] = set()  # the addresses this stack's instances hold
         self._lock = threading.Lock()
@@ -217,7 +219,7 @@ class Resources:
         try:
             proc = subprocess.run(
                 [*(inputs.get("interpreter") or ["/bin/sh", "-c"]), script],
-                cwd=inputs.get("dir") or None,
+                cwd=inputs.get("dir") or self.project_dir,
                 env={**os.environ, **(inputs.get("environment") or {})},
                 input=inputs.get("stdin"),
                 capture_output=True,

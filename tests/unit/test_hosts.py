@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -197,9 +198,9 @@ def test_local_backups_go_to_the_pulumi_machine(local_run, tmp_path):
     assert create[:3] == ["python3", "scripts/swarm_backup_local.py", "check"]
     assert delete[:3] == ["python3", "scripts/swarm_backup_local.py", "fetch"]
     assert delete[delete.index("--host") + 1] == "192.168.1.10" and delete[delete.index("--user") + 1] == "pi"
-    assert Path(delete[delete.index("--dir") + 1]).is_absolute()
     assert delete[delete.index("--prefix") + 1] == "swarm/dev/"
-    assert backup.inputs["dir"] == str(ROOT) and (ROOT / "scripts/swarm_backup_local.py").is_file()
+    # Run where Pulumi starts its providers, the project directory, in whichever checkout.
+    assert "dir" not in backup.inputs and (ROOT / "scripts/swarm_backup_local.py").is_file()
     # The key reaches the helper in its environment only, secret in the state.
     assert backup.inputs["environment"]["SWARM_SSH_PRIVATE_KEY"] == PRIVATE_KEY
     assert "environment" in backup.secret_inputs and "environment" in backup.additional_secret_outputs
@@ -207,6 +208,17 @@ def test_local_backups_go_to_the_pulumi_machine(local_run, tmp_path):
     for h in HOSTS:
         assert local_run.depends_on(backup, local_run.command(f"leave-{h['name']}"))
     assert local_run.outputs["backupTarget"] == "local" and local_run.outputs["stateBucket"] == ""
+
+
+def test_a_teardown_from_another_checkout_or_user_runs_what_the_state_holds():
+    """The delete runs with the inputs frozen at the last `up`: none may hold this
+    checkout's path or this user's home, expanded (issue 19, item 16)."""
+    run = run_hosts(backupTarget="local", s3AccessKeyId=None, s3SecretAccessKey=None)
+    frozen = [json.dumps(r.inputs) for r in run.of_type("command:local:Command")]
+    assert frozen and not any(str(ROOT) in text or str(Path.home()) in text for text in frozen)
+    [backup] = [r for r in run.of_type("command:local:Command") if r.name.endswith("-backup")]
+    delete = shlex.split(backup.inputs["delete"])
+    assert delete[delete.index("--dir") + 1] == "~/.swarm/backups"  # as written; the helper expands it
 
 
 def test_a_local_backup_is_staged_before_bootstrap(local_run):

@@ -26,9 +26,7 @@ def holder():
     [(["bootstrap", "--restore", "latest"], 900), (["backup"], 900), (["join", "worker", "10.42.0.10:2377"], 600),
      (["reconcile", "--managers", "m0"], 600), (["leave"], 600), (["docker-service", "stop"], 600)],
 )  # fmt: skip
-def test_a_verb_waits_a_bounded_time_for_the_holder_then_names_it_and_does_nothing(
-    fakes, holder, capsys, argv, wait
-):
+def test_a_verb_waits_a_bounded_time_for_the_holder_then_names_it_and_does_nothing(fakes, holder, capsys, argv, wait):
     assert cli.main(argv) == 1
     error = capsys.readouterr().err
     assert f"swarm-node: {argv[0]}: 'swarm-node backup (pid 4242, since 19:00:01 UTC)' holds this node's lock" in error

@@ -264,7 +264,8 @@ def test_retire_waits_a_bounded_time_for_another_retire(fakes, lock_dir):
         fcntl.flock(other, fcntl.LOCK_EX)
         other.write("backup (pid 4242, since 19:00:01 UTC)\n")
         other.flush()
-        with pytest.raises(AgentError, match=r"retire: 'swarm-node backup \(pid 4242, since 19:00:01 UTC\)' holds this node's lock .* after 600s"):
+        held_by = r"retire: 'swarm-node backup \(pid 4242, since 19:00:01 UTC\)' holds this node's lock .* after 600s"
+        with pytest.raises(AgentError, match=held_by):
             nodes.retire(retire_args())
     assert 600 <= fakes.clock.slept <= 601
     assert calls_starting(fakes, "node", "update") == []
