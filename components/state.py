@@ -112,9 +112,11 @@ def node_policy(bucket_arn: str, prefix: str) -> str:
             "Version": "2012-10-17",
             "Statement": [
                 {
+                    # Versions too: a morning tells "never backed up" from "backups deleted"
+                    # (only earlier versions left) before it would start a new swarm.
                     "Sid": "ListOwnPrefix",
                     "Effect": "Allow",
-                    "Action": ["s3:ListBucket"],
+                    "Action": ["s3:ListBucket", "s3:ListBucketVersions"],
                     "Resource": [bucket_arn],
                     "Condition": {"StringLike": {"s3:prefix": [prefix, f"{prefix}*"]}},
                 },

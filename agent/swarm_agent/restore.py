@@ -56,37 +56,47 @@ def choose_backup(node: NodeEnv, restore: str, work: str) -> tuple[str, str, boo
         if not KEY_RE.match(key):
             raise AgentError(f"bootstrap: --restore wants latest, none or backups/<name>.tar.gz, got '{restore}'")
         return key, "", True
-    pointer = os.path.join(work, "latest")
-    if store.fetch(node, "backups/latest", pointer):
-        with open(pointer, errors="replace") as handle:
-            words = handle.readline().split(None, 1)  # as bash's `read -r KEY SHA`
-        key, sha = (words[0] if words else ""), (words[1].strip() if len(words) > 1 else "")
-        if not (KEY_RE.match(key) and sha):
-            raise AgentError(
-                f"bootstrap: {node.store}backups/latest is not '<key> <sha256>'; fix it or use --restore none"
-            )
-        return key, sha, False
-    newest = newest_backup(node)
-    if newest:
+    found = store.listing(node)
+    if "backups/latest" in found.current:
+        return (*_read_latest(node, work), False)
+    if found.backups:
+        newest = found.backups[0]
         raise AgentError(
             f"bootstrap: refusing to start a new swarm: {node.store}backups/ holds backups (the newest: {newest}) "
             "but no backups/latest. A new swarm would become tonight's latest, and pruning would then remove the "
             f"real ones. Restore one: 'pulumi config set swarm:restoreFrom {newest}' and 'pulumi up'; or start a "
             "new swarm on purpose: 'pulumi config set swarm:restoreFrom none'."
         )
+    if found.gone:
+        raise AgentError(_emptied_store(node, found.gone))
     return "", "", False
 
 
-def newest_backup(node: NodeEnv) -> str:
-    """The newest backup in the store (relative to it), or "". A staged copy counts every
-    *.tar.gz; in S3 only the backups/<UTC>.tar.gz names count."""
-    if node.target != "local":
-        keys = store.backups(node)
-        return keys[0] if keys else ""
-    directory = store.local_path(node, "backups")
-    names = os.listdir(directory) if os.path.isdir(directory) else []
-    names = sorted((n for n in names if n.endswith(".tar.gz")), reverse=True)
-    return f"backups/{names[0]}" if names else ""
+def _read_latest(node: NodeEnv, work: str) -> tuple[str, str]:
+    """(key, sha256) from backups/latest, which the listing says exists."""
+    pointer = os.path.join(work, "latest")
+    if not store.fetch(node, "backups/latest", pointer):
+        raise AgentError(f"bootstrap: {node.store}backups/latest went while it was being read; run 'pulumi up' again")
+    with open(pointer, errors="replace") as handle:
+        words = handle.readline().split(None, 1)  # as bash's `read -r KEY SHA`
+    key, sha = (words[0] if words else ""), (words[1].strip() if len(words) > 1 else "")
+    if not (KEY_RE.match(key) and sha):
+        raise AgentError(f"bootstrap: {node.store}backups/latest is not '<key> <sha256>'; fix it or use --restore none")
+    return key, sha
+
+
+def _emptied_store(node: NodeEnv, gone: tuple) -> str:
+    """The refusal for a prefix emptied by hand: only earlier versions of its backups are left."""
+    newest = gone[0]
+    return (
+        f"bootstrap: refusing to start a new swarm: nothing is current under {node.store}backups/, but the bucket "
+        f"keeps earlier versions of {len(gone)} backup(s) (the newest: {newest}): they were deleted, not never "
+        "made, and a new swarm would let them expire. Bring the newest back: for the key, its .sha256 and its "
+        f".meta, 'aws s3api list-object-versions --bucket {node.bucket} --prefix {node.prefix}{newest}' gives "
+        f"the VersionId, and 'aws s3api copy-object --bucket {node.bucket} --key <key> --copy-source "
+        f"{node.bucket}/<key>?versionId=<id>' makes it current; then 'pulumi config set swarm:restoreFrom "
+        f"{newest}' and 'pulumi up'. Or start a new swarm on purpose: 'pulumi config set swarm:restoreFrom none'."
+    )
 
 
 def fetch_backup(node: NodeEnv, key: str, work: str) -> None:

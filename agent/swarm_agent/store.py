@@ -3,13 +3,19 @@
 Keys are relative to the store (`backups/latest`, `backups/<UTC>.tar.gz`). S3 goes
 through the aws CLI (the instance role, or an own host's root-only keys), one call per
 object: each `aws` start costs about a second.
+
+Whether an object exists is told by listing, never by a GetObject that fails: S3 answers
+a missing key with 404 only to a caller that may list the bucket, and with 403 to one
+whose ListBucket is conditioned on a prefix, as the nodes' is.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+from typing import NamedTuple
 
 from swarm_agent import paths
 from swarm_agent.env import NodeEnv
@@ -94,3 +100,38 @@ def backups(env: NodeEnv) -> list[str]:
         )
         keys = [k[len(env.prefix) :] for k in result.stdout.split() if k.startswith(env.prefix)]
     return sorted((k for k in keys if BACKUP_NAME.match(k)), reverse=True)
+
+
+class Listing(NamedTuple):
+    """What backups/ holds: keys that exist now, and backups that only earlier versions or
+    delete markers remain of (a versioned bucket keeps those after an `aws s3 rm`)."""
+
+    current: frozenset
+    gone: tuple  # backups/<UTC>.tar.gz keys with no current object, newest first
+
+    @property
+    def backups(self) -> list[str]:
+        return sorted((k for k in self.current if BACKUP_NAME.match(k)), reverse=True)
+
+
+def listing(env: NodeEnv) -> Listing:
+    """One `aws s3api list-object-versions` of backups/ (it needs s3:ListBucketVersions):
+    the current objects, and the backups deleted since (nothing of the kind for a staged copy)."""
+    if env.target == "local":
+        directory = local_path(env, "backups")
+        names = os.listdir(directory) if os.path.isdir(directory) else []
+        return Listing(frozenset(f"backups/{n}" for n in names), ())
+    result = aws(env, "s3api", "list-object-versions", "--bucket", env.bucket, "--prefix",
+                 f"{env.prefix}backups/", "--output", "json")  # fmt: skip
+    try:
+        answer = json.loads(result.stdout) if result.stdout.strip() else {}
+    except ValueError:
+        raise AgentError(f"cannot list {env.store}backups/: aws answered something that is not JSON") from None
+    versions, markers = answer.get("Versions") or [], answer.get("DeleteMarkers") or []
+    current = frozenset(v["Key"][len(env.prefix) :] for v in versions if v.get("IsLatest"))
+    earlier: dict[str, str] = {}
+    for entry in versions + markers:
+        key = entry["Key"][len(env.prefix) :]
+        if key not in current and BACKUP_NAME.match(key):
+            earlier[key] = max(earlier.get(key, ""), entry.get("LastModified", ""))
+    return Listing(current, tuple(sorted(earlier, reverse=True)))

@@ -258,7 +258,21 @@ def test_the_morning_refuses_what_it_cannot_trust_and_then_restores_the_real_bac
     bed.s3().delete_object(Bucket=bucket, Key=f"{PREFIX}backups/latest")
     refused(engine, "refusing to start a new swarm", f"the newest: {key}", f"swarm:restoreFrom {key}")
 
+    # Emptied: `aws s3 rm --recursive` on the backups leaves delete markers in the versioned
+    # bucket. Nothing is current, yet the morning must not start a new swarm (item 3).
     put(bed, bucket, "backups/latest", f"{key} {sha}\n".encode())
+    s3 = bed.s3()
+    for listed in s3.list_objects_v2(Bucket=bucket, Prefix=f"{PREFIX}backups/")["Contents"]:
+        s3.delete_object(Bucket=bucket, Key=listed["Key"])
+    refused(engine, "refusing to start a new swarm: nothing is current under", f"(the newest: {key})")
+    # The way back the message gives: each object's newest version made current again.
+    # (S3 lists a key's versions newest first.)
+    answer = s3.list_object_versions(Bucket=bucket, Prefix=f"{PREFIX}backups/")
+    for wanted in (key, f"{key}.sha256", f"{key}.meta", "backups/latest"):
+        newest = next(v for v in answer["Versions"] if v["Key"] == f"{PREFIX}{wanted}")
+        source = {"Bucket": bucket, "Key": newest["Key"], "VersionId": newest["VersionId"]}
+        s3.copy_object(Bucket=bucket, Key=newest["Key"], CopySource=source)
+    assert latest(bed, bucket) == (key, sha)
     second = engine.up()
     assert second.outputs["bootstrapResult"] == f"bootstrap: restored from {key}"
     assert fp(second.outputs["workerJoinToken"]) == fp(first.outputs["workerJoinToken"])

@@ -193,6 +193,10 @@ def test_node_policy_is_scoped_to_the_bucket_and_stack_prefix(default_run):
             assert statement["Resource"] == [f"{bucket_arn}/swarm/dev/*"]
         if "s3:ListBucket" in statement["Action"]:
             assert statement["Condition"]["StringLike"]["s3:prefix"] == ["swarm/dev/", "swarm/dev/*"]
+            # The morning lists versions to tell an emptied store from a new one, within the prefix.
+            assert statement["Action"] == ["s3:ListBucket", "s3:ListBucketVersions"]
+    listing = [s for s in policy["Statement"] if "s3:ListBucketVersions" in s["Action"]]
+    assert len(listing) == 1 and listing[0]["Resource"] == [bucket_arn] and "Condition" in listing[0]
     role = default_run.of_type("aws:iam/role:Role")[0]
     assume = json.loads(role.inputs["assumeRolePolicy"])
     assert assume["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}

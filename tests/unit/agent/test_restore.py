@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import json
 import os
 import re
 import shutil
@@ -203,22 +204,43 @@ def test_a_swarm_that_does_not_come_up_fails_at_its_bound(node):
 
 
 # -- choosing ----------------------------------------------------------------------------
+LIST_VERSIONS = ("aws", "--region", "eu-west-1", "s3api", "list-object-versions")
+# What S3 answers a GetObject of a missing key when the caller's ListBucket is conditioned
+# on a prefix (the nodes' role): 403, not 404.
+FORBIDDEN = "fatal error: An error occurred (403) when calling the HeadObject operation: Forbidden\n"
+
+
+def versions(fakes, current=(), deleted=(), earlier=()) -> None:
+    """list-object-versions of backups/ as the aws CLI prints it (--output json): `current`
+    keys exist, `deleted` ones have a delete marker on top, `earlier` only noncurrent versions."""
+    answer = {"Versions": [], "DeleteMarkers": []}
+    for n, key in enumerate(current):
+        answer["Versions"].append({"Key": f"swarm/dev/{key}", "VersionId": f"c{n}", "IsLatest": True,
+                                   "LastModified": "2024-01-02T03:04:05.000Z"})  # fmt: skip
+    for n, key in enumerate((*deleted, *earlier)):
+        answer["Versions"].append({"Key": f"swarm/dev/{key}", "VersionId": f"v{n}", "IsLatest": False,
+                                   "LastModified": "2024-01-02T03:04:05.000Z"})  # fmt: skip
+    for n, key in enumerate(deleted):
+        answer["DeleteMarkers"].append({"Key": f"swarm/dev/{key}", "VersionId": f"d{n}", "IsLatest": True,
+                                        "LastModified": "2024-01-03T00:00:00.000Z"})  # fmt: skip
+    fakes.on(*LIST_VERSIONS, stdout=json.dumps(answer) if current or deleted or earlier else "")
+
+
 def test_no_latest_and_no_backups_starts_a_new_swarm(fakes):
     fakes.docker_up()
-    fakes.on(
-        "aws", "--region", "eu-west-1", "s3", "cp", rc=1, stderr="fatal error: An error occurred (404): Not Found\n"
-    )
-    fakes.on("aws", "--region", "eu-west-1", "s3api", "list-objects-v2", stdout="None\n")
+    versions(fakes)
+    fakes.on("aws", "--region", "eu-west-1", "s3", "cp", rc=1, stderr=FORBIDDEN)  # never asked
     fakes.on("docker", "swarm", "init")
     assert restore.restore_or_init(env.load(), "latest") == ("initialised", "bootstrap: initialised a new swarm", None)
     assert inits(fakes) == [INIT[:2] + INIT[3:]]
     assert leftovers() == []
+    # "missing" came from the listing (one aws call), never from a GetObject that fails:
+    # on real S3 that one answers 403 to the nodes' role, and the first morning would stop.
+    assert [c["args"][2:4] for c in fakes.calls("aws")] == [["s3api", "list-object-versions"]]
 
 
 def test_backups_without_latest_refuse_a_new_swarm(fakes):
-    fakes.on("aws", "--region", "eu-west-1", "s3", "cp", rc=1, stderr="An error occurred (NoSuchKey)\n")
-    listing = "swarm/dev/backups/20240101T000000Z.tar.gz\tswarm/dev/backups/20240102T000000Z.tar.gz\n"
-    fakes.on("aws", "--region", "eu-west-1", "s3api", "list-objects-v2", stdout=listing)
+    versions(fakes, current=["backups/20240101T000000Z.tar.gz", "backups/20240102T000000Z.tar.gz"])
     with pytest.raises(AgentError) as raised:
         restore.restore_or_init(env.load(), "latest")
     assert str(raised.value).startswith(
@@ -228,14 +250,40 @@ def test_backups_without_latest_refuse_a_new_swarm(fakes):
     assert inits(fakes) == [] and leftovers() == []
 
 
+@pytest.mark.parametrize("how", ["deleted", "earlier"])
+def test_an_emptied_store_refuses_a_new_swarm_and_says_how_to_bring_a_backup_back(fakes, how):
+    """`aws s3 rm --recursive` on the prefix leaves delete markers and noncurrent versions in
+    the versioned bucket: nothing current, but the backups were made (issue 19, item 3)."""
+    gone = ["backups/20240101T000000Z.tar.gz", "backups/20240102T000000Z.tar.gz", "backups/latest"]
+    versions(fakes, **{how: gone})
+    with pytest.raises(AgentError) as raised:
+        restore.restore_or_init(env.load(), "latest")
+    message = str(raised.value)
+    assert message.startswith(
+        "bootstrap: refusing to start a new swarm: nothing is current under s3://state-bucket/swarm/dev/backups/, "
+        "but the bucket keeps earlier versions of 2 backup(s) (the newest: backups/20240102T000000Z.tar.gz)"
+    )
+    assert "aws s3api copy-object --bucket state-bucket" in message and "swarm:restoreFrom none" in message
+    assert inits(fakes) == [] and leftovers() == []
+
+
 def test_a_store_that_cannot_be_read_is_not_taken_for_an_empty_one(fakes):
-    fakes.on("aws", "--region", "eu-west-1", "s3", "cp", rc=1, stderr="Unable to locate credentials\n")
-    with pytest.raises(AgentError, match="cannot read s3://state-bucket/swarm/dev/backups/latest"):
+    fakes.on(*LIST_VERSIONS, rc=254, stderr="Unable to locate credentials\n")
+    with pytest.raises(AgentError, match="Unable to locate credentials"):
+        restore.restore_or_init(env.load(), "latest")
+    assert inits(fakes) == []
+
+
+def test_a_latest_that_the_listing_shows_but_that_cannot_be_read_stops_the_morning(fakes):
+    versions(fakes, current=["backups/latest", KEY])
+    fakes.on("aws", "--region", "eu-west-1", "s3", "cp", rc=1, stderr=FORBIDDEN)
+    with pytest.raises(AgentError, match=r"cannot read s3://state-bucket/swarm/dev/backups/latest: .*403"):
         restore.restore_or_init(env.load(), "latest")
     assert inits(fakes) == []
 
 
 def test_the_latest_pointer_from_s3_gives_key_and_sha(fakes, tmp_path):
+    versions(fakes, current=["backups/latest", KEY])
     fakes.on("aws", "--region", "eu-west-1", "s3", "cp", "s3://state-bucket/swarm/dev/backups/latest",
              writes=[(5, f"{KEY} abc123\n".encode())])  # fmt: skip
     assert restore.choose_backup(env.load(), "latest", str(tmp_path)) == (KEY, "abc123", False)
