@@ -71,6 +71,7 @@ class SwarmCluster(pulumi.ComponentResource):
                 operator_key=machines.operator_key,
                 authorized_key=machines.authorized_key,
                 restore_from=settings.restore_from,
+                restore_unsigned=settings.restore_unsigned,
                 backup_on_destroy=settings.backup_on_destroy,
                 backup_target=settings.backup_target,
                 backup_directory=settings.backup_directory,

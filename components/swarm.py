@@ -132,6 +132,7 @@ class SwarmFormationArgs:
     operator_key: pulumi.Input[str] | None = None
     authorized_key: pulumi.Input[str] | None = None
     restore_from: str = "latest"
+    restore_unsigned: bool = False  # the backup restore_from names may lack a signed .meta
     backup_on_destroy: bool = True
     backup_target: str = "s3"  # s3 | local | none
     backup_directory: str | None = None  # local: on the machine running Pulumi
@@ -436,10 +437,13 @@ class SwarmFormation(pulumi.ComponentResource):
         if probes:
             answers = pulumi.Output.all(*[p.stdout for p in probes]).apply(lambda outs: "\n".join(outs) + "\n")
             stdin = pulumi.Output.secret(answers)
+        unsigned = ["--allow-unsigned"] if args.restore_unsigned and restore not in ("latest", "none") else []
         return self._command(
             f"{name}-bootstrap",
             leader,
-            create=node_cli("bootstrap", "--restore", restore, "--autolock", "true" if args.autolock else "false"),
+            create=node_cli(
+                "bootstrap", "--restore", restore, *unsigned, "--autolock", "true" if args.autolock else "false"
+            ),
             stdin=stdin,
             depends_on=[ready[leader.name], *staged, *probes, *self._retired(leader), *self.signing.values()],
         )

@@ -52,7 +52,8 @@ def bootstrap(args) -> None:
         action, result, restored_from = "joined", joined, None
     else:
         wanted = "none" if node.target == "none" else args.restore
-        action, result, restored_from = restore.restore_or_init(node, wanted)
+        unsigned = getattr(args, "allow_unsigned", False)
+        action, result, restored_from = restore.restore_or_init(node, wanted, allow_unsigned=unsigned)
     apply_autolock(args.autolock)
     _report(action, result, restored_from)
 

@@ -41,6 +41,7 @@ def _verbs(sub) -> None:
     verb("wait-ready", "ready:wait_ready", "wait until user-data has finished and dockerd answers", 300)
     p = verb("bootstrap", "bootstrap:bootstrap", "manager 0: nothing | join the live swarm | restore | init")
     p.add_argument("--restore", default="latest", help="latest, none or backups/<name>.tar.gz")
+    p.add_argument("--allow-unsigned", action="store_true", help="the backup --restore names may lack a .meta")
     p.add_argument("--autolock", choices=("true", "false"), default=None)
     verb("tokens", "membership:tokens", "print the join tokens (and unlock key) as one JSON line")
     verb("probe", "membership:probe", "a manager's answer to a bootstrapping manager 0 (JSON)")

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import datetime
 import glob
-import hmac
 import os
 import re
 import shutil
 import tempfile
 
-from swarm_agent import dockerd, keytool, paths, run, store, tarballs
+from swarm_agent import dockerd, keytool, paths, run, signed, store, tarballs
 from swarm_agent.env import NodeEnv
 from swarm_agent.run import AgentError, note
 
@@ -26,16 +25,17 @@ KEY_RE = re.compile(r"^backups/[A-Za-z0-9._-]+\.tar\.gz$")
 PICK_OLDER = "then 'pulumi config set swarm:restoreFrom backups/<older>.tar.gz'"
 
 
-def restore_or_init(node: NodeEnv, restore: str) -> tuple[str, str, str | None]:
+def restore_or_init(node: NodeEnv, restore: str, allow_unsigned: bool = False) -> tuple[str, str, str | None]:
     """latest | none | KEY: restore a verified backup with --force-new-cluster, or start a
-    new swarm when there is none (or none is wanted). (action, result, restored_from)."""
+    new swarm when there is none (or none is wanted). (action, result, restored_from).
+    `allow_unsigned` (swarm:restoreUnsigned) lets only a backup named in KEY lack a .meta."""
     work = tempfile.mkdtemp(dir=paths.WORK_DIR, prefix="swarm-restore.")
     try:
         key, want, pinned = choose_backup(node, restore, work)
         if not key:
             init_swarm(node)
             return "initialised", "bootstrap: initialised a new swarm", None
-        tarball, unlock = verify_backup(node, key, want, pinned, work)
+        tarball, unlock = verify_backup(node, key, want, pinned and allow_unsigned, work)
         return "restored", restore_backup(node, key, tarball, unlock), key
     finally:
         # A backup's tar (the swarm's keys) never outlives the verb.
@@ -60,12 +60,11 @@ def choose_backup(node: NodeEnv, restore: str, work: str) -> tuple[str, str, boo
     if "backups/latest" in found.current:
         return (*_read_latest(node, work), False)
     if found.backups:
-        newest = found.backups[0]
         raise AgentError(
-            f"bootstrap: refusing to start a new swarm: {node.store}backups/ holds backups (the newest: {newest}) "
+            f"bootstrap: refusing to start a new swarm: {node.store}backups/ holds {len(found.backups)} backup(s) "
             "but no backups/latest. A new swarm would become tonight's latest, and pruning would then remove the "
-            f"real ones. Restore one: 'pulumi config set swarm:restoreFrom {newest}' and 'pulumi up'; or start a "
-            "new swarm on purpose: 'pulumi config set swarm:restoreFrom none'."
+            f"real ones. {signed.hint(node, found.backups, work)} Or start a new swarm on purpose: "
+            "'pulumi config set swarm:restoreFrom none'."
         )
     if found.gone:
         raise AgentError(_emptied_store(node, found.gone))
@@ -119,7 +118,7 @@ def fetch_backup(node: NodeEnv, key: str, work: str) -> None:
         raise AgentError(f"cannot read {node.store}{key}: {error}") from None
 
 
-def verify_backup(node: NodeEnv, key: str, want: str, pinned: bool, work: str) -> tuple[str, str]:
+def verify_backup(node: NodeEnv, key: str, want: str, unsigned_ok: bool, work: str) -> tuple[str, str]:
     """Fetch the backup into `work`; refuse it, untouched, unless its sha256 matches its
     .sha256 object and the pointer's, and it is a tar.gz of swarm/; then check its .meta.
     (the tarball's path, the sealed unlock key its .meta carries or "")."""
@@ -140,9 +139,18 @@ def verify_backup(node: NodeEnv, key: str, want: str, pinned: bool, work: str) -
     if why:
         raise AgentError(
             f"bootstrap: refusing to restore {node.store}{key}: {why}. The object was left untouched. "
-            f"Pick an older backup: {node.list_hint}, {PICK_OLDER} and 'pulumi up'."
+            + _another(node, key, work)
         )
-    return tarball, check_backup_meta(node, key, tarball + ".meta", got, pinned)
+    return tarball, check_backup_meta(node, key, tarball + ".meta", got, unsigned_ok, work)
+
+
+def _another(node: NodeEnv, refused: str, work: str) -> str:
+    """Advice after a refusal: the newest other backup whose signature checks, if any."""
+    try:
+        keys = store.listing(node).backups
+    except AgentError as error:
+        return f"List the others with {node.list_hint} ({error})."
+    return signed.hint(node, keys, work, skip=(refused,))
 
 
 def _first_fields(path: str) -> str:
@@ -155,35 +163,31 @@ def _first_fields(path: str) -> str:
     return "\n".join(line.split(" ", 1)[0] for line in text.split("\n")).rstrip("\n")
 
 
-def check_backup_meta(node: NodeEnv, key: str, meta: str, sha: str, pinned: bool) -> str:
+def check_backup_meta(node: NodeEnv, key: str, meta: str, sha: str, unsigned_ok: bool, work: str) -> str:
     """A restore only of a backup this stack's managers signed, onto the address its manager
     had and an engine at least as new (swarmkit cannot read a newer Raft format back).
     Returns the sealed unlock key the .meta carries ("" when none)."""
     where = f"{node.store}{key}"
     if not os.path.isfile(meta) or os.path.getsize(meta) == 0:
-        # Only a backup you name yourself (swarm:restoreFrom) may predate the signatures.
-        if not pinned:
+        # Only a backup you name (swarm:restoreFrom) with a setting of its own that says so.
+        if not unsigned_ok:
             raise AgentError(
                 f"bootstrap: refusing to restore {where}: it has no .meta, so no signature: it was not written by "
-                "this stack's managers (forged, or made before backups were signed: name it with 'pulumi config "
-                f"set swarm:restoreFrom {key}' to restore it anyway). The object was left untouched."
+                "this stack's managers (forged, or made before backups were signed). The object was left "
+                f"untouched. {_another(node, key, work)} Only if you know where it came from: "
+                "swarm:restoreFrom naming it and 'pulumi config set swarm:restoreUnsigned true'."
             )
-        note(
-            f"bootstrap: {where} has no .meta (made before they were written): "
-            "signature, engine and address not checked"
-        )
+        note(f"bootstrap: {where} has no .meta; restoring it unsigned (swarm:restoreUnsigned): "
+             "signature, engine and address not checked")  # fmt: skip
         return ""
     with open(meta, errors="replace") as handle:
         text = handle.read()
-    signature, signing_key = _meta_field(text, "signature"), _signing_key()
-    expected = keytool.sign(key, sha, signing_key) if signing_key else ""
-    if not (signature and expected and hmac.compare_digest(signature.encode(), expected.encode())):
+    if not signed.signature_checks(key, sha, text, signed.signing_key()):
         raise AgentError(
             f"bootstrap: refusing to restore {where}: its signature does not match: it was not written by this "
-            f"stack's managers (forged or altered). The object was left untouched. Pick another: {node.list_hint}, "
-            "then 'pulumi config set swarm:restoreFrom backups/<older>.tar.gz'."
+            f"stack's managers (forged or altered). The object was left untouched. {_another(node, key, work)}"
         )
-    engine, addr, mine = _meta_field(text, "engine"), _meta_field(text, "addr"), dockerd.server_version()
+    engine, addr, mine = signed.meta_field(text, "engine"), signed.meta_field(text, "addr"), dockerd.server_version()
     if addr and addr != node.advertise_addr:
         raise AgentError(
             f"bootstrap: refusing to restore {where}: it was taken on a manager at {addr}, this one is at "
@@ -195,26 +199,7 @@ def check_backup_meta(node: NodeEnv, key: str, meta: str, sha: str, pinned: bool
             f"{mine}, an older engine that cannot be trusted to read it. Use a newer AMI (swarm:amiId), or restore "
             f"it where Docker {engine} or newer runs. The object was left untouched."
         )
-    return _meta_field(text, "unlock")
-
-
-def _meta_field(text: str, name: str) -> str:
-    """`sed -n 's/^NAME=//p'`: every NAME= line's value, one a line."""
-    return "\n".join(line[len(name) + 1 :] for line in text.split("\n") if line.startswith(name + "="))
-
-
-def _signing_key() -> bytes | None:
-    """The stack's signing key (hex in paths.SIGNING_KEY), or None, said on stderr, when it is
-    missing: nothing verifies then."""
-    try:
-        with open(paths.SIGNING_KEY) as handle:
-            key = bytes.fromhex(handle.read().strip())
-    except (OSError, ValueError):
-        key = b""
-    if not key:
-        note(f"swarm-keytool: the backup signing key is missing ({paths.SIGNING_KEY}): run 'pulumi up'")
-        return None
-    return key
+    return signed.meta_field(text, "unlock")
 
 
 def _release(version: str) -> str:
@@ -284,7 +269,7 @@ def open_sealed_state(node: NodeEnv, key: str, unlock: str) -> None:
             f"bootstrap: {where} is autolocked and its .meta has no unlock key (made by hand?): restore it by hand, "
             "or pick another: 'pulumi config set swarm:restoreFrom backups/<name>.tar.gz'."
         )
-    signing_key = _signing_key()
+    signing_key = signed.signing_key()
     try:
         if signing_key is None:
             raise keytool.KeytoolError("no signing key to open the unlock key with")

@@ -141,6 +141,7 @@ def load_settings(
         backup_retention_days=backups.retention_days,
         backup_keep=backups.keep,
         restore_from=backups.restore_from,
+        restore_unsigned=backups.restore_unsigned,
         state_bucket_name=backups.state_bucket_name,
         tags={**tags, **base_tags},
         nodes=nodes,

@@ -23,6 +23,7 @@ class Backups:
     retention_days: int
     keep: int
     restore_from: str
+    restore_unsigned: bool
     state_bucket_name: str | None
     existing_bucket: str | None
     access_key_id: pulumi.Output[str] | None
@@ -68,12 +69,22 @@ def read_backups(r: Reader, config: pulumi.Config, stack: str, hosts_mode: bool,
         r.problem("backupDirectory", f"is only used with swarm:backupTarget local (it is {target})", '""')
     if target == "none" and restore_from not in ("latest", "none"):
         r.problem("restoreFrom", "names a backup, but swarm:backupTarget is none", "none")
+    restore_unsigned = r.boolean("restoreUnsigned")
+    if restore_unsigned and restore_from in ("latest", "none"):
+        # Only ever for one backup you name: never for whatever backups/latest points to.
+        r.problem(
+            "restoreUnsigned",
+            f"is true, but swarm:restoreFrom is {restore_from}: it only lets the one backup you name there "
+            "restore without a signature",
+            "false",
+        )
     return Backups(
         target=target,
         on_destroy=on_destroy,
         retention_days=retention,
         keep=keep,
         restore_from=restore_from,
+        restore_unsigned=restore_unsigned,
         state_bucket_name=state_bucket_name,
         existing_bucket=existing_bucket,
         access_key_id=access_key_id,

@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "backupRetentionDays": 30,
     "backupKeep": 14,
     "restoreFrom": "latest",
+    "restoreUnsigned": False,
     "backupTarget": "s3",
     "backupDirectory": "~/.swarm/backups",
 }
@@ -159,6 +160,7 @@ class Settings:
     restore_from: str
     state_bucket_name: str | None
     tags: dict[str, str]
+    restore_unsigned: bool = False  # swarm:restoreUnsigned: the named backup may lack a signature
     nodes: list[NodePlan] = field(default_factory=list)
     # Bring-your-own-machines mode (swarm:hosts): no VPC, instances or key pair.
     hosts_mode: bool = False

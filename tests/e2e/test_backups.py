@@ -232,6 +232,10 @@ def test_the_morning_refuses_what_it_cannot_trust_and_then_restores_the_real_bac
     refused(engine, "its signature does not match", "forged or altered")
     bed.s3().delete_object(Bucket=bucket, Key=f"{PREFIX}{key}.meta")
     refused(engine, "it has no .meta, so no signature")
+    # Naming it, as a refusal once advised on-call to, does not restore it either (item 1).
+    engine.config["swarm:restoreFrom"] = key
+    refused(engine, "it has no .meta, so no signature", "swarm:restoreUnsigned true")
+    del engine.config["swarm:restoreFrom"]
     assert forged_sha != sha
 
     # Signed by the stack's own key (so only the checks after the signature speak): a
@@ -285,7 +289,7 @@ def test_pruning_spares_latest_a_pinned_backup_and_the_last_restored(engine, bed
     restored = read(bed, bucket, f"{PREFIX}backups/restored").decode().strip()
     pinned = "backups/20000101T000000Z.tar.gz"  # older than any: first in line for pruning
     # (A copy under another name: its signature would not match, so it has no .meta, which
-    # a backup named in swarm:restoreFrom may lack.)
+    # only a backup named in swarm:restoreFrom with swarm:restoreUnsigned true may lack.)
     for suffix in ("", ".sha256"):
         put(bed, bucket, f"{pinned}{suffix}", read(bed, bucket, f"{PREFIX}{restored}{suffix}"))
 
@@ -297,6 +301,7 @@ def test_pruning_spares_latest_a_pinned_backup_and_the_last_restored(engine, bed
         return {o["Key"].removeprefix(PREFIX) for o in listing if o["Key"].endswith(".tar.gz")}
 
     engine.config["swarm:restoreFrom"] = pinned
+    engine.config["swarm:restoreUnsigned"] = "true"
     engine.up()  # a live swarm: only the backup hook learns of the pin
     keep_only_one()
     engine.destroy()
@@ -308,7 +313,7 @@ def test_pruning_spares_latest_a_pinned_backup_and_the_last_restored(engine, bed
     engine.destroy()
     third, _ = latest(bed, bucket)
     assert backups() == {third, pinned}, backups()  # the second night's and the once-restored one went
-    del engine.config["swarm:restoreFrom"]
+    del engine.config["swarm:restoreFrom"], engine.config["swarm:restoreUnsigned"]
 
 
 def test_a_wedged_docker_fails_a_verb_within_its_bound(engine, bed):

@@ -38,6 +38,8 @@ BAD_CONFIGS = [
     ("mirror on a swarm port", {"mirrorPort": 2377}, "mirrorPort"),
     ("mirror not a boolean", {"mirror": "yes"}, "mirror"),
     ("unknown restore source", {"restoreFrom": "yesterday"}, "restoreFrom"),
+    ("unsigned restores of whatever latest is", {"restoreUnsigned": True}, "restoreUnsigned"),
+    ("unsigned restore not a boolean", {"restoreUnsigned": "1", "restoreFrom": "backups/a.tar.gz"}, "restoreUnsigned"),
     ("vpcId without subnets", {"vpcId": VPC}, "subnetIds"),
     ("subnets without vpcId", {"subnetIds": ["subnet-0123456789abcdef0"]}, "vpcId"),
     ("public key without private key", {"sshPublicKey": "ssh-ed25519 AAAAC3Nz mine"}, "sshPrivateKey"),

@@ -88,6 +88,13 @@ def test_verbs_and_their_arguments(run):
 def test_restore_source_reaches_bootstrap():
     run = run_program({"restoreFrom": "backups/20261121T230000Z.tar.gz"})
     assert " --restore backups/20261121T230000Z.tar.gz " in run.command("-bootstrap").inputs["create"]
+    assert "--allow-unsigned" not in run.command("-bootstrap").inputs["create"]
+
+
+def test_an_unsigned_restore_is_asked_for_by_its_own_setting_and_for_the_named_backup_alone():
+    run = run_program({"restoreFrom": "backups/20261121T230000Z.tar.gz", "restoreUnsigned": True})
+    create = run.command("-bootstrap").inputs["create"]
+    assert " --restore backups/20261121T230000Z.tar.gz --allow-unsigned " in create
 
 
 def test_no_secret_in_any_command_string(run):

@@ -69,8 +69,8 @@ def restores(monkeypatch):
     """restore.restore_or_init, recorded (its own tests are in test_restore.py)."""
     calls = []
 
-    def restore_or_init(node, wanted):
-        calls.append(wanted)
+    def restore_or_init(node, wanted, allow_unsigned=False):
+        calls.append(wanted + (" unsigned" if allow_unsigned else ""))
         return "restored", f"bootstrap: restored from {KEY}", KEY
 
     monkeypatch.setattr(restore, "restore_or_init", restore_or_init)
@@ -297,6 +297,13 @@ def test_the_cli_prints_the_line_pulumi_reads(inactive, capsys, monkeypatch):
     stdin(monkeypatch, "")
     assert cli.main(["bootstrap", "--restore", "none", "--autolock", "false"]) == 0
     assert one_line(capsys)["action"] == "initialised"
+
+
+@pytest.mark.parametrize(("flag", "recorded"), [([], KEY), (["--allow-unsigned"], f"{KEY} unsigned")])
+def test_allow_unsigned_reaches_the_restore_only_when_given(inactive, monkeypatch, restores, flag, recorded):
+    stdin(monkeypatch, "")
+    assert cli.main(["bootstrap", "--restore", KEY, *flag, "--autolock", "false"]) == 0
+    assert restores == [recorded]
 
 
 # -- stage-restore -----------------------------------------------------------------------

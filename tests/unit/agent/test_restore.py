@@ -244,8 +244,12 @@ def test_backups_without_latest_refuse_a_new_swarm(fakes):
     with pytest.raises(AgentError) as raised:
         restore.restore_or_init(env.load(), "latest")
     assert str(raised.value).startswith(
-        "bootstrap: refusing to start a new swarm: s3://state-bucket/swarm/dev/backups/ holds backups "
-        "(the newest: backups/20240102T000000Z.tar.gz) but no backups/latest."
+        "bootstrap: refusing to start a new swarm: s3://state-bucket/swarm/dev/backups/ holds 2 backup(s) "
+        "but no backups/latest."
+    )
+    # No signing key on this node: no backup can be named as one to restore.
+    assert "No other backup in s3://state-bucket/swarm/dev/backups/ carries a signature that checks" in str(
+        raised.value
     )
     assert inits(fakes) == [] and leftovers() == []
 
@@ -378,12 +382,48 @@ def test_an_empty_signing_key_is_a_missing_one(node):
         restore.restore_or_init(env.load(), "latest")
 
 
-def test_a_pinned_backup_without_meta_is_restored_with_a_note(node, capsys):
+def test_naming_an_unsigned_backup_does_not_restore_it(node):
+    """Pinning is not trusting: a planted backup named in swarm:restoreFrom is refused too,
+    and the advice names a backup whose signature checks (issue 19, item 1)."""
+    directory = staged()  # KEY, signed
+    planted = "backups/20991231T000000Z.tar.gz"
+    data = backup()
+    (directory / planted[len("backups/") :]).write_bytes(data)
+    (directory / f"{planted[len('backups/') :]}.sha256").write_text(f"{sha(data)}  x\n")
+    with pytest.raises(AgentError) as raised:
+        restore.restore_or_init(env.load(), planted)
+    message = str(raised.value)
+    assert "it has no .meta, so no signature" in message and "swarm:restoreUnsigned true" in message
+    assert f"The newest backup whose signature checks: {KEY} (pulumi config set swarm:restoreFrom {KEY}" in message
+    assert untouched() and inits(node) == []
+
+
+def test_an_unsigned_backup_restores_only_when_named_with_restore_unsigned(node, capsys):
     staged(meta=None)
-    assert restore.restore_or_init(env.load(), KEY)[0] == "restored"
-    assert f"{KEY} has no .meta (made before they were written): signature, engine and address not checked" in (
-        capsys.readouterr().err
-    )
+    assert restore.restore_or_init(env.load(), KEY, allow_unsigned=True)[0] == "restored"
+    assert f"{KEY} has no .meta; restoring it unsigned (swarm:restoreUnsigned)" in capsys.readouterr().err
+
+
+def test_restore_unsigned_never_applies_to_what_latest_points_to(node):
+    staged(meta=None)
+    with pytest.raises(AgentError, match=r"it has no \.meta, so no signature"):
+        restore.restore_or_init(env.load(), "latest", allow_unsigned=True)
+    assert untouched() and inits(node) == []
+
+
+def test_without_latest_the_advice_names_the_newest_signed_backup_not_the_newest(node):
+    directory = staged(latest=None)  # KEY, signed
+    planted = "20991231T000000Z.tar.gz"  # newer, with a matching .sha256, unsigned
+    data = backup()
+    (directory / planted).write_bytes(data)
+    (directory / f"{planted}.sha256").write_text(f"{sha(data)}  {planted}\n")
+    (directory / f"{planted}.meta").write_text(meta(f"backups/{planted}", sha(data), signing=bytes(32)))
+    with pytest.raises(AgentError) as raised:
+        restore.restore_or_init(env.load(), "latest")
+    message = str(raised.value)
+    assert "holds 2 backup(s) but no backups/latest" in message
+    assert f"signature checks: {KEY} (pulumi config set swarm:restoreFrom {KEY}" in message
+    assert planted not in message
 
 
 @pytest.mark.parametrize("engine", ["26.1.5", "26.1.4", "24.0.7", "26.1.5-1~ubuntu", "26.1.5+dfsg1", "unknown", ""])
