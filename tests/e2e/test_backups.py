@@ -260,7 +260,7 @@ def test_the_morning_refuses_what_it_cannot_trust_and_then_restores_the_real_bac
 
     put(bed, bucket, f"{key}.meta", meta)
     bed.s3().delete_object(Bucket=bucket, Key=f"{PREFIX}backups/latest")
-    refused(engine, "refusing to start a new swarm", f"the newest: {key}", f"swarm:restoreFrom {key}")
+    refused(engine, "refusing to start a new swarm", f"signature checks: {key}", f"swarm:restoreFrom {key}")
 
     # Emptied: `aws s3 rm --recursive` on the backups leaves delete markers in the versioned
     # bucket. Nothing is current, yet the morning must not start a new swarm (item 3).
