@@ -50,7 +50,7 @@ from agent.swarm_agent import contract
 from components.agent import agent_bundle, agent_digest, install_command
 from components.hostkeys import known_hosts_lines
 from components.payload import NODE_CLI
-from components.settings import BACKUP_DIAL_ERROR_LIMIT, DIAL_ERROR_LIMIT, PER_DIAL_TIMEOUT
+from components.settings import BACKUP_DIAL_ERROR_LIMIT, BOOT_DIAL_ERROR_LIMIT, DIAL_ERROR_LIMIT, PER_DIAL_TIMEOUT
 
 SWARM_PORT = 2377
 READY_TIMEOUT = 900
@@ -86,11 +86,14 @@ def node_cli(*args: str) -> str:
 def ssh_connection(
     node: SwarmNode, user: pulumi.Input[str], private_key: pulumi.Input[str], dial_error_limit: int = DIAL_ERROR_LIMIT
 ) -> remote.ConnectionArgs:
+    """pulumi-command's connection to `node`, checking its host key whenever it is known:
+    whatever else answers at the address must not receive the keys, tokens and backups."""
     return remote.ConnectionArgs(
         host=node.connect_host,
         port=node.port,
         user=node.user or user,
         private_key=private_key,
+        host_key=node.host_key,
         dial_error_limit=dial_error_limit,
         per_dial_timeout=PER_DIAL_TIMEOUT,
     )
@@ -118,6 +121,9 @@ class SwarmNode:
     host_public_key: pulumi.Input[str] | None = None
     # Where clients reach it (known_hosts names); the connect address and the private one.
     addresses: list[pulumi.Input[str]] = field(default_factory=list)
+    # What Pulumi's SSH checks the node's host key against ("ssh-ed25519 AAAA..."): the
+    # formation sets it, from host_public_key or, on an own host, from its first read.
+    host_key: pulumi.Input[str] | None = None
 
 
 @dataclass
@@ -162,12 +168,13 @@ class SwarmFormation(pulumi.ComponentResource):
         self.leader_address = pulumi.Output.concat(leader.private_ip, f":{SWARM_PORT}")
 
         nodes = args.managers + args.workers
+        self.host_key_reads = self._pin_host_keys(name, nodes)
         self.leaves = self._leaves(name) if args.leave_on_destroy else {}
         self.provisions = {node.name: self._provision(name, node) for node in nodes if node.provision is not None}
         ready = {node.name: self._ready(name, node) for node in nodes}
         self.retires = self._retires(name, ready)
         self.signing = self._signing_keys(name, ready)
-        self.known_hosts = self._host_keys(name, ready)
+        self.known_hosts = self._host_keys()
         self.bootstrap = self._bootstrap(name, ready)
         self.bootstrap_result = self.bootstrap.stdout.apply(_bootstrap_result)
 
@@ -283,7 +290,10 @@ class SwarmFormation(pulumi.ComponentResource):
         create = f"{WAIT_USER_DATA}; " + " && ".join(steps)
         return remote.Command(
             f"{name}-ready-{node.name}",
-            connection=ssh_connection(node, args.ssh_user, args.operator_key or args.ssh_private_key),
+            # The first command on a new machine: its dials wait for the boot.
+            connection=ssh_connection(
+                node, args.ssh_user, args.operator_key or args.ssh_private_key, BOOT_DIAL_ERROR_LIMIT
+            ),
             create=create,
             stdin=stdin,
             triggers=list(node.replaced_by),
@@ -375,21 +385,35 @@ class SwarmFormation(pulumi.ComponentResource):
             for node in self._args.managers
         }
 
-    def _host_keys(self, name: str, ready: dict[str, remote.Command]) -> pulumi.Output[str]:
-        """Every node's ed25519 host key as known_hosts lines (`sshKnownHosts`): an EC2
-        node's stable one, known beforehand; a machine the user brings keeps its own, read
-        once it is ready."""
+    def _pin_host_keys(self, name: str, nodes: list[SwarmNode]) -> dict[str, remote.Command]:
+        """Every connection checks the node's host key. An EC2 node's is known before it
+        boots (hostkeys.py); a machine the user brings is read once, by the first command
+        that reaches it (trust on first use, as ssh's accept-new), and every other command
+        checks against that. It is read again only when this command's inputs change (a
+        new private address, SSH address, port or user)."""
+        reads = {}
+        for node in nodes:
+            if node.host_public_key is not None:
+                node.host_key = node.host_public_key
+                continue
+            read = self._command(
+                f"{name}-host-key-{node.name}",
+                node,
+                create=READ_HOST_KEY,
+                depends_on=node.depends_on,
+                dial_error_limit=BOOT_DIAL_ERROR_LIMIT,
+            )
+            reads[node.name] = read
+            node.host_key = read.stdout.apply(_host_key_line)
+        return reads
+
+    def _host_keys(self) -> pulumi.Output[str]:
+        """Every node's ed25519 host key as known_hosts lines (`sshKnownHosts`)."""
         lines = []
         for node in self._args.managers + self._args.workers:
-            public = node.host_public_key
-            if public is None:
-                read = self._command(
-                    f"{name}-host-key-{node.name}", node, create=READ_HOST_KEY, depends_on=[ready[node.name]]
-                )
-                public = read.stdout.apply(lambda out: " ".join((out or "").split()[:2]))
             addresses = node.addresses or [node.connect_host, node.private_ip]
             lines.append(
-                pulumi.Output.all(public, *addresses).apply(
+                pulumi.Output.all(node.host_key, *addresses).apply(
                     lambda v, port=node.port: known_hosts_lines(sorted(set(v[1:])), v[0], port) if v[0] else []
                 )
             )
@@ -457,8 +481,10 @@ class SwarmFormation(pulumi.ComponentResource):
         base = ["python3", LOCAL_BACKUP, verb, "--dir", args.backup_directory or "", "--prefix", args.state_prefix]
         if node is None:
             return pulumi.Output.from_input(shlex.join(base))
-        return pulumi.Output.all(node.connect_host, node.user or args.ssh_user).apply(
-            lambda v: shlex.join([*base, "--host", v[0], "--port", str(node.port), "--user", v[1], *extra])
+        return pulumi.Output.all(node.connect_host, node.user or args.ssh_user, node.host_key or "").apply(
+            lambda v: shlex.join(
+                [*base, "--host", v[0], "--port", str(node.port), "--user", v[1], "--host-key", v[2], *extra]
+            )
         )
 
     def _local(
@@ -529,6 +555,11 @@ class SwarmFormation(pulumi.ComponentResource):
                 delete_before_replace=delete_before_replace or None,
             ),
         )
+
+
+def _host_key_line(stdout: str | None) -> str:
+    """`ssh-ed25519 AAAA...` from the public key file (its comment dropped)."""
+    return " ".join((stdout or "").split()[:2])
 
 
 def _parse_tokens(stdout: str) -> dict[str, str]:

@@ -45,9 +45,6 @@ KEY_ENV = "SWARM_SSH_PRIVATE_KEY"
 SSH_OPTIONS = [
     "-o", "BatchMode=yes",
     "-o", "IdentitiesOnly=yes",
-    # As pulumi-command: the program does not pin host keys (machines are re-provisioned).
-    "-o", "StrictHostKeyChecking=no",
-    "-o", "UserKnownHostsFile=/dev/null",
     "-o", "LogLevel=ERROR",
     "-o", "ConnectTimeout=10",
     "-o", "ConnectionAttempts=6",
@@ -72,7 +69,25 @@ def ssh_command(args: argparse.Namespace):
         key_file = Path(scratch) / "key"
         key_file.touch(mode=0o600)
         key_file.write_text(key if key.endswith("\n") else key + "\n")
-        yield ["ssh", "-i", str(key_file), "-p", str(args.port), *SSH_OPTIONS, f"{args.user}@{args.host}", "sudo"]
+        known = _known_hosts(args, Path(scratch) / "known_hosts")
+        login = f"{args.user}@{args.host}"
+        yield ["ssh", "-i", str(key_file), "-p", str(args.port), *SSH_OPTIONS, *known, login, "sudo"]
+
+
+def _known_hosts(args: argparse.Namespace, path: Path) -> list[str]:
+    """The node's host key as the program pins it (--host-key): nothing else gets the backup."""
+    if not args.host_key:
+        # Only a teardown whose command was frozen in the state before host keys were
+        # pinned: the next `pulumi up` writes the key into it.
+        print("swarm_backup_local: no --host-key (run 'pulumi up' once): the host key is not checked", file=sys.stderr)
+        return ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+    fields = args.host_key.split()
+    if len(fields) < 2:
+        fail(f"--host-key must be '<type> <base64>' (got {args.host_key!r})")
+    name = args.host if args.port == 22 else f"[{args.host}]:{args.port}"
+    path.write_text(f"{name} {fields[0]} {fields[1]}\n")
+    checked = ["StrictHostKeyChecking=yes", f"UserKnownHostsFile={path}", f"HostKeyAlgorithms={fields[0]}"]
+    return [word for option in checked for word in ("-o", option)]
 
 
 def store(args: argparse.Namespace) -> Path:
@@ -235,6 +250,7 @@ def main(argv: list[str] | None = None) -> None:
             sub.add_argument("--host", required=True)
             sub.add_argument("--port", type=int, default=22)
             sub.add_argument("--user", required=True)
+            sub.add_argument("--host-key", default="", help="the node's SSH host key, '<type> <base64>'")
         if verb == "fetch":
             sub.add_argument("--keep", type=int, default=14)
             sub.add_argument("--spare", action="append", default=[], help="a pinned backups/<name>.tar.gz")

@@ -128,17 +128,22 @@ class PulumiStack:
         outputs = json.loads(self._pulumi("stack", "output", "--json", "--show-secrets"))
         key = outputs.get("sshPrivateKey") or os.environ.get("SWARM_SSH_KEY_FILE")
         login = outputs["dockerHost"].removeprefix("ssh://")
+        if not outputs.get("sshKnownHosts"):
+            raise RollError(f"stack {self.stack} has no sshKnownHosts output: run pulumi up on it (host keys checked)")
         with tempfile.TemporaryDirectory() as tmp:
             if "BEGIN OPENSSH PRIVATE KEY" in (key or ""):
                 path = Path(tmp) / "key"
                 path.touch(mode=0o600)
                 path.write_text(key)
                 key = str(path)
+            # The leader's host key as the stack pins it: a roll never trusts a new key.
+            known = Path(tmp) / "known_hosts"
+            known.write_text(outputs["sshKnownHosts"])
             identity = ["-i", key] if key else []
             command = ["sudo", "/usr/local/sbin/swarm-node", "converge", "--timeout", str(timeout)]
             run = subprocess.run(
-                ["ssh", *identity, "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={tmp}/known_hosts",
-                 "-o", "StrictHostKeyChecking=accept-new", login, *command],
+                ["ssh", *identity, "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={known}",
+                 "-o", "StrictHostKeyChecking=yes", login, *command],
                 capture_output=True, text=True, timeout=timeout + 60, check=False,
             )  # fmt: skip
         if run.returncode != 0:

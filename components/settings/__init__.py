@@ -22,6 +22,7 @@ from components.settings.backups import read_backup_target, read_backups
 from components.settings.base import (
     AL2023_SSM_PARAMETER,
     BACKUP_DIAL_ERROR_LIMIT,
+    BOOT_DIAL_ERROR_LIMIT,
     DEFAULTS,
     DIAL_ERROR_LIMIT,
     NAMESPACE,
@@ -49,6 +50,7 @@ from components.settings.mirror import read_mirror
 __all__ = [
     "AL2023_SSM_PARAMETER",
     "BACKUP_DIAL_ERROR_LIMIT",
+    "BOOT_DIAL_ERROR_LIMIT",
     "DEFAULTS",
     "DIAL_ERROR_LIMIT",
     "PER_DIAL_TIMEOUT",

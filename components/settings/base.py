@@ -85,8 +85,12 @@ MIN_RETENTION_DAYS = 7
 # reserves the first four and the last address of every subnet.
 FIRST_PINNED_HOST = 10
 AWS_RESERVED_ADDRESSES = 5
-# SSH: how often and how long pulumi-command dials a node that is still booting.
-DIAL_ERROR_LIMIT = 60
+# SSH: how often pulumi-command dials. It retries every dial error alike, a wrong host key
+# too, waiting 0.1 s * 1.5^n (at most 5 s) between attempts: the first command on a node
+# (`ready`, or an own host's host-key read) waits for a machine still booting, about 4.5
+# minutes; every later one finds it up, so a key that does not match fails in about 12 s.
+BOOT_DIAL_ERROR_LIMIT = 60
+DIAL_ERROR_LIMIT = 10
 # At teardown manager 0 has been up all day: if it does not answer a few dials, stop and
 # say so rather than retry for ten minutes while the nightly job waits.
 BACKUP_DIAL_ERROR_LIMIT = 5

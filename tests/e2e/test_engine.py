@@ -244,3 +244,40 @@ def test_every_up_previews_first_running_nothing_and_handing_out_unknowns(bed, h
     # b is unchanged: its old output is known in the preview; a's new one is not.
     assert sorted(rules.notes()) == ["preview b b-1", "update a a-1", "update b b-1"]
     rules.engine.destroy()
+
+
+HOST_KEY_PROGRAM = textwrap.dedent(
+    """
+    import pulumi
+    from pulumi_command import remote
+
+    cfg = pulumi.Config("t")
+    conn = remote.ConnectionArgs(host=cfg.require("host"), user="ec2-user", private_key=cfg.require_secret("key"),
+                                 host_key=cfg.require("hostKey"), dial_error_limit=3, per_dial_timeout=5)
+    cmd = remote.Command("hello", connection=conn, create="echo hello")
+    pulumi.export("out", cmd.stdout)
+    """
+)
+
+
+def test_a_host_key_that_does_not_match_fails_the_dial_as_pulumi_command_does(bed, host_and_key, tmp_path):
+    """pulumi-command checks `host_key` with x/crypto's FixedHostKey and retries a mismatch
+    like any dial error, up to dialErrorLimit: the bed's engine must refuse it too."""
+    import time
+
+    host, key = host_and_key
+    program = tmp_path / "program.py"
+    program.write_text(HOST_KEY_PROGRAM)
+    real = " ".join(host.run("cat /etc/ssh/ssh_host_ed25519_key.pub").stdout.decode().split()[:2])
+    other = generate_key("ED25519")["publicKeyOpenssh"].strip()
+    config = {"t:host": host.ip, "t:key": key, "t:hostKey": other}
+    wrong = Engine(bed, config, stack="host-key-wrong", secret_keys=("t:key",), log_dir=tmp_path / "w", program=program)
+    started = time.monotonic()
+    mismatch = r"after 4 attempts \(dialErrorLimit 3\): ssh: handshake failed: ssh: host key mismatch"
+    with pytest.raises(EngineError, match=mismatch):
+        wrong.up()
+    assert time.monotonic() - started < 60  # 3 retries: 0.1 + 0.15 + 0.225 s of waiting
+    right = Engine(bed, {**config, "t:hostKey": real}, stack="host-key-right", secret_keys=("t:key",),
+                   log_dir=tmp_path / "r", program=program)  # fmt: skip
+    assert right.up().outputs["out"] == "hello"
+    right.destroy()

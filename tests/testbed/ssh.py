@@ -2,7 +2,10 @@
 
 pulumi-command retries a failed dial `dialErrorLimit` times (so limit + 1 attempts), each
 bounded by `perDialTimeout`, waiting 100 ms * 1.5^n (at most 5 s) between them; the bed
-does the same with paramiko. Host keys are not checked (no `hostKey` is given).
+does the same with paramiko. With `hostKey` (an authorized_keys-style line), the server
+must present exactly that key (x/crypto's FixedHostKey, asked for that key type first);
+a mismatch is a dial error like any other, retried up to the limit, as pulumi-command
+does. Without it, any key is accepted (InsecureIgnoreHostKey).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import time
 
 MAX_COMMAND_SECONDS = 1200  # no command of the program may take longer, in the bed
 MAX_DIAL_SECONDS = 600  # an unlimited dialErrorLimit still ends
+MISMATCH = "ssh: handshake failed: ssh: host key mismatch"  # x/crypto's error, as pulumi-command reports it
 
 
 class SSHError(RuntimeError):
@@ -67,6 +71,36 @@ def _load_key(text: str):
     raise SSHError("the connection's privateKey is not a key paramiko can read")
 
 
+def _pin_host_key(client, conn: dict) -> None:
+    """`hostKey` given: only that key is accepted from the server (RejectPolicy otherwise)."""
+    import paramiko
+
+    host_key = conn.get("hostKey")
+    if not host_key:
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        return
+    fields = host_key.split()
+    if len(fields) < 2:
+        raise SSHError(f"hostKey is not an authorized_keys line: {host_key!r}")  # pulumi-command: a parse error
+    port = int(conn.get("port", 22))
+    name = conn["host"] if port == 22 else f"[{conn['host']}]:{port}"
+    entry = paramiko.hostkeys.HostKeyEntry.from_line(f"{name} {fields[0]} {fields[1]}")
+    if entry is None or entry.key is None:
+        raise SSHError(f"hostKey is not a key paramiko can read: {fields[0]}")
+    client.get_host_keys().add(name, fields[0], entry.key)
+    client.set_missing_host_key_policy(_mismatch_policy(paramiko))
+
+
+def _mismatch_policy(paramiko):
+    class Mismatch(paramiko.MissingHostKeyPolicy):
+        """A key of another type than the pinned one: refused in x/crypto's words."""
+
+        def missing_host_key(self, client, hostname, key):
+            raise paramiko.SSHException(MISMATCH)
+
+    return Mismatch()
+
+
 def ssh_connect(conn: dict, log, name: str):
     """Dial as pulumi-command does: dialErrorLimit retries (so limit + 1 attempts), each
     bounded by perDialTimeout, waiting 100 ms * 1.5^n (at most 5 s) between them."""
@@ -81,7 +115,7 @@ def ssh_connect(conn: dict, log, name: str):
             raise SSHError(f"{name}: the run was interrupted")
         attempt += 1
         client = paramiko.SSHClient()
-        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # noqa: S507 - no hostKey given
+        _pin_host_key(client, conn)
         try:
             client.connect(
                 conn["host"],
@@ -99,6 +133,8 @@ def ssh_connect(conn: dict, log, name: str):
             return client
         except (OSError, paramiko.SSHException) as error:
             client.close()
+            if isinstance(error, paramiko.BadHostKeyException):  # the pinned type, another key
+                error = paramiko.SSHException(MISMATCH)
             if (limit >= 0 and attempt > limit) or time.monotonic() > deadline:
                 raise SSHError(
                     f"{name}: unable to connect to {conn['host']}:{conn.get('port', 22)} "

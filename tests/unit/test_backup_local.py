@@ -27,6 +27,8 @@ import json, os, stat, sys
 argv = sys.argv[1:]
 key = argv[argv.index("-i") + 1]
 record = {"argv": argv, "key_mode": oct(stat.S_IMODE(os.stat(key).st_mode)), "key": open(key).read()}
+known = [a.split("=", 1)[1] for a in argv if a.startswith("UserKnownHostsFile=")]
+record["known_hosts"] = open(known[0]).read() if known and known[0] != "/dev/null" else None
 with open(os.environ["FAKE_LOG"], "a") as log:
     log.write(json.dumps(record) + "\n")
 if argv[-2:] == ["backup", "--stdout"]:
@@ -190,6 +192,21 @@ def test_without_the_key_it_stops_and_names_the_setting(fake):
     env = {k: v for k, v in env.items() if k != "SWARM_SSH_PRIVATE_KEY"}
     result = fetch(env, directory)
     assert result.returncode == 1 and "swarm:sshPrivateKey" in result.stderr
+
+
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKJjcqmW6tYyzQ3p8h0X8k4YyfXvQWm6gk8uA9lU1rZc"
+
+
+def test_the_node_s_pinned_host_key_is_checked_and_nothing_else_is_accepted(fake):
+    env, directory = fake
+    result = helper(env, "fetch", "--dir", str(directory), "--prefix", PREFIX, "--host", "10.0.0.10",
+                    "--port", "2222", "--user", "admin", "--host-key", HOST_KEY)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    [call] = [json.loads(line) for line in (Path(env["FAKE_LOG"])).read_text().splitlines()]
+    argv = call["argv"]
+    assert "StrictHostKeyChecking=yes" in argv and "StrictHostKeyChecking=no" not in argv
+    assert "HostKeyAlgorithms=ssh-ed25519" in argv
+    assert call["known_hosts"] == f"[10.0.0.10]:2222 {HOST_KEY}\n"
 
 
 def test_stage_restore_accepts_what_push_sends():

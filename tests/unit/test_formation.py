@@ -412,6 +412,22 @@ def test_host_keys_are_derived_once_per_node_and_ssh_reads_them(tmp_path):
     assert derived.stdout.split()[:2] == public.split()
 
 
+def test_every_connection_to_an_ec2_node_checks_its_host_key_and_fails_fast_after_ready(run):
+    """pulumi-command checks `host_key` when given (x/crypto FixedHostKey); without it,
+    whatever answers at the address gets the signing key, the tokens and the backups."""
+    by_host = {node["privateIp"]: derive_host_key(BACKUP_KEY, node["name"])[1] for node in run.outputs["nodes"]}
+    by_host.update({node["publicIp"]: by_host[node["privateIp"]] for node in run.outputs["nodes"]})
+    commands = run.commands()
+    assert commands
+    for command in commands:
+        connection = command.inputs["connection"]
+        assert connection["hostKey"] == by_host[connection["host"]], command.name
+        # A wrong key is retried like any dial error: the first command waits for the boot
+        # (60 dials, about 4.5 min), every later one fails in about 12 s (10), a hook in 5.
+        expected = 60 if "-ready-" in command.name else (5 if command.inputs.get("delete") else 10)
+        assert connection["dialErrorLimit"] == expected, command.name
+
+
 def test_every_ec2_node_gets_its_stable_host_key_and_clients_get_known_hosts(run):
     (seed,) = [r for r in run.of_type("random:index/randomBytes:RandomBytes") if r.name.endswith("-host-key-seed")]
     assert seed.protect

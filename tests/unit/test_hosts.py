@@ -325,6 +325,19 @@ def test_nothing_the_nodes_run_is_x86_only():
     assert "get.docker.com" not in user_data and "awscli-exe-linux" not in user_data
 
 
+def test_a_machine_you_bring_is_trusted_on_first_use_and_checked_by_every_other_command(s3_run):
+    for host in hosts_config()["hosts"]:
+        name = host["name"]
+        read = s3_run.command(f"-host-key-{name}")
+        assert "hostKey" not in read.inputs["connection"]  # the one read, before anything is sent
+        assert read.inputs["connection"]["dialErrorLimit"] == 60
+        others = [c for c in s3_run.commands() if c.inputs["connection"]["host"] == host["address"] and c is not read]
+        assert others, name
+        for command in others:
+            assert command.inputs["connection"]["hostKey"] == HOST_PUBLIC_KEY, command.name
+            assert s3_run.depends_on(command, read), command.name
+
+
 def test_machines_you_bring_keep_their_host_keys_which_are_read_and_exported(s3_run):
     hosts = hosts_config()["hosts"]
     lines = s3_run.outputs["sshKnownHosts"].splitlines()
