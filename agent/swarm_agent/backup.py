@@ -23,7 +23,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 
-from swarm_agent import contract, dockerd, env, keys, keytool, lock, paths, run, snapshot, store, tarballs
+from swarm_agent import contract, dockerd, env, keys, keytool, lock, paths, run, signed, snapshot, store, tarballs
 from swarm_agent.env import NodeEnv
 from swarm_agent.keytool import KeytoolError
 from swarm_agent.run import AgentError
@@ -240,6 +240,7 @@ def backup_meta(job: Job, sha: str) -> dict[str, str]:
         }
         if job.unlock_key:
             meta["unlock"] = keys.seal_unlock_key(job.key, job.unlock_key, job.signing_key)
+        meta[signed.FIELDS] = signed.fields_signature(job.key, sha, meta, job.signing_key)
     except KeytoolError as error:
         raise AgentError(f"backup: cannot sign {job.key} ({error}); nothing was uploaded") from None
     return meta

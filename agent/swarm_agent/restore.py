@@ -58,7 +58,9 @@ def choose_backup(node: NodeEnv, restore: str, work: str) -> tuple[str, str, boo
         return key, "", True
     found = store.listing(node)
     if "backups/latest" in found.current:
-        return (*_read_latest(node, work), False)
+        key, sha = _read_latest(node, work)
+        refuse_a_rollback(node, found, key, work)
+        return key, sha, False
     if found.backups:
         raise AgentError(
             f"bootstrap: refusing to start a new swarm: {node.store}backups/ holds {len(found.backups)} backup(s) "
@@ -69,6 +71,32 @@ def choose_backup(node: NodeEnv, restore: str, work: str) -> tuple[str, str, boo
     if found.gone:
         raise AgentError(_emptied_store(node, found.gone))
     return "", "", False
+
+
+def refuse_a_rollback(node: NodeEnv, found: store.Listing, key: str, work: str) -> None:
+    """backups/latest may only point to the newest backup this stack's managers signed. A
+    night moves it last, to the backup it has just written; anything that can write the
+    bucket could point it (or copy an old version of it back) at an older signed one, and
+    the morning would bring back an older swarm: yesterday's secrets, services and nodes."""
+    deleted = [k for k in found.gone if k > key]  # UTC names: newer sorts later
+    if deleted:
+        raise AgentError(
+            f"bootstrap: refusing to restore {node.store}{key}, which backups/latest points to: newer backups were "
+            f"deleted from the bucket ({', '.join(deleted[:3])}), as a rollback to an older swarm would look. Make "
+            "the newest current again ('aws s3api list-object-versions' and 'copy-object', README: When something "
+            f"goes wrong), or restore {key} on purpose: 'pulumi config set swarm:restoreFrom {key}', 'pulumi up'."
+        )
+    newer = [k for k in found.backups if k > key]
+    newest = signed.newest_signed(node, newer, work) if newer else ""
+    if newest:
+        raise AgentError(
+            f"bootstrap: refusing to restore {node.store}{key}, which backups/latest points to: a newer backup signed "
+            f"by this stack's managers exists, {newest}. A night moves latest to its backup last, so latest was moved "
+            f"back (or an old version of it copied back). Restore the newest: 'pulumi config set swarm:restoreFrom "
+            f"{newest}', 'pulumi up'; or {key} on purpose: 'pulumi config set swarm:restoreFrom {key}'."
+        )
+    if newer:
+        note(f"bootstrap: {len(newer)} backup(s) newer than {key} carry no signature that checks; ignored")
 
 
 def _read_latest(node: NodeEnv, work: str) -> tuple[str, str]:
@@ -182,11 +210,15 @@ def check_backup_meta(node: NodeEnv, key: str, meta: str, sha: str, unsigned_ok:
         return ""
     with open(meta, errors="replace") as handle:
         text = handle.read()
-    if not signed.signature_checks(key, sha, text, signed.signing_key()):
+    signing = signed.signing_key()
+    fields = signed.fields_check(key, sha, text, signing)
+    if not signed.signature_checks(key, sha, text, signing) or fields is False:
         raise AgentError(
             f"bootstrap: refusing to restore {where}: its signature does not match: it was not written by this "
             f"stack's managers (forged or altered). The object was left untouched. {_another(node, key, work)}"
         )
+    if fields is None:
+        note(f"bootstrap: {where} was written before .meta fields were signed: its address and engine are unsigned")
     engine, addr, mine = signed.meta_field(text, "engine"), signed.meta_field(text, "addr"), dockerd.server_version()
     if addr and addr != node.advertise_addr:
         raise AgentError(

@@ -9,6 +9,7 @@ the newest backup whose signature checks, never merely the newest.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import shutil
@@ -27,6 +28,35 @@ def signature_checks(key: str, sha: str, meta_text: str, signing_key: bytes | No
     signature = meta_field(meta_text, "signature")
     expected = keytool.sign(key, sha, signing_key) if signing_key else ""
     return bool(signature and expected and hmac.compare_digest(signature.encode(), expected.encode()))
+
+
+FIELDS = "fields"  # the .meta field that signs the others
+
+
+def fields_signature(key: str, sha: str, meta: dict, signing: bytes) -> str:
+    """HMAC over the backup's name, sha256 and every other .meta field (engine, addr, node,
+    created, unlock): what a restore reads from the .meta is then as signed as the tarball."""
+    canonical = "".join(f"{name}={meta[name]}\n" for name in sorted(meta) if name not in ("signature", FIELDS))
+    return hmac.new(signing, f"meta {key} {sha}\n{canonical}".encode(), hashlib.sha256).hexdigest()
+
+
+def meta_dict(text: str) -> dict:
+    """The .meta's NAME=value lines (the first of each name)."""
+    fields: dict = {}
+    for line in text.split("\n"):
+        name, sep, value = line.partition("=")
+        if sep and name not in fields:
+            fields[name] = value
+    return fields
+
+
+def fields_check(key: str, sha: str, meta_text: str, signing: bytes | None) -> bool | None:
+    """True or False when the .meta signs its fields; None for one written before they were."""
+    meta = meta_dict(meta_text)
+    if FIELDS not in meta:
+        return None
+    expected = fields_signature(key, sha, meta, signing) if signing else ""
+    return bool(expected) and hmac.compare_digest(meta[FIELDS].encode(), expected.encode())
 
 
 def signing_key() -> bytes | None:

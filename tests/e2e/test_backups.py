@@ -10,6 +10,7 @@ teardown with `backupOnDestroy` false.
 
 from __future__ import annotations
 
+import datetime
 import gzip
 import hashlib
 import hmac
@@ -246,12 +247,19 @@ def test_the_morning_refuses_what_it_cannot_trust_and_then_restores_the_real_bac
         engine.host_of("manager-0").run(["cat", "/etc/swarm/backup-signing.key"]).stdout.decode()
     )
 
-    def signed(**changes: str) -> bytes:
-        values = {**fields, **changes}
-        values["signature"] = hmac.new(signing_key, f"{key} {sha}".encode(), hashlib.sha256).hexdigest()
+    def signed(name: str = key, **changes: str) -> bytes:
+        """A .meta as the managers sign it: the name and sha256, then every other field."""
+        values = {k: v for k, v in {**fields, **changes}.items() if k != "fields"}
+        values["signature"] = hmac.new(signing_key, f"{name} {sha}".encode(), hashlib.sha256).hexdigest()
+        canonical = "".join(f"{k}={values[k]}\n" for k in sorted(values) if k != "signature")
+        text = f"meta {name} {sha}\n{canonical}".encode()
+        values["fields"] = hmac.new(signing_key, text, hashlib.sha256).hexdigest()
         return "".join(f"{k}={v}\n" for k, v in values.items()).encode()
 
     assert signed() == meta, "the test's signature differs from the node's"
+    # The fields are signed as well: an engine changed under the name's signature is forged.
+    put(bed, bucket, f"{key}.meta", meta.replace(f"engine={fields['engine']}".encode(), b"engine=20.10.0"))
+    refused(engine, "its signature does not match")
     put(bed, bucket, f"{key}.meta", signed(engine="99.0.0"))
     refused(engine, "it was taken with Docker 99.0.0", "this node runs Docker", "older engine")
     address = engine.host_of("manager-0").ip
@@ -277,7 +285,22 @@ def test_the_morning_refuses_what_it_cannot_trust_and_then_restores_the_real_bac
         source = {"Bucket": bucket, "Key": newest["Key"], "VersionId": newest["VersionId"]}
         s3.copy_object(Bucket=bucket, Key=newest["Key"], CopySource=source)
     assert latest(bed, bucket) == (key, sha)
+
+    # Rolled back: a newer backup the managers signed, and latest left on the older one (as
+    # a bucket writer moving latest back, or copying an old version of it, leaves it).
+    stamp = datetime.datetime.strptime(key, "backups/%Y%m%dT%H%M%SZ.tar.gz") + datetime.timedelta(seconds=1)
+    newer = stamp.strftime("backups/%Y%m%dT%H%M%SZ.tar.gz")
+    put(bed, bucket, newer, original)
+    put(bed, bucket, f"{newer}.sha256", f"{sha}  {newer.removeprefix('backups/')}\n".encode())
+    put(bed, bucket, f"{newer}.meta", signed(newer))
+    refused(engine, f"a newer backup signed by this stack's managers exists, {newer}")
+    for suffix in ("", ".sha256", ".meta"):
+        s3.delete_object(Bucket=bucket, Key=f"{PREFIX}{newer}{suffix}")
+    refused(engine, f"newer backups were deleted from the bucket ({newer})")
+    # The way on, once someone has looked: the backup named on purpose.
+    engine.config["swarm:restoreFrom"] = key
     second = engine.up()
+    del engine.config["swarm:restoreFrom"]
     assert second.outputs["bootstrapResult"] == f"bootstrap: restored from {key}"
     assert fp(second.outputs["workerJoinToken"]) == fp(first.outputs["workerJoinToken"])
     assert "kept-secret" in engine.host_of("manager-0").docker("secret", "ls", "--format", "{{.Name}}").split()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -124,12 +125,16 @@ def test_a_backup_is_signed_uploaded_in_order_and_only_then_pointed_to(bed, fake
     assert out[0] == f"backup: wrote {KEY} sha256 {sha(tar)}"
     record = contract.read("swarm-backup", out[1])
     signature = keytool.sign(KEY, sha(tar), bytes.fromhex(SIGNING))
+    # Every other field signed too (what a restore reads from the .meta), computed here by hand.
+    signed_text = f"meta {KEY} {sha(tar)}\naddr=10.42.0.10\ncreated=2026-12-01T03:00:00Z\nengine=26.1.5\n"
+    signed_text += "node=swarm-dev-manager-0\n"
+    fields = hmac.new(bytes.fromhex(SIGNING), signed_text.encode(), hashlib.sha256).hexdigest()
     assert record == {
         "kind": "swarm-backup",
         "key": KEY,
         "sha256": sha(tar),
         "meta": {"engine": "26.1.5", "addr": "10.42.0.10", "node": "swarm-dev-manager-0",
-                 "created": "2026-12-01T03:00:00Z", "signature": signature},
+                 "created": "2026-12-01T03:00:00Z", "signature": signature, "fields": fields},
     }  # fmt: skip
     # The publish order: tarball, .sha256, .meta, the read back, and latest last.
     check = bed.work + "/check.tar.gz"
@@ -139,6 +144,7 @@ def test_a_backup_is_signed_uploaded_in_order_and_only_then_pointed_to(bed, fake
     assert bed.uploaded[KEY] == tar
     assert bed.uploaded[KEY + ".meta"].decode() == (
         f"engine=26.1.5\naddr=10.42.0.10\nnode=swarm-dev-manager-0\ncreated=2026-12-01T03:00:00Z\nsignature={signature}\n"
+        f"fields={fields}\n"
     )
     assert not os.path.exists(bed.work)
 
@@ -268,7 +274,7 @@ def test_an_autolocked_backup_carries_its_sealed_key_and_dockerd_is_unlocked(bed
     captured = capsys.readouterr()
     meta = contract.read("swarm-backup", captured.out)["meta"]
     assert keys.unseal_unlock_key(KEY, meta["unlock"], bytes.fromhex(SIGNING)) == UNLOCK
-    assert bed.uploaded[KEY + ".meta"].decode().endswith(f"\nunlock={meta['unlock']}\n")
+    assert f"\nunlock={meta['unlock']}\nfields=" in bed.uploaded[KEY + ".meta"].decode()
     assert bed.unlocks == [{"UnlockKey": UNLOCK}]
     assert "backup: unlocked manager 0 again (autolock)" in captured.err
     assert all(UNLOCK not in " ".join(c["args"]) for c in fakes.calls())

@@ -49,12 +49,16 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def meta(key: str, digest: str, engine="26.1.5", addr="10.42.0.10", unlock=None, signing=SIGNING) -> str:
-    text = f"engine={engine}\naddr={addr}\nnode=swarm-dev-manager-0\ncreated=2024-01-02T03:04:05Z\n"
-    text += f"signature={keytool.sign(key, digest, signing)}\n"
+def meta(key: str, digest: str, engine="26.1.5", addr="10.42.0.10", unlock=None, signing=SIGNING, fields=True) -> str:
+    """A .meta as the night writes it; fields=False: as an agent before the fields were signed."""
+    values = {"engine": engine, "addr": addr, "node": "swarm-dev-manager-0", "created": "2024-01-02T03:04:05Z"}
+    values["signature"] = keytool.sign(key, digest, signing)
     if unlock:
-        text += f"unlock={keytool.wrap_unlock(key, unlock, signing)}\n"
-    return text
+        values["unlock"] = keytool.wrap_unlock(key, unlock, signing)
+    if fields:
+        canonical = "".join(f"{k}={values[k]}\n" for k in sorted(values) if k != "signature")
+        values["fields"] = hmac.new(signing, f"meta {key} {digest}\n{canonical}".encode(), hashlib.sha256).hexdigest()
+    return "".join(f"{k}={v}\n" for k, v in values.items())
 
 
 def staged(**overrides) -> Path:
@@ -382,6 +386,67 @@ def test_an_empty_signing_key_is_a_missing_one(node):
         restore.restore_or_init(env.load(), "latest")
 
 
+def test_a_field_changed_under_a_valid_name_signature_is_refused(node):
+    """The name-and-sha256 signature alone would let a bucket writer change the address,
+    engine or sealed key beside it: the fields' own signature must match (issue 19, item 2)."""
+    data = backup()
+    good = meta(KEY, sha(data), engine="26.1.5")
+    altered = good.replace("engine=26.1.5", "engine=20.10.24")  # its `signature=` still checks
+    staged(data=data, meta=altered)
+    with pytest.raises(AgentError, match="its signature does not match"):
+        restore.restore_or_init(env.load(), "latest")
+    assert untouched() and inits(node) == []
+
+
+def test_a_backup_from_before_fields_were_signed_still_restores_with_a_note(node, capsys):
+    data = backup()
+    staged(data=data, meta=meta(KEY, sha(data), fields=False))
+    assert restore.restore_or_init(env.load(), "latest")[0] == "restored"
+    assert "written before .meta fields were signed: its address and engine are unsigned" in capsys.readouterr().err
+
+
+NEWER = "backups/20240103T030405Z.tar.gz"
+
+
+def add_backup(directory: Path, key: str, signing=SIGNING) -> None:
+    """Another backup beside the staged one, with its .sha256 and a .meta signed with `signing`."""
+    data, name = backup(), key[len("backups/") :]
+    (directory / name).write_bytes(data)
+    (directory / f"{name}.sha256").write_text(f"{sha(data)}  {name}\n")
+    (directory / f"{name}.meta").write_text(meta(key, sha(data), signing=signing))
+
+
+def test_a_latest_moved_back_to_an_older_signed_backup_is_refused(node):
+    """A bucket writer points latest (or copies an old version of it back) at an older
+    signed backup: the morning would restore an older swarm (issue 19, item 2)."""
+    add_backup(staged(), NEWER)  # latest still points to KEY, the older one
+    with pytest.raises(AgentError) as raised:
+        restore.restore_or_init(env.load(), "latest")
+    message = str(raised.value)
+    assert f"a newer backup signed by this stack's managers exists, {NEWER}" in message
+    assert f"swarm:restoreFrom {NEWER}" in message and f"swarm:restoreFrom {KEY}" in message
+    assert untouched() and inits(node) == []
+
+
+def test_a_newer_backup_without_a_good_signature_does_not_stop_the_morning(node, capsys):
+    add_backup(staged(), NEWER, signing=bytes(32))  # planted: signed with another key
+    assert restore.restore_or_init(env.load(), "latest")[2] == KEY
+    assert f"1 backup(s) newer than {KEY} carry no signature that checks; ignored" in capsys.readouterr().err
+
+
+def test_newer_backups_deleted_from_the_bucket_stop_the_morning(fakes, tmp_path):
+    versions(fakes, current=["backups/latest", KEY], deleted=[NEWER])
+    fakes.on("aws", "--region", "eu-west-1", "s3", "cp", "s3://state-bucket/swarm/dev/backups/latest",
+             writes=[(5, f"{KEY} abc123\n".encode())])  # fmt: skip
+    with pytest.raises(AgentError, match=f"newer backups were deleted from the bucket \\({NEWER}\\)"):
+        restore.choose_backup(env.load(), "latest", str(tmp_path))
+
+
+def test_a_named_backup_is_restored_even_with_newer_ones_about(node):
+    add_backup(staged(), NEWER)
+    assert restore.restore_or_init(env.load(), KEY)[2] == KEY
+
+
 def test_naming_an_unsigned_backup_does_not_restore_it(node):
     """Pinning is not trusting: a planted backup named in swarm:restoreFrom is refused too,
     and the advice names a backup whose signature checks (issue 19, item 1)."""
@@ -501,7 +566,7 @@ def test_an_autolocked_backup_without_its_unlock_key_is_refused(node, opened):
 
 def test_an_unlock_key_sealed_with_another_key_does_not_open_it(node, opened, capsys):
     data = backup(sealed=True)
-    text = meta(KEY, sha(data)) + f"unlock={keytool.wrap_unlock(KEY, UNLOCK, bytes(32))}\n"
+    text = meta(KEY, sha(data), fields=False) + f"unlock={keytool.wrap_unlock(KEY, UNLOCK, bytes(32))}\n"
     staged(data=data, meta=text)
     with pytest.raises(AgentError, match=r"the unlock key beside .* does not open it; nothing was started from it"):
         restore.restore_or_init(env.load(), "latest")
