@@ -52,7 +52,10 @@ class Hosts(pulumi.ComponentResource):
 
         self.managers, self.workers = [], []
         for plan in settings.nodes:
-            values = pulumi.Output.all(bucket=bucket_name, **credentials).apply(
+            # Managers only: they alone back up, restore and run the mirror. A worker's
+            # user-data removes any copy an earlier version left (components/rights.py).
+            keys = credentials if plan.role == "manager" else {}
+            values = pulumi.Output.all(bucket=bucket_name, **keys).apply(
                 lambda v, plan=plan: render_user_data(
                     {**node_environment(settings, plan, v.pop("bucket")), **v},
                 )

@@ -17,6 +17,7 @@ import json
 import pulumi
 import pulumi_aws as aws
 
+from components.rights import node_policy
 from components.settings import Settings
 
 
@@ -100,45 +101,6 @@ def tls_only_policy(bucket_arn: str) -> str:
                     "Resource": [bucket_arn, f"{bucket_arn}/*"],
                     "Condition": {"Bool": {"aws:SecureTransport": "false"}},
                 }
-            ],
-        }
-    )
-
-
-def node_policy(bucket_arn: str, prefix: str) -> str:
-    """Least privilege for the nodes: objects under this stack's prefix, nothing else."""
-    return json.dumps(
-        {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    # Versions too: a morning tells "never backed up" from "backups deleted"
-                    # (only earlier versions left) before it would start a new swarm.
-                    "Sid": "ListOwnPrefix",
-                    "Effect": "Allow",
-                    "Action": ["s3:ListBucket", "s3:ListBucketVersions"],
-                    "Resource": [bucket_arn],
-                    "Condition": {"StringLike": {"s3:prefix": [prefix, f"{prefix}*"]}},
-                },
-                {
-                    # The registry's S3 driver asks where the bucket is and lists its uploads.
-                    "Sid": "BucketMetadata",
-                    "Effect": "Allow",
-                    "Action": ["s3:GetBucketLocation", "s3:ListBucketMultipartUploads"],
-                    "Resource": [bucket_arn],
-                },
-                {
-                    "Sid": "ObjectsUnderOwnPrefix",
-                    "Effect": "Allow",
-                    "Action": [
-                        "s3:GetObject",
-                        "s3:PutObject",
-                        "s3:DeleteObject",
-                        "s3:AbortMultipartUpload",
-                        "s3:ListMultipartUploadParts",
-                    ],
-                    "Resource": [f"{bucket_arn}/{prefix}*"],
-                },
             ],
         }
     )

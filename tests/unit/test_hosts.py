@@ -91,8 +91,10 @@ def test_each_host_is_provisioned_over_ssh_with_the_same_user_data(s3_run):
         assert assignment(script, "SWARM_ADVERTISE_ADDR") == plan.get("privateAddress", plan["address"])
         assert assignment(script, "SWARM_BACKUP_TARGET") == "s3"
         assert assignment(script, "SWARM_MIRROR_STORAGE") == "s3"
-        assert assignment(script, "SWARM_AWS_ACCESS_KEY_ID") == ACCESS_KEY
-        assert assignment(script, "SWARM_AWS_SECRET_ACCESS_KEY") == SECRET_KEY
+        # The S3 keys go to managers only: a worker backs up, restores and mirrors nothing.
+        manager = plan["role"] == "manager"
+        assert assignment(script, "SWARM_AWS_ACCESS_KEY_ID") == (ACCESS_KEY if manager else None)
+        assert assignment(script, "SWARM_AWS_SECRET_ACCESS_KEY") == (SECRET_KEY if manager else None)
         # The keys ride in stdin, which is secret in the state and in the outputs.
         assert "stdin" in provision.secret_inputs and "stdin" in provision.additional_secret_outputs
         assert SECRET_KEY not in provision.inputs["create"]

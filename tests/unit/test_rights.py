@@ -1,0 +1,53 @@
+"""Every right a node holds is one statement in components/rights.py and one row of the
+README's table (Security: Rights), and the managers' role is exactly those statements."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from harness import ROOT
+
+from components.rights import RIGHTS, node_policy
+
+BUCKET_ARN = "arn:aws:s3:::swarm-dev-state-bucket-0a1b2c3"
+
+
+def readme_rights() -> dict[str, list[str]]:
+    """Sid -> the actions its row names, from the README's Rights table."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Rights", 1)[1].split("\n### ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    cells = [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+    return {re.findall(r"`([^`]+)`", c[0])[0]: re.findall(r"`([a-z0-9]+:[A-Za-z]+)`", c[1]) for c in cells}
+
+
+def test_the_readme_table_and_the_rights_module_name_the_same_rights():
+    table = readme_rights()
+    assert sorted(table) == sorted(r.sid for r in RIGHTS)
+    for right in RIGHTS:
+        assert table[right.sid] == list(right.actions), right.sid
+
+
+def test_the_policy_is_the_rights_and_nothing_else():
+    policy = json.loads(node_policy(BUCKET_ARN, "swarm/dev/"))
+    assert [s["Sid"] for s in policy["Statement"]] == [r.sid for r in RIGHTS]
+    for statement, right in zip(policy["Statement"], RIGHTS, strict=True):
+        assert statement["Effect"] == "Allow" and statement["Action"] == list(right.actions)
+        assert not any("*" in action for action in statement["Action"])
+        want = BUCKET_ARN if right.on == "bucket" else f"{BUCKET_ARN}/swarm/dev/*"
+        assert statement["Resource"] == [want]
+        condition = statement.get("Condition")
+        assert (condition == {"StringLike": {"s3:prefix": ["swarm/dev/", "swarm/dev/*"]}}) == right.prefix_condition
+
+
+def test_nothing_else_in_the_program_writes_a_policy_for_the_nodes():
+    writers = [
+        path.relative_to(ROOT).as_posix()
+        for path in (ROOT / "components").rglob("*.py")
+        if re.search(r'"Statement"\s*:', path.read_text()) and path.name != "rights.py"
+    ]
+    # state.py holds the bucket's TLS-only policy and the role's trust policy: neither gives a node a right.
+    assert writers == ["components/state.py"]
+    state = (ROOT / "components" / "state.py").read_text()
+    assert state.count('"Effect": "Allow"') == 1 and '"Action": "sts:AssumeRole"' in state
