@@ -22,7 +22,7 @@ import json
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from swarmcli import backups, outputs, pulumicli
+from swarmcli import backups, kept, outputs, pulumicli
 from swarmcli.errors import SwarmCliError
 from swarmcli.progress import Progress
 
@@ -87,8 +87,12 @@ def _verify_restore(stack: str, pinned: str, endpoint_url: str | None) -> dict:
 def morning(stack: str, endpoint_url: str | None, progress: Progress, summary: dict) -> None:
     """Verify what will be restored, then `pulumi up`, then read `dockerHost` (in `summary`)."""
     preflight(progress)
-    with progress.step("reading swarm:restoreFrom"):
-        pinned = outputs.config_value(stack, "swarm:restoreFrom") or "latest"
+    with progress.step("checking that the config drops nothing kept through the night"):
+        config = outputs.config_values(stack)
+        problems = kept.dropped(outputs.stack_resources(stack), config)
+    if problems:
+        raise SwarmCliError("\n".join(p.message(stack) for p in problems))
+    pinned = config.get("swarm:restoreFrom") or "latest"
     summary["restoreFrom"] = pinned
     if pinned == "none":
         progress.note("swarm:restoreFrom is none: a new swarm starts, nothing is restored")

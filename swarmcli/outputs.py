@@ -38,5 +38,11 @@ def config_value(stack: str, key: str) -> str | None:
         return None
 
 
+def config_values(stack: str) -> dict[str, str]:
+    """The stack's config (`pulumi config --json`), secrets left out: key -> value."""
+    done = pulumicli.run(["config", "--json"], stack)
+    return {key: entry.get("value", "") for key, entry in json.loads(done.stdout or "{}").items()}
+
+
 def output_value(stack: str, name: str) -> str:
     return pulumicli.run(["stack", "output", name], stack).stdout.strip()

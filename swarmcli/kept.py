@@ -1,0 +1,54 @@
+"""What outlives the night must never be dropped by a config change (README: Security,
+"What outlives the night"). The program cannot see its own state, so the morning looks
+before `pulumi up --skip-preview` builds anything: a protected resource in the state that
+the new config would stop registering fails that `up` at its very end ("cannot be
+deleted because it is protected"), and every `up` after it. Each rule names the switch,
+what it would drop, and the exact steps that release it first without losing it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BUCKET = "aws:s3/bucket:Bucket"
+STATE_STORE = "swarm:index:StateStore"
+OPERATOR_KEY = "tls:index/privateKey:PrivateKey"
+SEED = "random:index/randomBytes:RandomBytes"
+
+
+@dataclass(frozen=True)
+class Dropped:
+    setting: str
+    what: str
+    urns: list[str]
+    keep: str  # how to keep what it holds
+
+    def message(self, stack: str) -> str:
+        forget = " ".join(f"'{urn}'" for urn in self.urns)
+        return (
+            f"{self.setting} would drop {self.what}, which is protected: this `up` and every later one would fail "
+            f"at the end ('cannot be deleted because it is protected'). Nothing was started. {self.keep} Then "
+            f"release it from the state (the resources stay in AWS): for each of {forget}: "
+            f"pulumi state delete --force --stack {stack} <urn>; then run the morning again. "
+            f"Or undo the change: pulumi config rm --stack {stack} {self.setting.split()[0]}."
+        )
+
+
+def dropped(resources: list[dict], config: dict[str, str]) -> list[Dropped]:
+    """The kept resources in `resources` (a `pulumi stack export`) that `config` would drop."""
+    protected = [r for r in resources if r.get("protect") and not r.get("delete")]
+    found = []
+    store = [r["urn"] for r in protected if STATE_STORE in r["urn"]]
+    target = config.get("swarm:backupTarget") or "s3"
+    switch = "swarm:existingStateBucket" if config.get("swarm:existingStateBucket") else None
+    switch = switch or (f"swarm:backupTarget {target}" if target != "s3" else None)
+    if store and switch:
+        bucket = next((r.get("outputs", {}).get("bucket", "") for r in protected if r["type"] == BUCKET), "")
+        found.append(Dropped(switch, f"the state bucket {bucket} and its settings", store,
+                             f"Copy the backups you keep first: aws s3 sync s3://{bucket}/ <where>."))  # fmt: skip
+    if config.get("swarm:hosts"):
+        ec2 = [r["urn"] for r in protected if r["type"] in (OPERATOR_KEY, SEED) and "swarm:index:Nodes" in r["urn"]]
+        if ec2:
+            found.append(Dropped("swarm:hosts", "the EC2 nodes' operator SSH key and host-key seed", ec2,
+                                 "Nothing in them is needed by machines you bring."))  # fmt: skip
+    return found

@@ -1,0 +1,70 @@
+"""The morning refuses a config that would drop what outlives the night (issue 19, item 17),
+before `pulumi up --skip-preview` builds anything, with the steps that release it."""
+
+from __future__ import annotations
+
+import pytest
+
+from swarmcli import cycle, kept, outputs, pulumicli
+from swarmcli.errors import SwarmCliError
+from swarmcli.progress import Progress
+
+ROOT_URN = "urn:pulumi:dev::swarm::swarm:index:SwarmCluster"
+STORE = f"{ROOT_URN}$swarm:index:StateStore::swarm-dev-state"
+BUCKET = f"{ROOT_URN}$swarm:index:StateStore$aws:s3/bucket:Bucket::swarm-dev-state-bucket"
+SSH_KEY = f"{ROOT_URN}$swarm:index:Nodes$tls:index/privateKey:PrivateKey::swarm-dev-nodes-ssh-key"
+SEED = f"{ROOT_URN}$swarm:index:Nodes$random:index/randomBytes:RandomBytes::swarm-dev-nodes-host-key-seed"
+SIGNING = (
+    f"{ROOT_URN}$swarm:index:SwarmFormation$random:index/randomBytes:RandomBytes::swarm-dev-swarm-backup-signing-key"
+)
+
+
+def resource(urn: str, protect: bool = True, **outputs) -> dict:
+    return {"urn": urn, "type": urn.split("$")[-1].split("::")[0], "protect": protect, "outputs": outputs}
+
+
+AFTER_A_NIGHT = [
+    resource(STORE),
+    resource(BUCKET, bucket="swarm-dev-state-bucket-0a1b2c3"),
+    resource(f"{ROOT_URN}$swarm:index:StateStore$aws:s3/bucketVersioning:BucketVersioning::swarm-dev-state-versioning"),
+    resource(SSH_KEY),
+    resource(SEED),
+    resource(SIGNING),
+]
+
+
+@pytest.mark.parametrize(
+    ("config", "setting"),
+    [({"swarm:existingStateBucket": "team-backups"}, "swarm:existingStateBucket"),
+     ({"swarm:backupTarget": "none"}, "swarm:backupTarget none")],
+)  # fmt: skip
+def test_moving_off_the_state_bucket_is_refused_with_the_steps(config, setting):
+    [problem] = kept.dropped(AFTER_A_NIGHT, config)
+    assert problem.setting == setting
+    assert STORE in problem.urns and BUCKET in problem.urns and SIGNING not in problem.urns
+    message = problem.message("dev")
+    assert "aws s3 sync s3://swarm-dev-state-bucket-0a1b2c3/" in message
+    assert "pulumi state delete --force --stack dev <urn>" in message and "Nothing was started" in message
+
+
+def test_moving_to_your_own_machines_is_refused_with_the_steps():
+    problems = kept.dropped(AFTER_A_NIGHT, {"swarm:hosts": '[{"name": "pi-0"}]', "swarm:backupTarget": "s3"})
+    assert [p.setting for p in problems] == ["swarm:hosts"]
+    assert problems[0].urns == [SSH_KEY, SEED]
+
+
+def test_a_config_that_keeps_everything_passes():
+    assert kept.dropped(AFTER_A_NIGHT, {"swarm:restoreFrom": "latest"}) == []
+    # A first morning: nothing kept yet, nothing to drop.
+    assert kept.dropped([], {"swarm:existingStateBucket": "team-backups", "swarm:hosts": "[]"}) == []
+
+
+def test_the_morning_stops_before_pulumi_up(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cycle, "preflight", lambda progress: None)
+    monkeypatch.setattr(outputs, "config_values", lambda stack: {"swarm:existingStateBucket": "team-backups"})
+    monkeypatch.setattr(outputs, "stack_resources", lambda stack: AFTER_A_NIGHT)
+    monkeypatch.setattr(pulumicli, "run", lambda args, *rest, **kw: calls.append(args))
+    with pytest.raises(SwarmCliError, match="swarm:existingStateBucket would drop the state bucket"):
+        cycle.morning("dev", None, Progress("morning"), {})
+    assert calls == []  # no `pulumi up`, nothing else either
