@@ -44,10 +44,49 @@ def _tonight(latest: backups.Backup | None, started: dt.datetime) -> bool:
     return taken >= started - CLOCK_SKEW
 
 
-def night(stack: str, endpoint_url: str | None, progress: Progress, summary: dict) -> None:
+# The teardown's hooks, whose deletes run on manager 0 (or manager 1): the backup, the
+# teardown mark and the retires. Machines you bring keep their leave hooks (each on itself).
+NIGHT_HOOKS = ("-swarm-backup", "-swarm-teardown", "-swarm-retire-")
+
+
+def forget_hooks(stack: str, progress: Progress) -> list[str]:
+    """`--without-backup`: the hooks leave the state without running (`pulumi state delete`
+    runs no delete and dials nothing), so the teardown needs no manager at all. A change
+    of swarm:backupOnDestroy could not do it: its `up` must reach manager 0, and the
+    teardown mark and the retires need an active manager there."""
+    forgotten: list[str] = []
+    hooks = _hooks(outputs.stack_resources(stack))
+    for _ in range(len(hooks)):  # each deletion may take others with it: read the state again
+        if not hooks:
+            break
+        urn = hooks[0]
+        name = urn.rsplit("::", 1)[-1]
+        with progress.step(f"forgetting {name} (its delete does not run)"):
+            # --target-dependents: a retire's dependents (the joins, the backup) go with it.
+            pulumicli.run(["state", "delete", "--yes", "--target-dependents", urn], stack)
+        forgotten.append(name)
+        hooks = _hooks(outputs.stack_resources(stack))
+    return forgotten
+
+
+def _hooks(resources: list[dict]) -> list[str]:
+    commands = ("command:remote:Command", "command:local:Command")
+    return [
+        r["urn"]
+        for r in resources
+        if r.get("type") in commands and any(hook in r["urn"].rsplit("::", 1)[-1] for hook in NIGHT_HOOKS)
+    ]
+
+
+def night(
+    stack: str, endpoint_url: str | None, progress: Progress, summary: dict, without_backup: bool = False
+) -> None:
     """Tear the stack down after its backup, then say what the bucket holds (in `summary`)."""
     preflight(progress)
     started = dt.datetime.now(dt.UTC)
+    if without_backup:
+        progress.note("--without-backup: no backup, drain or retire; the morning restores the last backup")
+        summary["forgotten"] = forget_hooks(stack, progress)
     with progress.step("pulumi destroy --exclude-protected (the backup first, then all but the bucket)"):
         pulumicli.run(["destroy", "--exclude-protected", "--yes"], stack, timeout=pulumicli.LONG, capture=False)
     summary["destroyed"] = True
@@ -128,7 +167,8 @@ def _run(verb: str, work, args: argparse.Namespace) -> dict:
 
 
 def command_night(args: argparse.Namespace) -> int:
-    summary = _run("night", night, args)
+    without = getattr(args, "without_backup", False)
+    summary = _run("night", lambda *a: night(*a, without_backup=without), args)
     if not args.json:
         print(f"teardown of {args.stack} done; the backups:")
         for b in summary["backups"]:

@@ -66,6 +66,16 @@ def _endpoint_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint-url", metavar="URL", help="an S3-compatible endpoint (swarm:s3Endpoint)")
 
 
+def _night_options(parser: argparse.ArgumentParser) -> None:
+    _endpoint_option(parser)
+    parser.add_argument(
+        "--without-backup",
+        action="store_true",
+        help="no backup, drain or retire tonight: for a manager 0 that cannot be reached or is out of the swarm "
+        "(the morning restores the last backup; today's changes are lost)",
+    )
+
+
 def _drill_options(parser: argparse.ArgumentParser) -> None:
     _store_options(parser)
     parser.add_argument("--on", default="bed", metavar="WHERE", help="bed (default) or ssh://user@host[:port]")
@@ -108,9 +118,13 @@ VERBS = (
     Verb(
         "night",
         "the nightly teardown: the backup, then all but the protected bucket; the backups listed",
-        ("scripts/swarm night --stack dev", "PULUMI_STACK=dev scripts/swarm night --json | jq .latest"),
+        (
+            "scripts/swarm night --stack dev",
+            "PULUMI_STACK=dev scripts/swarm night --json | jq .latest",
+            "scripts/swarm night --stack dev --without-backup",
+        ),
         cycle.command_night,
-        _endpoint_option,
+        _night_options,
     ),
     Verb(
         "morning",

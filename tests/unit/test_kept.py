@@ -14,9 +14,8 @@ STORE = f"{ROOT_URN}$swarm:index:StateStore::swarm-dev-state"
 BUCKET = f"{ROOT_URN}$swarm:index:StateStore$aws:s3/bucket:Bucket::swarm-dev-state-bucket"
 SSH_KEY = f"{ROOT_URN}$swarm:index:Nodes$tls:index/privateKey:PrivateKey::swarm-dev-nodes-ssh-key"
 SEED = f"{ROOT_URN}$swarm:index:Nodes$random:index/randomBytes:RandomBytes::swarm-dev-nodes-host-key-seed"
-SIGNING = (
-    f"{ROOT_URN}$swarm:index:SwarmFormation$random:index/randomBytes:RandomBytes::swarm-dev-swarm-backup-signing-key"
-)
+FORMATION = f"{ROOT_URN}$swarm:index:SwarmFormation"
+SIGNING = f"{FORMATION}$random:index/randomBytes:RandomBytes::swarm-dev-swarm-backup-signing-key"
 
 
 def resource(urn: str, protect: bool = True, **outputs) -> dict:
@@ -68,3 +67,49 @@ def test_the_morning_stops_before_pulumi_up(monkeypatch):
     with pytest.raises(SwarmCliError, match="swarm:existingStateBucket would drop the state bucket"):
         cycle.morning("dev", None, Progress("morning"), {})
     assert calls == []  # no `pulumi up`, nothing else either
+
+
+# -- the night without a backup (issue 19, item 12) ---------------------------------------
+def command(name: str) -> dict:
+    return {"urn": f"{FORMATION}$command:remote:Command::{name}", "type": "command:remote:Command"}
+
+
+class FakeState:
+    """`pulumi stack export` and `pulumi state delete --target-dependents`, as the CLI calls them."""
+
+    def __init__(self, resources: list[dict], dependents: dict[str, list[str]]):
+        self.resources, self.dependents, self.calls = resources, dependents, []
+
+    def run(self, args, stack, **kw):
+        self.calls.append(args)
+        if args[:2] == ["state", "delete"]:
+            urn = args[-1]
+            gone = {urn, *self.dependents.get(urn, [])}
+            assert urn in [r["urn"] for r in self.resources], f"{urn} is not in the state any more"
+            self.resources = [r for r in self.resources if r["urn"] not in gone]
+
+
+def test_without_backup_forgets_the_hooks_then_destroys_with_no_manager_needed(monkeypatch):
+    backup, teardown = command("swarm-dev-swarm-backup"), command("swarm-dev-swarm-teardown")
+    retires = [command(f"swarm-dev-swarm-retire-swarm-dev-{n}") for n in ("manager-0", "manager-1", "worker-0")]
+    join, leave = command("swarm-dev-swarm-join-swarm-dev-worker-0"), command("swarm-dev-swarm-leave-pi-1")
+    state = FakeState(
+        # In dependency order, as `pulumi stack export` lists them.
+        [leave, *retires, join, teardown, backup, resource(BUCKET)],
+        # Every retire takes the teardown and the backup (and its join) with it.
+        {r["urn"]: [teardown["urn"], backup["urn"], join["urn"]] for r in retires},
+    )
+    monkeypatch.setattr(cycle, "preflight", lambda progress: None)
+    monkeypatch.setattr(outputs, "stack_resources", lambda stack: state.resources)
+    monkeypatch.setattr(pulumicli, "run", state.run)
+    monkeypatch.setattr(cycle.backups, "bucket_of_stack", lambda stack: ("b", "swarm/dev/"))
+    monkeypatch.setattr(cycle.backups, "s3_client", lambda endpoint: None)
+    monkeypatch.setattr(cycle.backups, "list_backups", lambda s3, bucket, prefix: [])
+    summary: dict = {}
+    cycle.night("dev", None, Progress("night"), summary, without_backup=True)
+    deletes = [c[-1] for c in state.calls if c[:2] == ["state", "delete"]]
+    assert deletes == [r["urn"] for r in retires]  # the first took the teardown and backup along
+    assert state.calls[-1][:2] == ["destroy", "--exclude-protected"]
+    remaining = [r["urn"] for r in state.resources]
+    assert leave["urn"] in remaining and BUCKET in remaining  # an own host still leaves; the bucket stays
+    assert summary["forgotten"][0] == "swarm-dev-swarm-retire-swarm-dev-manager-0"
