@@ -28,6 +28,13 @@ from components.payload import gzip_base64, node_environment, render_user_data, 
 from components.settings import Settings
 from components.swarm import SwarmNode
 
+# What a running machine keeps when the config changes until it is replaced (the next
+# morning, or `scripts/swarm roll`): each would otherwise replace every machine at once.
+IGNORED_UNTIL_REPLACED = [
+    *("ami", "userDataBase64", "instanceType", "keyName"),
+    *("subnetId", "privateIp", "associatePublicIpAddress"),  # swarm:subnetIds, swarm:connectVia
+]
+
 
 @dataclass
 class NodesArgs:
@@ -130,18 +137,27 @@ class Nodes(pulumi.ComponentResource):
                     depends_on=args.depends_on,
                     # Applied at the next morning's rebuild, or now, one machine at a time,
                     # by scripts/roll: a change here must never replace or restart every
-                    # machine at once (a new key pair is authorized on running machines).
-                    ignore_changes=["ami", "userDataBase64", "instanceType", "keyName"],
+                    # machine at once (a new key pair is authorized on running machines;
+                    # swarm:connectVia and swarm:subnetIds would replace all managers in
+                    # parallel, and the swarm would lose its quorum).
+                    ignore_changes=IGNORED_UNTIL_REPLACED,
                     # A pinned address cannot be held by the old and the new machine at once.
                     delete_before_replace=plan.private_ip is not None,
                 ),
             )
             self.instances[plan.name] = instance
+            wanted_subnet = args.subnet_ids[plan.subnet_index]
+            pulumi.Output.all(instance.subnet_id, wanted_subnet).apply(lambda v, n=plan.name: _not_moved_yet(n, *v))
             handle = SwarmNode(
                 name=plan.name,
                 role=plan.role,
-                connect_host=instance.public_ip if settings.connect_via == "public" else instance.private_ip,
-                private_ip=plan.private_ip or instance.private_ip,
+                # What the machine has, not what the config now asks for (ignored above
+                # until it is replaced): a running machine without a public address is
+                # still reached at its private one.
+                connect_host=pulumi.Output.all(instance.public_ip, instance.private_ip).apply(
+                    lambda v: v[0] if settings.connect_via == "public" and v[0] else v[1]
+                ),
+                private_ip=instance.private_ip,
                 replaced_by=[instance.id],
                 depends_on=[instance],
                 pinned=plan.private_ip is not None,
@@ -152,3 +168,14 @@ class Nodes(pulumi.ComponentResource):
             (self.managers if plan.role == "manager" else self.workers).append(handle)
 
         self.register_outputs({"ssh_private_key": self.ssh_private_key})
+
+
+def _not_moved_yet(name: str, subnet: str | None, wanted: str | None) -> None:
+    """Say so while a running machine is not in the subnet the config gives it."""
+    if subnet and wanted and subnet != wanted:
+        pulumi.log.warn(
+            f"{name} runs in {subnet}; swarm:subnetIds puts it in {wanted}. Nothing is replaced at once (all the "
+            "managers together would lose the swarm's quorum): move the machines one at a time with "
+            "'scripts/swarm roll STACK' before tonight. A manager gets a new address, and a backup taken at the "
+            "old one does not restore at the new one."
+        )

@@ -312,3 +312,29 @@ def test_the_generated_key_stays_when_you_switch_to_your_own():
             # Every machine accepts the operator (generated) key from its first boot.
             user_data = gzip.decompress(base64.b64decode(instance.inputs["userDataBase64"])).decode()
             assert "SWARM_OPERATOR_KEY='ssh-ed25519 " in user_data
+
+
+class RunningElsewhere(SwarmMocks):
+    """Machines as they run since yesterday: in another subnet, without a public address
+    (made with connectVia private), at the addresses they had then."""
+
+    def new_resource(self, args):
+        resource_id, state = super().new_resource(args)
+        if args.typ == INSTANCE:
+            state.update(subnetId="subnet-yesterday", publicIp="", privateIp=state["privateIp"])
+        return resource_id, state
+
+
+def test_connect_via_and_subnet_ids_replace_no_running_machine(caplog):
+    """Both force a replacement, and every manager at once would lose the quorum: they wait
+    for the machine's next replacement (the morning, or scripts/swarm roll), and until then
+    Pulumi reaches the machine where it is (issue 19, item 18)."""
+    run = run_program({"connectVia": "public"}, mocks=RunningElsewhere())
+    for instance in run.of_type(INSTANCE):
+        assert {"subnetId", "privateIp", "associatePublicIpAddress"} <= set(instance.ignore_changes)
+    ready = run.command("-ready-swarm-dev-manager-0")
+    assert ready.inputs["connection"]["host"] == "10.42.0.10"  # no public address yet: the private one
+    warnings = [r.getMessage() for r in caplog.records if "swarm:subnetIds puts it in" in r.getMessage()]
+    assert warnings and "scripts/swarm roll" in warnings[0] and "swarm-dev-manager-0 runs in subnet-yesterday" in (
+        "\n".join(warnings)
+    )
