@@ -342,6 +342,9 @@ class SwarmFormation(pulumi.ComponentResource):
         for node in args.managers + args.workers:
             steward = self._steward(node)
             if steward is None:
+                handover = self._handover(name, node, ready)
+                if handover is not None:
+                    retires[node.name] = handover
                 continue
             leave = self.leaves.get(node.name)
             # A host's leave replaced (delete before replace) takes its retire with it,
@@ -361,6 +364,25 @@ class SwarmFormation(pulumi.ComponentResource):
                 delete_before_replace=node.pinned,
             )
         return retires
+
+    def _handover(self, name: str, node: SwarmNode, ready: dict[str, remote.Command]) -> remote.Command | None:
+        """The lone manager of a one-manager swarm has no other to retire it, and its successor
+        would restore last night's backup: the day's services, secrets and joins lost. So
+        when its machine goes during the day it backs itself up first (its `delete`), and
+        the new manager 0 restores that; at the night, the teardown's backup came first and
+        the mark it leaves makes this a no-op."""
+        if self._args.backup_target != "s3" or node is not self._args.managers[0]:
+            return None  # local backups: the machine running Pulumi takes them (see README)
+        return self._command(
+            f"{name}-handover-{node.name}",
+            node,
+            create=None,
+            delete=node_cli("backup", "--handover"),
+            depends_on=[ready[node.name]],
+            dial_error_limit=BACKUP_DIAL_ERROR_LIMIT,
+            triggers=list(node.replaced_by),
+            delete_before_replace=node.pinned,
+        )
 
     def _signing_keys(self, name: str, ready: dict[str, remote.Command]) -> dict[str, remote.Command]:
         """The key that signs the backups (HMAC of name and sha256) and seals an autolocked

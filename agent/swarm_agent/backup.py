@@ -54,6 +54,9 @@ def backup(args) -> None:
     if node.target != "s3" and not args.stdout:
         raise AgentError(f"backup: this swarm's backups go to '{node.target}', not S3; use 'backup --stdout > file'")
     backup_preflight()
+    if getattr(args, "handover", False) and _teardown_began():
+        print("backup: the teardown's own backup is taken; nothing to hand over")
+        return
     run.note(snapshot.fresh_snapshot())
     unlock_key = keys.read_unlock_key()
     # Before dockerd stops: without the key there is no signature, and a night without a
@@ -156,6 +159,15 @@ class Restart:
             keys.unlock_after_restart(self.unlock_key)
         except AgentError as error:
             run.note(f"swarm-node: {error}")
+
+
+def _teardown_began() -> bool:
+    """--handover: the lone manager of a swarm is going. During the day (a replacement) its
+    state is backed up for its successor to restore; at the night the teardown's backup
+    came first and marked the swarm, and there is nothing to add."""
+    from swarm_agent import nodes  # only the handover reads the mark
+
+    return nodes.teardown_marked()
 
 
 def take_and_ship(

@@ -62,6 +62,7 @@ def _verbs(sub) -> None:
     p = verb("backup", "backup:backup", "stop dockerd, back up the swarm's state, sign, upload, prune")
     p.add_argument("--stdout", action="store_true", help="write the tar.gz to stdout (backup target local)")
     p.add_argument("--keep", action="append", default=[], help="a backup pruning must spare")
+    p.add_argument("--handover", action="store_true", help="a lone manager that goes: nothing once the teardown began")
     verb("stage-restore", "bootstrap:stage_restore", "stdin: a tar of backups/ pushed from the Pulumi machine")
     verb("leave", "membership:leave", "leave the swarm and remove what this swarm put here")
     p = verb("mirror-deploy", "mirror:mirror_deploy", "deploy the registry mirror stack (stdin: its files)", 180)

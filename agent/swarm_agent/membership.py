@@ -10,6 +10,7 @@ travels on stdin and in the body of a POST to Docker's API socket, never in an a
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -84,6 +85,8 @@ def join(args) -> None:
     dockerd.wait_up(120)
     info = dockerd.swarm_info()
     state = info.get("LocalNodeState", "")
+    if state == "active" and not same_swarm(token):
+        state = _leave_another_swarm(info)
     if state == "active":
         now_role = "manager" if info.get("ControlAvailable") else "worker"
         if now_role != role:
@@ -99,6 +102,43 @@ def join(args) -> None:
         _quietly("swarm", "leave", "--force")
     join_swarm(node, role, leader, token)
     print(f"join: joined {leader} as {role} (node {dockerd.swarm_info().get('NodeID', '')})")
+
+
+def token_ca_digest(token: str) -> str:
+    """The sha256 (hex) of the root CA a join token names: swarmkit's GenerateJoinToken puts
+    it, in base 36, before the secret (SWMTKN-1-<ca>-<secret>, FIPS: SWMTKN-2-1-<ca>-<secret>)."""
+    return format(int(token.split("-")[-2], 36), "064x")
+
+
+def node_ca_digest() -> str | None:
+    """The sha256 of this node's swarm root CA, as swarmkit digests it (the PEM's bytes)."""
+    try:
+        with open(os.path.join(paths.SWARM_DIR, "certificates", "swarm-root-ca.crt"), "rb") as handle:
+            return hashlib.sha256(handle.read()).hexdigest()
+    except OSError:
+        return None
+
+
+def same_swarm(token: str) -> bool:
+    """Whether this node's swarm is the one the token joins (its CA; unknown counts as yes)."""
+    mine = node_ca_digest()
+    try:
+        return mine is None or mine == token_ca_digest(token)
+    except ValueError:
+        return True  # a token whose CA part is not base 36: Docker itself refuses it
+
+
+def _leave_another_swarm(info: dict) -> str:
+    """A worker in a swarm other than the token's (its manager was replaced and started a new
+    one, or restored another) leaves it; a manager is never left behind silently."""
+    if info.get("ControlAvailable"):
+        raise AgentError(
+            "join: this node is a manager of another swarm than the one it is asked to join (its root CA is not "
+            "the token's): run 'docker swarm leave --force' on it if that swarm is to go, then 'pulumi up'"
+        )
+    run.note("join: this worker is in another swarm than the token's (another root CA): leaving it")
+    _quietly("swarm", "leave", "--force")
+    return "inactive"
 
 
 def join_swarm(env: NodeEnv, role: str, leader: str, token: str) -> None:

@@ -179,3 +179,23 @@ def test_the_first_morning_of_the_new_release_restores_the_bash_agents_backup(mo
     assert fp(result.outputs["managerJoinToken"]) == fp(first.outputs["managerJoinToken"])
     leader = morning.host_of("manager-0")
     assert "from-bash" in leader.docker("secret", "ls", "--format", "{{.Name}}").split()
+
+
+def test_a_lone_manager_replaced_by_day_hands_the_day_over_to_its_successor(morning):
+    """One manager: no other to retire it or to join through. Its handover backs it up as its
+    machine goes, and the successor restores that, not last night's (issue 19, item 11)."""
+    leader = morning.host_of("manager-0")
+    leader.run(["docker", "secret", "create", "made-today", "-"], input=b"today")
+    leader.docker("service", "create", "--detach", "--name", "today", "--replicas", "1", LOCAL_BUSYBOX,
+                  "sleep", "3600")  # fmt: skip
+    result = morning.up(replace=[morning.urn("-nodes-manager-0")])
+    assert result.outputs["bootstrapResult"].startswith("bootstrap: restored from backups/"), result.outputs
+    successor = morning.host_of("manager-0")
+    assert "made-today" in successor.docker("secret", "ls", "--format", "{{.Name}}").split()
+    assert "today" in successor.docker("service", "ls", "--format", "{{.Name}}").split()
+    assert all(n["Status"] == "Ready" for n in nodes(successor))
+    handed = [line for line in morning.log_path.read_text().splitlines() if "-handover-" in line and "backup:" in line]
+    assert any("backup: wrote backups/" in line for line in handed), handed
+    morning.destroy()  # the night: the handover adds nothing to the teardown's backup
+    night = morning.log_path.read_text().rsplit("== destroy", 1)[1]
+    assert "backup: the teardown's own backup is taken; nothing to hand over" in night

@@ -444,3 +444,19 @@ def test_every_ec2_node_gets_its_stable_host_key_and_clients_get_known_hosts(run
     assert not [c for c in run.commands() if "-host-key-" in c.name]  # nothing sent over an unchecked SSH
     instance = run.named("swarm-dev-nodes-manager-0")
     assert "userDataBase64" in instance.secret_inputs  # the host key makes user-data secret
+
+
+def test_a_lone_manager_hands_its_state_over_before_its_machine_goes():
+    """A one-manager swarm has no manager to retire manager 0 and no probe to join through:
+    replacing it restored last night's backup and the day was lost (issue 19, item 11). Its
+    delete backs it up first; at the night the teardown's mark makes it a no-op."""
+    run = run_program({"managerCount": 1, "workerCount": 1})
+    handover = run.command("-handover-swarm-dev-manager-0")
+    assert handover.inputs.get("create") is None
+    assert handover.inputs["delete"] == "sudo /usr/local/sbin/swarm-node backup --handover"
+    assert handover.inputs["connection"]["host"] == host_of(run, "manager-0")
+    assert handover.delete_before_replace and "swarm-dev-nodes-manager-0-id" in handover.inputs["triggers"]
+    # The successor's bootstrap waits for it; the night marks the swarm before it runs.
+    assert run.depends_on(run.command("-bootstrap"), handover)
+    assert run.depends_on(run.command("-teardown"), handover)
+    assert not [c for c in run.commands() if "-retire-swarm-dev-manager-0" in c.name]

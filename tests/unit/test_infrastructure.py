@@ -29,11 +29,12 @@ def counts(run) -> Counter:
 @pytest.mark.parametrize(
     ("config", "managers", "workers", "vpcs", "subnets", "commands"),
     [
-        # ready (which installs the agent) and retire per node (no retire for a lone
-        # manager: nobody stays to do it) + probe per other manager + backup keys per
-        # manager + bootstrap + tokens + joins + reconcile + teardown marker + backup + mirror
+        # ready (which installs the agent) and retire per node (a lone manager has none:
+        # nobody stays to do it; it hands itself over) + probe per other manager + backup
+        # keys per manager + bootstrap + tokens + joins + reconcile + teardown marker +
+        # backup + mirror
         ({}, 3, 2, 1, 3, 5 + 5 + 2 + 3 + 1 + 1 + 4 + 1 + 1 + 1 + 1),
-        ({"managerCount": 1, "workerCount": 0}, 1, 0, 1, 3, 1 + 0 + 0 + 1 + 1 + 1 + 0 + 1 + 1 + 1 + 1),
+        ({"managerCount": 1, "workerCount": 0}, 1, 0, 1, 3, 1 + 1 + 0 + 1 + 1 + 1 + 0 + 1 + 1 + 1 + 1),
         (
             {"managerCount": 5, "workerCount": 7, "azCount": 2},
             5,
@@ -335,6 +336,8 @@ def test_connect_via_and_subnet_ids_replace_no_running_machine(caplog):
     ready = run.command("-ready-swarm-dev-manager-0")
     assert ready.inputs["connection"]["host"] == "10.42.0.10"  # no public address yet: the private one
     warnings = [r.getMessage() for r in caplog.records if "swarm:subnetIds puts it in" in r.getMessage()]
-    assert warnings and "scripts/swarm roll" in warnings[0] and "swarm-dev-manager-0 runs in subnet-yesterday" in (
-        "\n".join(warnings)
+    assert (
+        warnings
+        and "scripts/swarm roll" in warnings[0]
+        and "swarm-dev-manager-0 runs in subnet-yesterday" in ("\n".join(warnings))
     )

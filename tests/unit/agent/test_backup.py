@@ -351,3 +351,21 @@ def test_a_listing_that_fails_only_stops_the_pruning(bed, fakes, capsys):
     assert "backup: pruning stopped early; the next backup tries again" in captured.err
     assert contract.read("swarm-backup", captured.out)["key"] == KEY
     assert BASE + "backups/latest" in bed.aws_targets()
+
+
+@pytest.mark.parametrize("marked", [True, False])
+def test_a_lone_manager_s_handover_backs_up_by_day_and_adds_nothing_at_night(bed, fakes, monkeypatch, capsys, marked):
+    from swarm_agent import nodes
+
+    monkeypatch.setattr(nodes, "teardown_marked", lambda: marked)
+    tar = swarm_tar()
+    bed.fake_tar(tar)
+    bed.ready(read_back=tar)
+    backup.backup(argparse.Namespace(stdout=False, keep=[], handover=True))
+    out = capsys.readouterr().out
+    if marked:  # the night: the teardown's backup came first
+        assert out == "backup: the teardown's own backup is taken; nothing to hand over\n"
+        assert bed.systemctl("stop") == [] and bed.aws_targets() == []
+    else:  # a replacement by day: the successor restores this
+        assert out.startswith(f"backup: wrote {KEY} sha256 {sha(tar)}")
+        assert BASE + "backups/latest" in bed.aws_targets()  # latest moved to it

@@ -4,6 +4,7 @@ refuse, and that a join token never reaches an argv or a message."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
@@ -219,6 +220,68 @@ def test_a_manager_without_its_pinned_address_is_refused(fakes, posts):
     with pytest.raises(AgentError, match="SWARM_ADVERTISE_ADDR is empty"):
         membership.join_swarm(node_env.load(), "manager", "10.42.0.11:2377", MANAGER_TOKEN)
     assert posts["bodies"] == []
+
+
+ROOT_CA = b"-----BEGIN CERTIFICATE-----\nMIIBazCCARCgAwIBAgIUOurswarmroot\n-----END CERTIFICATE-----\n"
+
+
+def token_for(ca_pem: bytes, tail: str = "w0rkertail") -> str:
+    """A join token for the swarm whose root CA is `ca_pem`, as swarmkit's GenerateJoinToken
+    writes it: the CA's sha256 in base 36, zero-padded to 50 digits, then the secret."""
+    number, digits = int(hashlib.sha256(ca_pem).hexdigest(), 16), ""
+    while number:
+        number, digit = divmod(number, 36)
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[digit] + digits
+    return f"SWMTKN-1-{digits.rjust(50, '0')}-{tail}"
+
+
+def a_worker_of(fakes, ca_pem: bytes) -> None:
+    certificates = os.path.join(paths.SWARM_DIR, "certificates")
+    os.makedirs(certificates, exist_ok=True)
+    with open(os.path.join(certificates, "swarm-root-ca.crt"), "wb") as handle:
+        handle.write(ca_pem)
+    fakes.docker_up()
+
+
+def test_a_worker_already_in_this_swarm_stays(fakes, posts, monkeypatch, capsys):
+    a_worker_of(fakes, ROOT_CA)
+    fakes.swarm(state="active", manager=False)
+    stdin(monkeypatch, token_for(ROOT_CA) + "\n")
+    membership.join(ns(role="worker", leader="10.42.0.10:2377"))
+    assert capsys.readouterr().out == "join: already a worker\n"
+    assert posts["bodies"] == [] and not docker_argvs_hold(fakes, "leave")
+
+
+def test_a_worker_in_another_swarm_leaves_it_and_joins_this_one(fakes, posts, monkeypatch, capsys):
+    """A one-manager stack whose manager 0 was replaced and started a new swarm: its workers
+    answered "already a worker" of the gone one (issue 19, item 11)."""
+    a_worker_of(fakes, b"-----BEGIN CERTIFICATE-----\nyesterdays-other-ca\n-----END CERTIFICATE-----\n")
+    fakes.swarm(state="active", manager=False, times=1)
+    fakes.on("docker", "swarm", "leave", "--force")
+    fakes.swarm(state="active", manager=False, node_id="w1new")
+    posts["answers"] = [(200, "")]
+    token = token_for(ROOT_CA)
+    stdin(monkeypatch, token + "\n")
+    membership.join(ns(role="worker", leader="10.42.0.10:2377"))
+    captured = capsys.readouterr()
+    assert "join: this worker is in another swarm than the token's (another root CA): leaving it" in captured.err
+    assert captured.out == "join: joined 10.42.0.10:2377 as worker (node w1new)\n"
+    assert ["swarm", "leave", "--force"] in fakes.argvs("docker") and posts["bodies"][0]["JoinToken"] == token
+
+
+def test_a_manager_in_another_swarm_is_never_left_silently(fakes, posts, monkeypatch):
+    a_worker_of(fakes, b"another CA")
+    fakes.swarm(state="active", manager=True)
+    stdin(monkeypatch, token_for(ROOT_CA) + "\n")
+    with pytest.raises(AgentError, match="join: this node is a manager of another swarm"):
+        membership.join(ns(role="manager", leader="10.42.0.10:2377"))
+    assert posts["bodies"] == [] and not docker_argvs_hold(fakes, "leave")
+
+
+def test_the_token_s_ca_digest_is_read_as_swarmkit_writes_it():
+    assert membership.token_ca_digest(token_for(ROOT_CA)) == hashlib.sha256(ROOT_CA).hexdigest()
+    fips = token_for(ROOT_CA).replace("SWMTKN-1-", "SWMTKN-2-1-")
+    assert membership.token_ca_digest(fips) == hashlib.sha256(ROOT_CA).hexdigest()
 
 
 def test_join_tries_ten_times_redacts_the_token_and_gives_up_at_its_bound(fakes, posts, capsys, monkeypatch):
