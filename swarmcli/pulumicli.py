@@ -7,8 +7,10 @@ agent is kept."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -64,17 +66,69 @@ def environment(note: Callable[[str], None] | None = None) -> dict[str, str]:
     return env
 
 
+CANCEL_GRACE = 60  # seconds pulumi gets after SIGINT to record its state and stop
+
+
 def run(args: list[str], stack: str, timeout: int = QUICK, capture: bool = True) -> subprocess.CompletedProcess:
     """`pulumi ARGS --stack STACK --non-interactive`, raising on a failure or the bound.
     Uncaptured, its output goes to stderr: stdout is the verb's result (`--json`)."""
     command = [require(), *args, "--stack", stack, "--non-interactive"]
     shown = " ".join(["pulumi", *args, "--stack", stack])
-    streams = {"capture_output": True} if capture else {"stdout": 2}
+    streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE} if capture else {"stdout": 2}
+    process = subprocess.Popen(command, cwd=ROOT, env=environment(), text=True, **streams)
     try:
-        done = subprocess.run(command, cwd=ROOT, env=environment(), text=True, timeout=timeout, check=False, **streams)
-    except subprocess.TimeoutExpired as error:
-        raise SwarmCliError(f"{shown} did not finish within {timeout} s") from error
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _stop(process)
+        hung = "" if args[:1] == ["stack"] else hung_hosts(stack)
+        raise SwarmCliError(f"{shown} did not finish within {timeout} s{hung}") from None
+    done = subprocess.CompletedProcess(command, process.returncode, out, err)
     if done.returncode != 0:
         said = (done.stderr or "").strip()[-2000:] if capture else "its output is above"
         raise SwarmCliError(f"{shown} failed (exit {done.returncode}): {said}")
     return done
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGINT (pulumi cancels and records what is in flight), then SIGKILL after a grace."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.communicate(timeout=CANCEL_GRACE)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+
+
+def hung_hosts(stack: str) -> str:
+    """Which operations were still running, and on which host: Pulumi records an operation
+    in the state's pending_operations before it starts it. pulumi-command bounds only the
+    TCP connect (perDialTimeout): a host that accepts the connection and never answers SSH,
+    or a command that never ends, holds the run for ever."""
+    export = [require(), "stack", "export", "--show-secrets", "--stack", stack, "--non-interactive"]
+    try:
+        done = subprocess.run(
+            export, cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=QUICK, check=False
+        )
+        pending = json.loads(done.stdout).get("deployment", {}).get("pending_operations") or []
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return "; which hosts hung could not be read from the state"
+    lines = []
+    for operation in pending:
+        resource = operation.get("resource") or {}
+        connection = (resource.get("inputs") or {}).get("connection") or {}
+        where = (
+            f" on {connection['host']}:{connection.get('port', 22)}"
+            if isinstance(connection, dict) and connection.get("host")
+            else ""
+        )
+        lines.append(f"{operation.get('type', '?')} of {resource.get('urn', '?').rsplit('::', 1)[-1]}{where}")
+    if not lines:
+        return ""
+    return (
+        "; still running: "
+        + "; ".join(lines)
+        + (
+            " (a host that accepts SSH's TCP connection and never answers holds pulumi-command for ever: "
+            "see README, When something goes wrong; `pulumi cancel` if the stack stays locked)"
+        )
+    )

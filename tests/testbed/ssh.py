@@ -123,8 +123,11 @@ def ssh_connect(conn: dict, log, name: str):
                 username=conn.get("user", "root"),
                 pkey=key,
                 timeout=per_dial,
-                banner_timeout=per_dial,
-                auth_timeout=per_dial,
+                # pulumi-command (x/crypto) bounds only the TCP connect: the banner, the key
+                # exchange and the authentication have no deadline there. The bed waits as
+                # long, up to its own bound for any one command, so that it ends at all.
+                banner_timeout=MAX_COMMAND_SECONDS,
+                auth_timeout=MAX_COMMAND_SECONDS,
                 look_for_keys=False,
                 allow_agent=False,
             )
