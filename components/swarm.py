@@ -238,6 +238,11 @@ class SwarmFormation(pulumi.ComponentResource):
         pinned = [] if args.restore_from in ("latest", "none") else [args.restore_from]
         skip = "echo 'backup: skipped (swarm:backupOnDestroy is false)'"
         if args.backup_target == "s3":
+            # Every morning (a new manager 0): the bucket round trip tonight's backup and the
+            # mirror's cache need, with the managers' own rights; after the formation, beside the rest.
+            store_check = self._command(
+                f"{name}-store-check", leader, create=node_cli("store-check"), depends_on=[self.reconcile]
+            )
             self.backup = self._command(
                 f"{name}-backup",
                 leader,
@@ -245,7 +250,7 @@ class SwarmFormation(pulumi.ComponentResource):
                 delete=node_cli("backup", *(arg for key in pinned for arg in ("--keep", key)))
                 if args.backup_on_destroy
                 else skip,
-                depends_on=[self.reconcile, self.teardown, *self.signing.values()],
+                depends_on=[self.reconcile, self.teardown, store_check, *self.signing.values()],
                 dial_error_limit=BACKUP_DIAL_ERROR_LIMIT,
                 # Never replaced: a replacement would run `delete` (a backup) against
                 # yesterday's address. A new manager 0 only updates the connection.

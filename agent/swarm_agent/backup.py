@@ -161,6 +161,18 @@ class Restart:
             run.note(f"swarm-node: {error}")
 
 
+def store_check(args) -> None:
+    node = env.load()
+    if node.target != "s3":
+        print(f"store-check: backups go to '{node.target}'; nothing to check here")
+        return
+    work = tempfile.mkdtemp(dir=paths.WORK_DIR, prefix="swarm-check.")
+    try:
+        print(store.check_round_trip(node, work))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def _teardown_began() -> bool:
     """--handover: the lone manager of a swarm is going. During the day (a replacement) its
     state is backed up for its successor to restore; at the night the teardown's backup

@@ -59,6 +59,7 @@ def _verbs(sub) -> None:
     verb("converge", "nodes:converge", "wait until every service runs its desired replicas", 300)
     verb("authorize-key", "ready:authorize_key", "add the OpenSSH public key on stdin to the SSH user's keys")
     verb("install-backup-keys", "keys:install_backup_keys", "stdin: the backups' signing key (hex)")
+    verb("store-check", "backup:store_check", "write, read back and delete an object in the store, as tonight will")
     p = verb("backup", "backup:backup", "stop dockerd, back up the swarm's state, sign, upload, prune")
     p.add_argument("--stdout", action="store_true", help="write the tar.gz to stdout (backup target local)")
     p.add_argument("--keep", action="append", default=[], help="a backup pruning must spare")

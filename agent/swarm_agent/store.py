@@ -135,3 +135,28 @@ def listing(env: NodeEnv) -> Listing:
         if key not in current and BACKUP_NAME.match(key):
             earlier[key] = max(earlier.get(key, ""), entry.get("LastModified", ""))
     return Listing(current, tuple(sorted(earlier, reverse=True)))
+
+
+CHECK_KEY = ".swarm-store-check"  # under the prefix, outside backups/ and the mirror's docker/
+
+
+def check_round_trip(env: NodeEnv, work_dir: str) -> str:
+    """Write an object under the prefix, read it back, delete it, with this node's rights: a
+    bucket it cannot use (a customer-managed KMS key the role may not use, a bucket policy)
+    fails now, in the morning, not at 19:00 when the backup needs it."""
+    token = os.urandom(16).hex()
+    where = f"{env.store}{CHECK_KEY}"
+    try:
+        put_text(env, token + "\n", CHECK_KEY)
+        back = read_text(env, CHECK_KEY, work_dir).strip()
+        remove(env, CHECK_KEY)
+    except AgentError as error:
+        raise AgentError(
+            f"store-check: this manager cannot write, read and delete {where} with its rights ({error}). Tonight's "
+            "backup would fail the same way. A bucket encrypted with a customer-managed KMS key needs "
+            "kms:GenerateDataKey and kms:Decrypt on that key for the managers' role (add them to the key's policy: "
+            "README, Security, Rights)."
+        ) from None
+    if back != token:
+        raise AgentError(f"store-check: {where} read back other than it was written; nothing else was touched")
+    return f"store-check: {env.store} written, read back and cleaned with this node's rights"

@@ -32,18 +32,18 @@ def counts(run) -> Counter:
         # ready (which installs the agent) and retire per node (a lone manager has none:
         # nobody stays to do it; it hands itself over) + probe per other manager + backup
         # keys per manager + bootstrap + tokens + joins + reconcile + teardown marker +
-        # backup + mirror
-        ({}, 3, 2, 1, 3, 5 + 5 + 2 + 3 + 1 + 1 + 4 + 1 + 1 + 1 + 1),
-        ({"managerCount": 1, "workerCount": 0}, 1, 0, 1, 3, 1 + 1 + 0 + 1 + 1 + 1 + 0 + 1 + 1 + 1 + 1),
+        # backup + mirror + the store's round trip
+        ({}, 3, 2, 1, 3, 5 + 5 + 2 + 3 + 1 + 1 + 4 + 1 + 1 + 1 + 1 + 1),
+        ({"managerCount": 1, "workerCount": 0}, 1, 0, 1, 3, 1 + 1 + 0 + 1 + 1 + 1 + 0 + 1 + 1 + 1 + 1 + 1),
         (
             {"managerCount": 5, "workerCount": 7, "azCount": 2},
             5,
             7,
             1,
             2,
-            12 + 12 + 4 + 5 + 1 + 1 + 11 + 1 + 1 + 1 + 1,
+            12 + 12 + 4 + 5 + 1 + 1 + 11 + 1 + 1 + 1 + 1 + 1,
         ),
-        ({"mirror": False, "backupOnDestroy": False}, 3, 2, 1, 3, 5 + 5 + 2 + 3 + 1 + 1 + 4 + 1 + 1 + 1),
+        ({"mirror": False, "backupOnDestroy": False}, 3, 2, 1, 3, 5 + 5 + 2 + 3 + 1 + 1 + 4 + 1 + 1 + 1 + 1),
     ],
     ids=["default", "single-manager", "5+7-over-2-azs", "no-mirror-no-backup"],
 )

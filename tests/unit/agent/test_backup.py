@@ -369,3 +369,25 @@ def test_a_lone_manager_s_handover_backs_up_by_day_and_adds_nothing_at_night(bed
     else:  # a replacement by day: the successor restores this
         assert out.startswith(f"backup: wrote {KEY} sha256 {sha(tar)}")
         assert BASE + "backups/latest" in bed.aws_targets()  # latest moved to it
+
+
+def test_the_morning_s_store_check_fails_loudly_where_tonight_s_backup_would(fakes, capsys):
+    """A bucket with a customer-managed KMS key the role may not use: the registry's cache
+    writes fail without a word and the backup at 19:00 fails. Tell it in the morning (item 8)."""
+    denied = "upload failed: An error occurred (AccessDenied) when calling the PutObject operation: KMS key access\n"
+    fakes.on("aws", *AWS, "s3", "cp", "-", rc=1, stderr=denied)
+    assert cli.main(["store-check"]) == 1
+    error = capsys.readouterr().err
+    assert f"store-check: this manager cannot write, read and delete {BASE}.swarm-store-check" in error
+    assert "kms:GenerateDataKey and kms:Decrypt" in error and "AccessDenied" in error
+
+
+def test_the_store_check_writes_reads_back_and_deletes(fakes, monkeypatch, capsys):
+    monkeypatch.setattr(store.os, "urandom", lambda n: b"\x01" * n)
+    token = ("01" * 16 + "\n").encode()
+    fakes.on("aws", *AWS, "s3", "cp", "-")
+    fakes.on("aws", *AWS, "s3", "cp", BASE + ".swarm-store-check", writes=[(5, token)])
+    fakes.on("aws", *AWS, "s3", "rm", BASE + ".swarm-store-check")
+    assert cli.main(["store-check"]) == 0
+    assert "written, read back and cleaned" in capsys.readouterr().out
+    assert [a[len(AWS) : len(AWS) + 2] for a in fakes.argvs("aws")] == [["s3", "cp"], ["s3", "cp"], ["s3", "rm"]]
