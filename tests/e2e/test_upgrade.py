@@ -83,16 +83,24 @@ def repository_tree(root: Path) -> list[str]:
 
 
 def assert_only_the_agent_changed(result, log_from: int, engine, first: bool = False) -> None:
-    """Only `ready` updated (it installs the agent), and on the first `up` of the new
-    release the backup keys (their stdin no longer carries the keytool): nothing created,
-    replaced or deleted, no delete hook run, no machine terminated."""
+    """Only `ready` updated (it installs the agent). On the first `up` of the new release
+    every command is updated too (each connection now checks the node's host key, with new
+    dial limits; an update runs a command's create again, and each verb finds its work
+    done: bootstrap `already active`, joins `already a worker`), and the morning's store
+    check is new. Never a replacement or a deletion, a delete hook or a terminated machine."""
     changed = result.changed()
-    allowed = ("-ready-", "-backup-keys-") if first else ("-ready-",)
-    others = {urn: op for urn, op in changed.items() if not any(a in urn for a in allowed)}
-    assert others == {}, others
-    assert set(changed.values()) == {"update"}, changed
+    if first:
+        created = [urn for urn, op in changed.items() if op == "create"]
+        assert all("-store-check" in urn for urn in created), created
+        assert set(changed.values()) <= {"update", "create"}, changed
+        assert all("$command:remote:Command::" in urn for urn in changed), changed
+    else:
+        others = {urn: op for urn, op in changed.items() if "-ready-" not in urn}
+        assert others == {}, others
+        assert set(changed.values()) == {"update"}, changed
     log = engine.log_path.read_text()[log_from:]
     assert "delete hook of" not in log and "terminate " not in log
+    assert "another swarm" not in log  # every worker and manager found it is in this one
 
 
 def test_a_stack_of_the_last_release_forms_with_the_bash_agent(live):
