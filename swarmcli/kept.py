@@ -24,11 +24,12 @@ class Dropped:
     keep: str  # how to keep what it holds
 
     def message(self, stack: str) -> str:
-        forget = " ".join(f"'{urn}'" for urn in self.urns)
+        # Children before their parent: Pulumi refuses to forget a resource something is parented to.
+        forget = " ".join(f"'{urn}'" for urn in reversed(self.urns))
         return (
             f"{self.setting} would drop {self.what}, which is protected: this `up` and every later one would fail "
             f"at the end ('cannot be deleted because it is protected'). Nothing was started. {self.keep} Then "
-            f"release it from the state (the resources stay in AWS): for each of {forget}: "
+            f"release it from the state (the resources stay in AWS), in this order: for each of {forget}: "
             f"pulumi state delete --force --stack {stack} <urn>; then run the morning again. "
             f"Or undo the change: pulumi config rm --stack {stack} {self.setting.split()[0]}."
         )

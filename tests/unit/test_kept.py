@@ -113,3 +113,9 @@ def test_without_backup_forgets_the_hooks_then_destroys_with_no_manager_needed(m
     remaining = [r["urn"] for r in state.resources]
     assert leave["urn"] in remaining and BUCKET in remaining  # an own host still leaves; the bucket stays
     assert summary["forgotten"][0] == "swarm-dev-swarm-retire-swarm-dev-manager-0"
+
+
+def test_the_steps_forget_children_before_their_parent():
+    [problem] = kept.dropped(AFTER_A_NIGHT, {"swarm:backupTarget": "local"})
+    message = problem.message("dev")
+    assert message.index(f"'{BUCKET}'") < message.index(f"'{STORE}'")
