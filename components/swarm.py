@@ -219,6 +219,22 @@ class SwarmFormation(pulumi.ComponentResource):
             triggers=[r for n in nodes for r in n.replaced_by],
         )
 
+        self._night_hooks(name)
+
+        self.register_outputs(
+            {
+                "leader_address": self.leader_address,
+                "worker_join_token": self.worker_join_token,
+                "manager_join_token": self.manager_join_token,
+                "unlock_key": self.unlock_key,
+                "known_hosts": self.known_hosts,
+            }
+        )
+
+    def _night_hooks(self, name: str) -> None:
+        """What the teardown runs first (the backup, then the mark), and the morning's check
+        that tonight's backup will be able to write."""
+        args, leader = self._args, self.leader
         # Deleted right after the backup at the nightly teardown: from then on the
         # retire hooks have nothing to do (no draining a swarm that is going anyway).
         self.teardown = self._command(
@@ -269,16 +285,6 @@ class SwarmFormation(pulumi.ComponentResource):
                 depends_on=[self.reconcile, self.teardown, *self.signing.values()],
                 triggers=[],  # as the S3 hook: never a fetch from yesterday's address
             )
-
-        self.register_outputs(
-            {
-                "leader_address": self.leader_address,
-                "worker_join_token": self.worker_join_token,
-                "manager_join_token": self.manager_join_token,
-                "unlock_key": self.unlock_key,
-                "known_hosts": self.known_hosts,
-            }
-        )
 
     def _ready(self, name: str, node: SwarmNode) -> remote.Command:
         """Wait for user-data, install the agent (components/agent.py: its bundle is stdin's
