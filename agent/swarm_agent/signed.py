@@ -51,10 +51,15 @@ def meta_dict(text: str) -> dict:
 
 
 def fields_check(key: str, sha: str, meta_text: str, signing: bytes | None) -> bool | None:
-    """True or False when the .meta signs its fields; None for one written before they were."""
+    """True or False when the .meta signs its fields; None for one written before they were.
+    A name given twice is False: the signature covers each name's first line, and a restore
+    reads every line of a name (meta_field), so a second one would go unsigned."""
     meta = meta_dict(meta_text)
     if FIELDS not in meta:
         return None
+    names = [line.partition("=")[0] for line in meta_text.split("\n") if "=" in line]
+    if len(names) != len(set(names)):
+        return False
     expected = fields_signature(key, sha, meta, signing) if signing else ""
     return bool(expected) and hmac.compare_digest(meta[FIELDS].encode(), expected.encode())
 

@@ -398,6 +398,15 @@ def test_a_field_changed_under_a_valid_name_signature_is_refused(node):
     assert untouched() and inits(node) == []
 
 
+def test_a_field_added_twice_under_a_valid_fields_signature_is_refused(node):
+    """A second `engine=` line is read by the restore but not covered by `fields=`."""
+    data = backup()
+    staged(data=data, meta=meta(KEY, sha(data), engine="27.0.1") + "engine=20.10.24\n")
+    with pytest.raises(AgentError, match="its signature does not match"):
+        restore.restore_or_init(env.load(), "latest")
+    assert untouched() and inits(node) == []
+
+
 def test_a_backup_from_before_fields_were_signed_still_restores_with_a_note(node, capsys):
     data = backup()
     staged(data=data, meta=meta(KEY, sha(data), fields=False))
