@@ -13,6 +13,7 @@ flock when its process ends, however it ends: a killed holder never leaves it be
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import time
 from collections.abc import Iterator
@@ -40,7 +41,8 @@ def held(verb: str, wait: int) -> Iterator[None]:
                 )
             run.pause(1)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{verb} (pid {os.getpid()}, since {time.strftime('%H:%M:%S')} UTC)\n".encode(), 0)
+        since = time.strftime("%H:%M:%S", time.gmtime())  # UTC, as the record says, whatever the node's zone
+        os.pwrite(fd, f"{verb} (pid {os.getpid()}, since {since} UTC)\n".encode(), 0)
         try:
             yield
         finally:
@@ -68,11 +70,11 @@ def exclusive(wait: int):
     """Decorate a verb `f(args)` to run under the node's lock, waiting at most `wait` s."""
 
     def wrap(verb_function):
+        @functools.wraps(verb_function)
         def locked(args):
             with held(getattr(args, "verb", None) or verb_function.__name__.replace("_", "-"), wait):
                 return verb_function(args)
 
-        locked.__doc__, locked.__name__ = verb_function.__doc__, verb_function.__name__
         return locked
 
     return wrap
