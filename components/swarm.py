@@ -168,7 +168,7 @@ class SwarmFormation(pulumi.ComponentResource):
         self.leader_address = pulumi.Output.concat(leader.private_ip, f":{SWARM_PORT}")
 
         nodes = args.managers + args.workers
-        self.host_key_reads = self._pin_host_keys(name, nodes)
+        self._pin_host_keys(name, nodes)
         self.leaves = self._leaves(name) if args.leave_on_destroy else {}
         self.provisions = {node.name: self._provision(name, node) for node in nodes if node.provision is not None}
         ready = {node.name: self._ready(name, node) for node in nodes}
@@ -418,13 +418,12 @@ class SwarmFormation(pulumi.ComponentResource):
             for node in self._args.managers
         }
 
-    def _pin_host_keys(self, name: str, nodes: list[SwarmNode]) -> dict[str, remote.Command]:
+    def _pin_host_keys(self, name: str, nodes: list[SwarmNode]) -> None:
         """Every connection checks the node's host key. An EC2 node's is known before it
         boots (hostkeys.py); a machine the user brings is read once, by the first command
         that reaches it (trust on first use, as ssh's accept-new), and every other command
         checks against that. It is read again only when this command's inputs change (a
         new private address, SSH address, port or user)."""
-        reads = {}
         for node in nodes:
             if node.host_public_key is not None:
                 node.host_key = node.host_public_key
@@ -436,9 +435,7 @@ class SwarmFormation(pulumi.ComponentResource):
                 depends_on=node.depends_on,
                 dial_error_limit=BOOT_DIAL_ERROR_LIMIT,
             )
-            reads[node.name] = read
             node.host_key = read.stdout.apply(_host_key_line)
-        return reads
 
     def _host_keys(self) -> pulumi.Output[str]:
         """Every node's ed25519 host key as known_hosts lines (`sshKnownHosts`)."""

@@ -29,15 +29,6 @@ def stack_resources(stack: str, show_secrets: bool = False) -> list[dict]:
     return json.loads(done.stdout).get("deployment", {}).get("resources") or []
 
 
-def config_value(stack: str, key: str) -> str | None:
-    """`pulumi config get KEY`; None when it is not set (or cannot be read: pulumi says why
-    at the next call that needs it)."""
-    try:
-        return pulumicli.run(["config", "get", key], stack).stdout.strip()
-    except SwarmCliError:
-        return None
-
-
 def config_values(stack: str) -> dict[str, str]:
     """The stack's config (`pulumi config --json`), secrets left out: key -> value."""
     done = pulumicli.run(["config", "--json"], stack)
