@@ -104,13 +104,10 @@ def hung_hosts(stack: str) -> str:
     in the state's pending_operations before it starts it. pulumi-command bounds only the
     TCP connect (perDialTimeout): a host that accepts the connection and never answers SSH,
     or a command that never ends, holds the run for ever."""
-    export = [require(), "stack", "export", "--show-secrets", "--stack", stack, "--non-interactive"]
     try:
-        done = subprocess.run(
-            export, cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=QUICK, check=False
-        )
+        done = run(["stack", "export", "--show-secrets"], stack)  # a `stack` call: no hung_hosts of its own
         pending = json.loads(done.stdout).get("deployment", {}).get("pending_operations") or []
-    except (OSError, ValueError, subprocess.TimeoutExpired):
+    except (SwarmCliError, ValueError):
         return "; which hosts hung could not be read from the state"
     lines = []
     for operation in pending:
