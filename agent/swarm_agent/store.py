@@ -79,26 +79,13 @@ def remove(env: NodeEnv, key: str) -> None:
 
 
 def backups(env: NodeEnv) -> list[str]:
-    """The backups/<UTC>.tar.gz keys in the store, newest first."""
+    """The backups/<UTC>.tar.gz keys in the store, newest first (S3: the current ones alone,
+    from list-objects-v2, which pruning needs and which needs no version rights)."""
     if env.target == "local":
-        directory = local_path(env, "backups")
-        names = os.listdir(directory) if os.path.isdir(directory) else []
-        keys = [f"backups/{n}" for n in names]
-    else:
-        result = aws(
-            env,
-            "s3api",
-            "list-objects-v2",
-            "--bucket",
-            env.bucket,
-            "--prefix",
-            f"{env.prefix}backups/",
-            "--query",
-            "Contents[].Key",
-            "--output",
-            "text",
-        )
-        keys = [k[len(env.prefix) :] for k in result.stdout.split() if k.startswith(env.prefix)]
+        return listing(env).backups
+    result = aws(env, "s3api", "list-objects-v2", "--bucket", env.bucket, "--prefix", f"{env.prefix}backups/",
+                 "--query", "Contents[].Key", "--output", "text")  # fmt: skip
+    keys = [k[len(env.prefix) :] for k in result.stdout.split() if k.startswith(env.prefix)]
     return sorted((k for k in keys if BACKUP_NAME.match(k)), reverse=True)
 
 
