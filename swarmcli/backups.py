@@ -12,8 +12,10 @@ bucket (works after the teardown: the bucket is protected and stays).
 The drill checks the backup as the morning would (sha256, the stack's signature, the
 sealed unlock key of an autolocked swarm), then restores it on a machine of the test bed
 (`--on bed`, the default: root and the bed's Debian packages, see README) or on a
-machine you name (`--on ssh://...`: a throwaway one with Docker in no swarm; the drill
-leaves its swarm state as it found it). With --stack the signing key is read from the
+machine you name (`--on ssh://...`: any with Docker's binaries, util-linux and iproute2).
+There it runs a dockerd of its own, sealed from the network and holding no image, so no task
+of the restored swarm can start (the engine's event log proves it: the drill fails if any
+container was created); the machine's own Docker is not touched. With --stack the signing key is read from the
 stack's state (`pulumi stack export --show-secrets`); or give --signing-key-file.
 
 With --stack the bucket is read from the stack's state (`pulumi stack export`), which
@@ -212,6 +214,8 @@ class DrillReport:
             "engineHere": self.engine_here,
             "autolocked": self.autolocked,
             **{name: self.sections.get(name, []) for name in ("services", "secrets", "configs", "networks", "nodes")},
+            "tasks": self.sections.get("tasks", []),  # those the restored swarm gave the drill's node
+            "containerEvents": self.sections.get("container events", []),  # empty, or the drill failed
         }
 
 
@@ -277,7 +281,7 @@ def prepare_drill(
 
 
 # Run as root on the drill machine: unpack the bundle from stdin into a root-only directory.
-DRILL_COMMAND = 'umask 077; d=$(mktemp -d) && tar -x -C "$d" && bash "$d/restore-drill.sh" "$d" {address}'
+DRILL_COMMAND = 'umask 077; d=$(mktemp -d) && tar -x -C "$d" && bash "$d/restore-drill.sh" "$d"'
 
 
 def parse_drill_output(text: str) -> dict[str, list]:
@@ -295,16 +299,16 @@ def parse_drill_output(text: str) -> dict[str, list]:
 class SshTarget:
     """A machine you name, over SSH (the ssh client, your agent or --identity); sudo there."""
 
-    def __init__(self, url: str, identity: str | None = None, address: str | None = None):
+    def __init__(self, url: str, identity: str | None = None):
         parts = urlsplit(url)
         if parts.scheme != "ssh" or not parts.hostname or not parts.username:
             raise BackupError(f"--on wants bed or ssh://user@host[:port], got {url!r}")
         self.login, self.port = f"{parts.username}@{parts.hostname}", parts.port or 22
-        self.identity, self.address = identity, address
+        self.identity = identity
         self.name = self.login
 
     def run(self, bundle: bytes) -> str:
-        remote = "sudo bash -c " + shlex.quote(DRILL_COMMAND.format(address=shlex.quote(self.address or "")))
+        remote = "sudo bash -c " + shlex.quote(DRILL_COMMAND)
         command = [
             "ssh",
             "-p",
@@ -360,11 +364,9 @@ class BedTarget:
             ip = next(
                 str(bed.network[250 * 256 + i]) for i in range(10, 250) if str(bed.network[250 * 256 + i]) not in taken
             )
+            # (The drill runs a dockerd of its own: the host's Docker need not be up.)
             host = bed.create_host("drill", ip, image=self.image)
-            host.wait_docker()
-            done = host.run(
-                ["bash", "-c", DRILL_COMMAND.format(address=ip)], input=bundle, check=False, timeout=DRILL_TIMEOUT
-            )
+            done = host.run(["bash", "-c", DRILL_COMMAND], input=bundle, check=False, timeout=DRILL_TIMEOUT)
             if done.returncode != 0:
                 raise BackupError(f"the drill on the bed failed: {_tail(done.stderr)}")
             return done.stdout.decode()
@@ -390,7 +392,24 @@ def run_drill(
         sections = parse_drill_output(target.run(bundle))
     report.engine_here = (sections.pop("engine", None) or ["unknown"])[0]
     report.sections = sections
+    refuse_started_tasks(sections)
     return report
+
+
+def refuse_started_tasks(sections: dict[str, list]) -> None:
+    """The drill's promise, checked from the engine's own log rather than from a listing
+    taken after the drain: no container was ever created there."""
+    if "container events" not in sections:
+        raise BackupError("the drill's output has no container events section, so it cannot show that no task started")
+    events = sections["container events"]
+    if events:
+        names = {(e.get("Action", "?"), e.get("Actor", {}).get("Attributes", {}).get("name", "?")) for e in events}
+        seen = sorted(f"{action} {name}" for action, name in names)
+        raise BackupError(
+            f"the drill's Docker logged {len(events)} container event(s) ({', '.join(seen[:5])}): a task of the "
+            "restored swarm started there, which its seal (no network, no image) exists to prevent; "
+            "treat that machine as having run the stack's services with their secrets"
+        )
 
 
 def print_drill(report: DrillReport) -> None:
@@ -398,7 +417,11 @@ def print_drill(report: DrillReport) -> None:
     lock = "autolocked, opened with its sealed unlock key; " if report.autolocked else ""
     print(f"  {lock}taken with Docker {report.engine_then}, restored on Docker {report.engine_here}")
     services = report.sections.get("services", [])
-    print(f"services ({len(services)}), drained here: none of their tasks ran")
+    tasks = report.sections.get("tasks", [])
+    print(
+        f"services ({len(services)}): none of their tasks ran here (the engine logged no container; "
+        f"the restored swarm gave the drill's node {len(tasks)} task(s))"
+    )
     for svc in services:
         desired = str(svc.get("Replicas", "")).split("/")[-1].split()[0] if svc.get("Replicas") else "?"
         print(f"  {svc.get('Name')}  {svc.get('Mode')}  desired {desired}  {svc.get('Image')}")
@@ -465,7 +488,7 @@ def command_drill(args: argparse.Namespace) -> int:
     if args.on == "bed":
         target = BedTarget(log=progress.note)
     else:
-        target = SshTarget(args.on, args.identity, args.advertise_addr)
+        target = SshTarget(args.on, args.identity)
     report = run_drill(s3_client(args.endpoint_url), bucket, prefix, args.key, signing_key, target, progress)
     if args.json:
         print(json.dumps(report.as_json(), indent=2))

@@ -80,7 +80,6 @@ def _drill_options(parser: argparse.ArgumentParser) -> None:
     _store_options(parser)
     parser.add_argument("--on", default="bed", metavar="WHERE", help="bed (default) or ssh://user@host[:port]")
     parser.add_argument("--identity", metavar="KEY", help="--on ssh://: the SSH private key file")
-    parser.add_argument("--advertise-addr", metavar="ADDR", help="--on ssh://: the address the throwaway swarm uses")
     parser.add_argument("--signing-key-file", metavar="FILE", help="the stack's backup signing key (hex), not --stack")
 
 

@@ -43,6 +43,10 @@ def first(engine):
     result = engine.up()
     leader = engine.host_of("manager-0")
     leader.run(["docker", "secret", "create", "kept-secret", "-"], input=b"kept")
+    # A task on every node, manager 0 included, with a secret: what a drill must not start.
+    leader.docker("service", "create", "--detach", "--quiet", "--name", "drill-canary", "--mode", "global",
+                  "--secret", "kept-secret", "--restart-delay", "1s", "--no-resolve-image",
+                  LOCAL_BUSYBOX, "sleep", "86400")  # fmt: skip
     return result
 
 
@@ -190,6 +194,12 @@ def test_a_drill_restores_last_night_into_a_throwaway_swarm_and_lists_it(engine,
     assert "kept-secret" in [s["Name"] for s in report["secrets"]]
     assert "swarm-mirror_mirror" in [s["Name"] for s in report["services"]]
     assert "ingress" in [n["Name"] for n in report["networks"]]
+    # The restored swarm gave the drill's node manager 0's canary (its image is on every bed
+    # host, the drill's too), and the drill's sealed Docker refused it before any container:
+    # its event log, read to the end of the drill, holds no container at all.
+    canaries = [t for t in report["tasks"] if t["Name"].startswith("drill-canary.")]
+    assert any(t["CurrentState"].startswith("Rejected") and "No such image" in t["Error"] for t in canaries), canaries
+    assert report["containerEvents"] == []
     names = {n["Hostname"]: n["Status"] for n in report["nodes"]}
     # Yesterday's other nodes, not (yet) heard from; manager 0's identity is the drill machine's.
     yesterday = {f"swarm-{STACK}-manager-1", f"swarm-{STACK}-manager-2", f"swarm-{STACK}-worker-0"}

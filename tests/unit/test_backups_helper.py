@@ -341,10 +341,40 @@ def test_the_drill_report_reads_the_machine_s_sections():
         "== configs",
         "== networks", '{"Name":"ingress","Driver":"overlay"}',
         "== nodes", '{"Hostname":"swarm-dev-manager-1","Status":"Down"}',
+        "== tasks", '{"Name":"web.1","CurrentState":"Rejected 1 second ago","Error":"No such image: nginx"}',
+        "== container events",
     ])  # fmt: skip
     sections = backups.parse_drill_output(text)
     assert sections["engine"] == ["26.1.5"] and sections["configs"] == []
     assert sections["services"][0]["Name"] == "web" and sections["secrets"] == [{"Name": "db-password"}]
+    assert sections["tasks"][0]["Error"] == "No such image: nginx" and sections["container events"] == []
+    backups.refuse_started_tasks(sections)  # a task refused before its container: the seal held
+
+
+CREATED = {"Type": "container", "Action": "create", "Actor": {"Attributes": {"name": "web.1.abc", "image": "nginx"}}}
+
+
+def test_a_drill_whose_engine_logged_a_container_fails_and_says_what_ran(s3, monkeypatch):
+    """The drill's promise is read from the engine's event log: one container created there
+    (a task of the restored swarm, with its secrets) fails the drill, however it ended."""
+    put_signed(s3, "20261121T230000Z", b"tuesday")
+
+    class Machine:
+        name = "a machine"
+
+        def __init__(self, events: list[dict]):
+            self.events = events
+
+        def run(self, bundle: bytes) -> str:
+            lines = ["== engine", '"26.1.5"', "== services", "== container events"]
+            return "\n".join(lines + [json.dumps(e) for e in self.events])
+
+    assert backups.run_drill(s3, BUCKET, PREFIX, None, SIGNING_KEY, Machine([])).sections["container events"] == []
+    with pytest.raises(backups.BackupError, match=r"logged 1 container event\(s\) \(create web.1.abc\): a task"):
+        backups.run_drill(s3, BUCKET, PREFIX, None, SIGNING_KEY, Machine([CREATED]))
+    # An output without the log cannot show the promise kept.
+    with pytest.raises(backups.BackupError, match="no container events section"):
+        backups.refuse_started_tasks({"services": []})
 
 
 def test_a_drill_over_ssh_sends_the_bundle_on_stdin_and_nothing_secret_in_argv(s3, tmp_path, monkeypatch):
@@ -353,16 +383,16 @@ def test_a_drill_over_ssh_sends_the_bundle_on_stdin_and_nothing_secret_in_argv(s
     fake = tmp_path / "bin" / "ssh"
     fake.write_text(
         f'#!/bin/sh\nprintf "%s\\n" "$@" >{tmp_path}/argv\ncat >{tmp_path}/stdin\n'
-        'printf \'== engine\\n"26.1.5"\\n== secrets\\n{"Name":"s"}\\n\'\n'
+        'printf \'== engine\\n"26.1.5"\\n== secrets\\n{"Name":"s"}\\n== container events\\n\'\n'
     )
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
-    target = backups.SshTarget("ssh://admin@drill.example:2222", identity="/keys/id", address="10.0.0.5")
+    target = backups.SshTarget("ssh://admin@drill.example:2222", identity="/keys/id")
     report = backups.run_drill(s3, BUCKET, PREFIX, None, SIGNING_KEY, target)
     assert report.engine_here == "26.1.5" and report.sections["secrets"] == [{"Name": "s"}]
     argv = (tmp_path / "argv").read_text()
     assert "-p\n2222\n" in argv and "-i\n/keys/id\n" in argv and "admin@drill.example" in argv
-    assert UNLOCK not in argv and "sudo bash -c" in argv and "10.0.0.5" in argv
+    assert UNLOCK not in argv and "sudo bash -c" in argv
     assert bundle_files((tmp_path / "stdin").read_bytes())["unlock"][0] == f"{UNLOCK}\n".encode()
     with pytest.raises(backups.BackupError, match="--on wants bed or ssh://user@host"):
         backups.SshTarget("drill.example")
