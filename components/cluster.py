@@ -83,7 +83,7 @@ class SwarmCluster(pulumi.ComponentResource):
             opts=child,
         )
         if settings.mirror_enabled:
-            RegistryMirror(f"{name}-mirror", formation, settings.mirror_image, opts=child)
+            RegistryMirror(f"{name}-mirror", formation, settings, bucket_arn, opts=child)
 
         leader = formation.leader
         login = pulumi.Output.concat(leader.user or settings.ssh_user, "@", leader.connect_host)

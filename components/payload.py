@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pulumi
+
 if TYPE_CHECKING:
     from components.settings import NodePlan, Settings
 
@@ -37,21 +39,25 @@ USER_DATA_BUDGET = 8192
 NODE_CLI = "/usr/local/sbin/swarm-node"
 
 
-def bundle(directory: Path, exclude: tuple[str, ...] = ()) -> str:
-    """base64 of a gzip tarball of the files directly in `directory`, byte-for-byte stable."""
+def bundle(directory: Path, exclude: tuple[str, ...] = (), extra: dict[str, bytes] | None = None) -> str:
+    """base64 of a gzip tarball of the files directly in `directory` (and `extra`, root-only
+    files made here), byte-for-byte stable."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for path in sorted(directory.iterdir()):
             if not path.is_file() or path.name in exclude or path.name.startswith("."):
                 continue
-            data = path.read_bytes()
-            info = tarfile.TarInfo(path.name)
-            info.size = len(data)
-            info.mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
-            info.mtime = 0
-            info.uname = info.gname = "root"
-            tar.addfile(info, io.BytesIO(data))
+            _add(tar, path.name, path.read_bytes(), 0o755 if path.stat().st_mode & 0o111 else 0o644)
+        for name, data in sorted((extra or {}).items()):
+            _add(tar, name, data, 0o600)
     return base64.b64encode(gzip.compress(raw.getvalue(), compresslevel=9, mtime=0)).decode()
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), mode, 0
+    info.uname = info.gname = "root"
+    tar.addfile(info, io.BytesIO(data))
 
 
 def digest(directory: Path) -> str:
@@ -62,8 +68,23 @@ def digest(directory: Path) -> str:
     return h.hexdigest()
 
 
-def stacks_payload() -> str:
-    return bundle(STACK_FILES)
+MIRROR_CREDENTIALS = "aws-credentials"  # in the stack archive: the mirror's key, never kept on disk
+
+
+def stacks_payload(mirror_key: tuple[pulumi.Output[str], pulumi.Output[str]] | None = None) -> pulumi.Input[str]:
+    """The stack files for `mirror-deploy`'s stdin, with the mirror's own S3 key (a shared
+    credentials file) when it has one: then the whole payload is a secret."""
+    if mirror_key is None:
+        return bundle(STACK_FILES)
+    return pulumi.Output.secret(
+        pulumi.Output.all(*mirror_key).apply(
+            lambda key: bundle(STACK_FILES, extra={MIRROR_CREDENTIALS: credentials_file(*key)})
+        )
+    )
+
+
+def credentials_file(access_key_id: str, secret_access_key: str) -> bytes:
+    return f"[default]\naws_access_key_id = {access_key_id}\naws_secret_access_key = {secret_access_key}\n".encode()
 
 
 @functools.cache

@@ -1,14 +1,19 @@
-"""Every right a node holds, in one place: the IAM statements of the managers' role.
+"""Every right a node holds, in one place: the IAM statements of the managers' role, and
+those of the mirror's own key.
 
 Workers hold no role at all; machines you bring hold the S3 keys you give them, and the
-README's table (Security: "Rights") says what those keys need: the same statements. A
-capability that needs a new right on a node adds one `Right` here, and a row to that
-table (a unit test holds the two to each other: tests/unit/test_rights.py); nothing
-else in the program writes an IAM policy for the nodes.
+README's table (Security: "Rights") says what those keys need: the managers' statements.
+The registry mirror, a third-party program listening unauthenticated on the managers, holds
+neither: it runs behind Docker's bridge (the metadata service's hop limit of 1 keeps the
+role from it) with a key of its own, good for its cache and nothing else. A capability
+that needs a new right on a node adds one `Right` here, and a row to that table (a unit
+test holds the two to each other: tests/unit/test_rights.py); nothing else in the
+program writes an IAM policy for the nodes.
 
-Each right is scoped to the stack's own resources: the bucket's `swarm/<stack>/` prefix,
-or the bucket itself where S3 only offers bucket-level actions (listing, conditioned on
-the prefix; its location and multipart uploads, which the registry's S3 driver asks for).
+Each right is scoped to the stack's own resources: the bucket's `swarm/<stack>/` prefix
+(the mirror: its `mirror/` part of it), or the bucket itself where S3 only offers
+bucket-level actions (listing, conditioned on the prefix; its location and multipart
+uploads, which the registry's S3 driver asks for).
 """
 
 from __future__ import annotations
@@ -24,6 +29,11 @@ class Right:
     on: str  # "bucket" | "prefix": the bucket's ARN, or the objects under the stack's prefix
     why: str  # the README table's last column
     prefix_condition: bool = False  # only for keys under the stack's prefix (s3:prefix)
+    holder: str = "managers"  # "managers" (the EC2 role, own hosts' keys) | "mirror" (its key)
+    under: str = ""  # below the stack's prefix: "mirror/" for the mirror's cache
+
+
+MIRROR_CACHE = "mirror/"  # the registry's rootdirectory, under the stack's prefix
 
 
 RIGHTS = (
@@ -31,36 +41,60 @@ RIGHTS = (
         "ListOwnPrefix",
         ("s3:ListBucket", "s3:ListBucketVersions"),
         "bucket",
-        "the backups and the mirror's cache are found by listing; versions tell a morning an emptied "
-        "store from a new one",
+        "the backups are found by listing; versions tell a morning an emptied store from a new one",
         prefix_condition=True,
-    ),
-    Right(
-        "BucketMetadata",
-        ("s3:GetBucketLocation", "s3:ListBucketMultipartUploads"),
-        "bucket",
-        "the mirror's registry S3 driver asks where the bucket is and lists its unfinished uploads",
     ),
     Right(
         "ObjectsUnderOwnPrefix",
         ("s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"),
         "prefix",
-        "backups written, read back, restored and pruned; the mirror's cache",
+        "backups written (in parts when large), read back, restored and pruned",
+    ),
+    Right(
+        "MirrorListsItsCache",
+        ("s3:ListBucket",),
+        "bucket",
+        "the registry walks its cache to find and expire blobs",
+        prefix_condition=True,
+        holder="mirror",
+        under=MIRROR_CACHE,
+    ),
+    Right(
+        "MirrorBucketMetadata",
+        ("s3:GetBucketLocation", "s3:ListBucketMultipartUploads"),
+        "bucket",
+        "the registry's S3 driver asks where the bucket is and lists its unfinished uploads",
+        holder="mirror",
+    ),
+    Right(
+        "MirrorCacheObjects",
+        ("s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"),
+        "prefix",
+        "blobs and manifests cached, served and expired",
+        holder="mirror",
+        under=MIRROR_CACHE,
     ),
 )
+HOLDERS = ("managers", "mirror")
 
 
-def node_policy(bucket_arn: str, prefix: str) -> str:
-    """The managers' role policy: RIGHTS, on this bucket and this stack's prefix only."""
+def node_policy(bucket_arn: str, prefix: str, holder: str = "managers") -> str:
+    """The policy of one holder (the managers' role, the mirror's key): its RIGHTS, on this
+    bucket and this stack's prefix only."""
+    if holder not in HOLDERS:
+        raise ValueError(f"no such holder of rights: {holder!r}")
     statements = []
     for right in RIGHTS:
+        if right.holder != holder:
+            continue
+        scope = prefix + right.under
         statement = {
             "Sid": right.sid,
             "Effect": "Allow",
             "Action": list(right.actions),
-            "Resource": [bucket_arn if right.on == "bucket" else f"{bucket_arn}/{prefix}*"],
+            "Resource": [bucket_arn if right.on == "bucket" else f"{bucket_arn}/{scope}*"],
         }
         if right.prefix_condition:
-            statement["Condition"] = {"StringLike": {"s3:prefix": [prefix, f"{prefix}*"]}}
+            statement["Condition"] = {"StringLike": {"s3:prefix": [scope, f"{scope}*"]}}
         statements.append(statement)
     return json.dumps({"Version": "2012-10-17", "Statement": statements})

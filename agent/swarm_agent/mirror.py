@@ -1,11 +1,12 @@
 """The registry mirror stack (Docker Hub pull-through cache), deployed from manager 0.
 
-Pulumi runs `mirror-deploy` when a stack file changes and on a new manager 0; the files
-(scripts/stacks/) come on stdin as base64 of a flat tar.gz and are kept in
-/etc/swarm/stacks as last deployed. Swarm configs are not interpolated, so the registry's
-config is rendered here (this node's storage driver, the env file's values); its hash
-names the (immutable) swarm config, so a changed config rolls the service. The verb
-waits, bounded, until a mirror task runs.
+Pulumi runs `mirror-deploy` when a stack file or the mirror's key changes and on a new
+manager 0; the files (scripts/stacks/) come on stdin as base64 of a flat tar.gz and are
+kept in /etc/swarm/stacks as last deployed. The archive may also hold `aws-credentials`,
+the mirror's own S3 key: it becomes a swarm secret and is never kept on disk. Swarm
+configs are not interpolated, so the registry's config is rendered here (this node's
+storage driver, the env file's values); its hash names the (immutable) swarm config, so
+a changed config rolls the service. The verb waits, bounded, until a mirror task runs.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from swarm_agent.run import AgentError, CallFailed
 
 IMAGE_RE = re.compile(r"[A-Za-z0-9._/:@-]+")
 SERVICE = "swarm-mirror_mirror"
+CREDENTIALS = "aws-credentials"  # the mirror's key in the stack archive (components/payload.py)
 # The ${VAR}s mirror-config.yml may hold, in the order bash substituted them.
 RENDERED = ("SWARM_MIRROR_UPSTREAM", "SWARM_REGION", "SWARM_BUCKET", "SWARM_PREFIX", "SWARM_S3_ENDPOINT",
             "SWARM_MIRROR_PORT")  # fmt: skip
@@ -39,21 +41,23 @@ def mirror_deploy(args) -> None:
         raise AgentError(f"mirror-deploy: --image wants an image reference, got '{args.image}'")
     node = env.load()
     dockerd.require_manager("mirror-deploy")
-    install_stack_files(sys.stdin.buffer.read())
+    credentials = install_stack_files(sys.stdin.buffer.read())
     config_hash = render_config(node)
-    deploy(node, args.image, config_hash)
+    deploy(node, args.image, config_hash, credentials)
     states = wait_running(args.timeout)
     print(f"mirror-deploy: {SERVICE} running (config {config_hash})")
     print(states)
 
 
-def install_stack_files(payload: bytes) -> None:
-    """stdin's archive, checked, in place of /etc/swarm/stacks."""
+def install_stack_files(payload: bytes) -> bytes | None:
+    """stdin's archive, checked, in place of /etc/swarm/stacks; the mirror's key, if it
+    came with them (kept out of that directory)."""
     try:
         data = base64.b64decode(b"".join(payload.split()), validate=True)
     except (binascii.Error, ValueError):
         raise AgentError("mirror-deploy: stdin is not base64") from None
     files = stack_files(data)
+    credentials = files.pop(CREDENTIALS, None)
     if "mirror.yml" not in files or "mirror-config.yml" not in files:
         raise AgentError("mirror-deploy: the archive lacks mirror.yml or mirror-config.yml")
     work = tempfile.mkdtemp(dir=paths.WORK_DIR, prefix="swarm-stacks.")
@@ -67,6 +71,7 @@ def install_stack_files(payload: bytes) -> None:
         shutil.move(staged, paths.STACK_DIR)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return credentials
 
 
 def stack_files(data: bytes) -> dict[str, bytes]:
@@ -119,9 +124,10 @@ def substitute(text: str, node: NodeEnv) -> str:
     return text
 
 
-def deploy(node: NodeEnv, image: str, config_hash: str) -> None:
+def deploy(node: NodeEnv, image: str, config_hash: str, credentials: bytes | None) -> None:
     """docker stack deploy with what the compose files interpolate: the env file's values
-    (as bash's `set -a; . /etc/swarm/env`) and the hashes, port and image."""
+    (as bash's `set -a; . /etc/swarm/env`) and the hashes, port and image; with the
+    mirror's key as a secret when it caches in S3."""
     values = {name: value for name, value in node.values.items() if name.startswith("SWARM_")}
     values.update(
         SWARM_MIRROR_CONFIG_HASH=config_hash,
@@ -129,11 +135,15 @@ def deploy(node: NodeEnv, image: str, config_hash: str) -> None:
         SWARM_MIRROR_IMAGE=image,
     )
     files = ["-c", os.path.join(paths.STACK_DIR, "mirror.yml")]
-    secret = os.path.join(paths.STACK_DIR, "aws-credentials")
+    if node.mirror_storage == "s3" and credentials is None:
+        raise AgentError("mirror-deploy: the mirror caches in S3 but its key did not come with the stack files")
+    secret = os.path.join(paths.STACK_DIR, CREDENTIALS)
     try:
-        if node.mirror_storage == "s3" and os.path.isfile(paths.CREDS_FILE):
-            # The hosts' keys reach the registry as a swarm secret, never as an environment value.
-            shutil.copyfile(paths.CREDS_FILE, _root_only(secret))
+        if node.mirror_storage == "s3":
+            # The mirror's own key reaches the registry as a swarm secret, never as an
+            # environment value, and never the managers' role or the hosts' backup keys.
+            with open(_root_only(secret), "wb") as handle:
+                handle.write(credentials)
             values["SWARM_MIRROR_CREDENTIALS_HASH"] = file_hash(secret)
             files += ["-c", os.path.join(paths.STACK_DIR, "mirror-credentials.yml")]
         argv = ["stack", "deploy", "--prune", *files, "swarm-mirror"]

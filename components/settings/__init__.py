@@ -153,6 +153,8 @@ def load_settings(
         existing_state_bucket=backups.existing_bucket,
         s3_access_key_id=backups.access_key_id,
         s3_secret_access_key=backups.secret_access_key,
+        mirror_s3_access_key_id=backups.mirror_access_key_id,
+        mirror_s3_secret_access_key=backups.mirror_secret_access_key,
         autolock=backups.autolock,
     )
 

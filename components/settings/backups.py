@@ -28,6 +28,8 @@ class Backups:
     existing_bucket: str | None
     access_key_id: pulumi.Output[str] | None
     secret_access_key: pulumi.Output[str] | None
+    mirror_access_key_id: pulumi.Output[str] | None  # hosts + s3: the mirror's own key, if given
+    mirror_secret_access_key: pulumi.Output[str] | None
     directory: str | None
     autolock: bool
 
@@ -60,6 +62,7 @@ def read_backups(r: Reader, config: pulumi.Config, stack: str, hosts_mode: bool,
     restore_from = _read_restore_from(r, target)
     state_bucket_name, existing_bucket = _read_buckets(r, stack, target)
     access_key_id, secret_access_key = _read_host_keys(r, config, hosts_mode, target)
+    mirror_key_id, mirror_secret = _read_mirror_keys(r, config, hosts_mode, target)
 
     # Kept as written ("~/.swarm/backups"): the helper expands it when it runs, so a
     # teardown by another user or from another checkout finds that user's directory,
@@ -89,6 +92,8 @@ def read_backups(r: Reader, config: pulumi.Config, stack: str, hosts_mode: bool,
         existing_bucket=existing_bucket,
         access_key_id=access_key_id,
         secret_access_key=secret_access_key,
+        mirror_access_key_id=mirror_key_id,
+        mirror_secret_access_key=mirror_secret,
         directory=directory if target == "local" else None,
         autolock=autolock,
     )
@@ -153,3 +158,36 @@ def _read_host_keys(
     if not (hosts_mode and target == "s3"):
         return None, None
     return config.get_secret("s3AccessKeyId"), config.get_secret("s3SecretAccessKey")
+
+
+MIRROR_KEYS = ("mirrorS3AccessKeyId", "mirrorS3SecretAccessKey")
+
+
+def _read_mirror_keys(
+    r: Reader, config: pulumi.Config, hosts_mode: bool, target: str
+) -> tuple[pulumi.Output[str] | None, pulumi.Output[str] | None]:
+    """The mirror's own S3 key on machines you bring: optional, both or neither. (On EC2 the
+    program makes the mirror's key; without one here the mirror caches on the manager.)"""
+    present = [key for key in MIRROR_KEYS if r.raw(key) is not None]
+    if not present:
+        return None, None
+    if not hosts_mode:
+        for key in present:
+            r.problems.append(
+                f"{NAMESPACE}:{key} is for machines you bring (swarm:hosts); on EC2 the program makes the "
+                f"mirror's key itself; fix: pulumi config rm {NAMESPACE}:{key}"
+            )
+        return None, None
+    if target != "s3":
+        for key in present:
+            r.problems.append(
+                f"{NAMESPACE}:{key} is not used with swarm:backupTarget {target} (the mirror caches on the "
+                f"manager); fix: pulumi config rm {NAMESPACE}:{key}"
+            )
+        return None, None
+    for key in set(MIRROR_KEYS) - set(present):
+        r.problems.append(
+            f"{NAMESPACE}:{key} is missing: the mirror's key needs both {' and '.join(MIRROR_KEYS)}; "
+            f"fix: pulumi config set --secret {NAMESPACE}:{key} <value>"
+        )
+    return config.get_secret(MIRROR_KEYS[0]), config.get_secret(MIRROR_KEYS[1])

@@ -69,6 +69,7 @@ KNOWN_KEYS = frozenset(
         *DEFAULTS,
         *("instanceType", "sshAllowedCidrs", "sshPublicKey", "sshPrivateKey", "amiId", "vpcId", "subnetIds"),
         *("stateBucketName", "existingStateBucket", "s3Endpoint", "s3AccessKeyId", "s3SecretAccessKey"),
+        *("mirrorS3AccessKeyId", "mirrorS3SecretAccessKey"),
         *("tags", "hosts"),
     ]
 )
@@ -173,12 +174,18 @@ class Settings:
     existing_state_bucket: str | None = None  # s3: the user's bucket, not created here
     s3_access_key_id: pulumi.Output[str] | None = None  # hosts + s3: the hosts' credentials
     s3_secret_access_key: pulumi.Output[str] | None = None
+    mirror_s3_access_key_id: pulumi.Output[str] | None = None  # hosts + s3: the mirror's own key
+    mirror_s3_secret_access_key: pulumi.Output[str] | None = None
     autolock: bool = False  # swarm:autolock: the managers' keys at rest need the unlock key
 
     @property
     def mirror_storage(self) -> str:
-        """Where the mirror keeps its cache: the state bucket, or a volume on each manager."""
-        return "s3" if self.backup_target == "s3" else "filesystem"
+        """Where the mirror keeps its cache: the state bucket, with a key good for the cache
+        only (EC2: made by the program; machines you bring: swarm:mirrorS3AccessKeyId), or
+        else a volume on the manager. Never with the hosts' backup keys."""
+        if self.backup_target != "s3":
+            return "filesystem"
+        return "s3" if not self.hosts_mode or self.mirror_s3_access_key_id is not None else "filesystem"
 
     @property
     def state_prefix(self) -> str:

@@ -110,7 +110,8 @@ def token_from_a_container(host, *network: str) -> str:
 def test_no_container_reaches_the_role_and_workers_have_none(engine, first, bed):
     bucket, endpoint = bucket_of(engine), bed.s3_endpoint
     manager, worker = engine.host_of("manager-1"), engine.host_of("worker-0")
-    # The control: on the host's own network the token comes back (the mirror's way).
+    # The control: on the host's own network the token comes back (where the mirror ran
+    # before it moved behind the bridge).
     assert len(token_from_a_container(manager, "--network", "host")) > 20
     # Behind Docker's bridge the answer dies at the host (hop limit 1): no token, on any node.
     for host in (manager, worker):
@@ -124,6 +125,37 @@ def test_no_container_reaches_the_role_and_workers_have_none(engine, first, bed)
     denied = worker.run(listing, check=False, timeout=120)
     assert denied.returncode != 0 and b"credentials" in denied.stderr.lower(), denied.stderr
     assert manager.run(listing, timeout=120).returncode == 0
+
+
+def mirror_container(engine) -> tuple[object, str] | None:
+    """(host, container id) of the running mirror task, if one runs."""
+    for i in range(3):
+        host = engine.host_of(f"manager-{i}")
+        found = host.docker("ps", "-q", "--filter", "label=com.docker.swarm.service.name=swarm-mirror_mirror").split()
+        if found:
+            return host, found[0]
+    return None
+
+
+def test_the_mirror_holds_its_own_key_and_cannot_reach_the_role(engine, first, bed):
+    """The registry answers anyone on the managers' port: it must hold neither the
+    managers' role nor anything beyond its cache."""
+    host, container = wait_until("a running mirror", lambda: mirror_container(engine), 60, interval=2)
+    probe = f"{TOKEN_REQUEST} | busybox timeout 8 busybox nc 169.254.169.254 80 | busybox tail -n 1"
+    token = host.docker("exec", container, "busybox", "sh", "-c", probe, timeout=60).strip()
+    assert token == "", "the mirror got a metadata token: it could reach the managers' role"
+    # It still answers on the manager's address (host-mode publishing), for every node's dockerd.
+    assert host.run(["curl", "-fsS", "-o", "/dev/null", f"http://{host.ip}:5000/v2/"], timeout=30).returncode == 0
+    # Its key is the stack's mirror key (an IAM user of its own), not the role's.
+    (key,) = [s for s in engine.state.values() if s.type == "aws:iam/accessKey:AccessKey"]
+    credentials = host.docker("exec", container, "busybox", "cat", "/run/secrets/aws-credentials")
+    assert f"aws_access_key_id = {key.id}\n" in credentials and key.id.startswith("AKIA")
+    (user,) = [s for s in engine.state.values() if s.type == "aws:iam/userPolicy:UserPolicy"]
+    statements = json.loads(user.outputs["policy"])["Statement"]
+    assert {r for st in statements for r in st["Resource"]} >= {f"arn:aws:s3:::{bucket_of(engine)}/{PREFIX}mirror/*"}
+    # And the key is nowhere on the manager's disk (it came on stdin, into Raft only).
+    found = host.run(["grep", "-rlF", "-f", "-", "/etc/swarm"], input=key.outputs["secret"].encode(), check=False)
+    assert found.returncode == 1 and not found.stdout, found.stdout
 
 
 def test_one_mirror_writes_and_another_manager_serves_what_it_cached(engine, first, bed):

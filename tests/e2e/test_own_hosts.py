@@ -7,8 +7,8 @@ must back up and leave them clean (`docker info`: swarm inactive) but standing; 
 `up` must bring back the same join tokens and yesterday's service.
 
 Two stacks: one backs up to an existing S3 bucket with keys from config (and its mirror
-caches there through those keys), the other to a directory on this machine (its mirror
-caches in a volume on the manager).
+caches there with a key of its own, from config too), the other to a directory on this
+machine (its mirror caches in a volume on the manager).
 """
 
 from __future__ import annotations
@@ -24,7 +24,11 @@ pytestmark = pytest.mark.e2e
 
 ACCESS_KEY = "AKIABEDHOSTKEY000001"
 SECRET_KEY = "bed/host/secret/0000000000000000000000"
-SECRETS = ("swarm:sshPrivateKey", "swarm:s3AccessKeyId", "swarm:s3SecretAccessKey")
+MIRROR = "swarm-mirror_mirror"
+MIRROR_ACCESS_KEY = "AKIABEDMIRRORKEY0001"
+MIRROR_SECRET_KEY = "bed/mirror/secret/00000000000000000000"
+SECRETS = ("swarm:sshPrivateKey", "swarm:s3AccessKeyId", "swarm:s3SecretAccessKey",
+           "swarm:mirrorS3AccessKeyId", "swarm:mirrorS3SecretAccessKey")  # fmt: skip
 
 
 def fp(value: str) -> str:
@@ -108,7 +112,16 @@ def test_own_hosts_back_up_to_an_existing_bucket_leave_and_come_back(bed, log_di
     bed.s3().create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": BED_REGION})
     engine = Engine(
         bed,
-        config(bed, hosts, key, existingStateBucket=bucket, s3AccessKeyId=ACCESS_KEY, s3SecretAccessKey=SECRET_KEY),
+        config(
+            bed,
+            hosts,
+            key,
+            existingStateBucket=bucket,
+            s3AccessKeyId=ACCESS_KEY,
+            s3SecretAccessKey=SECRET_KEY,
+            mirrorS3AccessKeyId=MIRROR_ACCESS_KEY,
+            mirrorS3SecretAccessKey=MIRROR_SECRET_KEY,
+        ),
         stack="own-s3",
         secret_keys=SECRETS,
         log_dir=log_dir,
@@ -122,8 +135,12 @@ def test_own_hosts_back_up_to_an_existing_bucket_leave_and_come_back(bed, log_di
         mode = leader.run(["stat", "-c", "%a %U", "/etc/swarm/aws-credentials"]).stdout.decode().strip()
         assert mode == "600 root"
         assert ACCESS_KEY not in leader.run(["cat", "/etc/swarm/env"]).stdout.decode()
-        # The mirror reaches the bucket with those keys (there is no metadata service):
-        # the worker pulls an image only the upstream has, and its blobs land in S3.
+        # The mirror reaches the bucket with a key of its own, not the hosts' backup keys
+        # (there is no metadata service): the worker pulls an image only the upstream has,
+        # and its blobs land in S3.
+        mirror = leader.docker("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={MIRROR}").split()
+        held = leader.docker("exec", mirror[0], "busybox", "cat", "/run/secrets/aws-credentials")
+        assert MIRROR_ACCESS_KEY in held and ACCESS_KEY not in held and SECRET_KEY not in held
         worker.docker("pull", "busybox", timeout=180)
         cached = bed.s3().list_objects_v2(Bucket=bucket, Prefix="swarm/own-s3/mirror/").get("Contents", [])
         assert any("/blobs/" in o["Key"] for o in cached)

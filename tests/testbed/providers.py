@@ -63,6 +63,8 @@ REPLACE_KEYS: dict[str, set[str]] = {
     "aws:iam/role:Role": {"name", "namePrefix", "path"},
     "aws:iam/instanceProfile:InstanceProfile": {"name", "namePrefix", "path"},
     "aws:iam/rolePolicy:RolePolicy": {"name", "namePrefix", "role"},
+    "aws:iam/userPolicy:UserPolicy": {"name", "namePrefix", "user"},
+    "aws:iam/accessKey:AccessKey": {"user", "pgpKey"},
 }
 
 # Changes an instance takes in place only by being stopped and started (the provider does it).
@@ -79,6 +81,8 @@ COMPUTED: dict[str, set[str]] = {
     "random:index/randomBytes:RandomBytes": {"hex", "base64"},
     "aws:iam/role:Role": {"name", "arn"},
     "aws:iam/instanceProfile:InstanceProfile": {"name", "arn"},
+    "aws:iam/user:User": {"name", "arn", "uniqueId"},
+    "aws:iam/accessKey:AccessKey": {"secret", "status"},
 }
 DEFAULT_COMPUTED = {"arn"}
 

@@ -14,6 +14,7 @@ import base64
 import ipaddress
 import os
 import secrets
+import string
 import subprocess
 import threading
 import time
@@ -26,6 +27,7 @@ from testbed.providers import BUCKET, COMMAND, COPY, INSTANCE, LOCAL
 from testbed.records import EngineError, State, comparable
 from testbed.ssh import SSHError, generate_key, sftp_put, ssh_run
 
+ACCESS_KEY = "aws:iam/accessKey:AccessKey"
 LOCAL_TIMEOUT = 900
 
 
@@ -102,6 +104,8 @@ class Resources:
             "aws:ec2/routeTable:RouteTable": "rtb",
             "aws:ec2/keyPair:KeyPair": "key",
         }.get(type_)
+        if type_ == ACCESS_KEY:  # the provider's id of an access key is the key's id
+            return "AKIA" + "".join(secrets.choice(string.ascii_uppercase + "234567") for _ in range(16))
         return f"{prefix}-{secrets.token_hex(8)}" if prefix else f"{name}-{secrets.token_hex(4)}"
 
     def _computed(self, type_: str, name: str, new: State, old: State | None) -> dict:
@@ -132,6 +136,14 @@ class Resources:
                 "keyName": inputs.get("keyName") or previous.get("keyName") or f"{name}-{secrets.token_hex(4)}",
                 "arn": f"arn:aws:ec2:::{name}",
             }
+        if type_ == "aws:iam/user:User":
+            iam_name = previous.get("name") or inputs.get("name") or f"{name}-{secrets.token_hex(4)[:7]}"
+            path = inputs.get("path") or "/"
+            return {"name": iam_name, "arn": f"arn:aws:iam::123456789012:user{path}{iam_name}", "uniqueId": new.id}
+        if type_ == ACCESS_KEY:
+            # (S3 on the bed takes any key: what the key may do is proven by the policy's unit test.)
+            new.secret_outputs |= {"secret"}
+            return {"secret": previous.get("secret") or secrets.token_urlsafe(30), "status": "Active"}
         if type_ in ("aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile"):
             iam_name = previous.get("name") or inputs.get("name") or f"{name}-{secrets.token_hex(4)[:7]}"
             return {"name": iam_name, "arn": f"arn:aws:iam::123456789012:{type_.split(':')[-1].lower()}/{iam_name}"}

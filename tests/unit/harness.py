@@ -34,6 +34,7 @@ WORKER_TOKEN = "SWMTKN-1-0mockworkertoken0000000000000000000000000000000-mockwor
 MANAGER_TOKEN = "SWMTKN-1-0mockmanagertoken000000000000000000000000000000-mockmanager0000000000"
 HOST_PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyOfAMachineYouBring"
 UNLOCK_KEY = "SWMKEY-1-mockunlockkeymockunlockkeymockunlockke"
+MIRROR_KEY_ID, MIRROR_SECRET = "AKIAMOCKMIRRORKEY001", "mock/mirror/secret/key/0000000000000000000"  # its IAM user's
 BACKUP_KEY = "5ea1ed0b5ea1ed0b5ea1ed0b5ea1ed0b5ea1ed0b5ea1ed0b5ea1ed0b5ea1ed0b"  # the backups' signing key
 PRIVATE_KEY = (
     "-----BEGIN OPENSSH PRIVATE KEY-----\nbW9jay1wcml2YXRlLWtleS1ub3QtcmVhbA==\n-----END OPENSSH PRIVATE KEY-----\n"
@@ -135,6 +136,11 @@ class SwarmMocks(pulumi.runtime.Mocks):
             state["name"] = args.name
         elif args.typ == "aws:ec2/keyPair:KeyPair":
             state["keyName"] = args.name
+        elif args.typ == "aws:iam/user:User":
+            state["name"] = args.name
+        elif args.typ == "aws:iam/accessKey:AccessKey":
+            state["secret"] = MIRROR_SECRET
+            return MIRROR_KEY_ID, state
         elif args.typ == "command:remote:Command":
             create = state.get("create") or ""
             if " tokens" in create:

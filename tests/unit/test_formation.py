@@ -11,12 +11,23 @@ import tarfile
 
 import pytest
 import yaml
-from harness import BACKUP_KEY, MANAGER_TOKEN, PRIVATE_KEY, UNLOCK_KEY, WORKER_TOKEN, require_tool, run_program
+from harness import (
+    BACKUP_KEY,
+    MANAGER_TOKEN,
+    MIRROR_KEY_ID,
+    MIRROR_SECRET,
+    PRIVATE_KEY,
+    UNLOCK_KEY,
+    WORKER_TOKEN,
+    require_tool,
+    run_program,
+)
 
 from agent.swarm_agent.install import tree_digest
 from components.agent import AGENT_DIR, agent_bundle, agent_digest
 from components.hostkeys import derive_host_key
-from components.payload import STACK_FILES, USER_DATA_BUDGET, USER_DATA_LIMIT, digest
+from components.payload import STACK_FILES, USER_DATA_BUDGET, USER_DATA_LIMIT, credentials_file, digest
+from components.rights import node_policy
 from components.settings import BACKUP_DIAL_ERROR_LIMIT, DIAL_ERROR_LIMIT
 
 SECRETS = (WORKER_TOKEN, MANAGER_TOKEN, PRIVATE_KEY.strip().splitlines()[1])
@@ -207,15 +218,41 @@ def test_mirror_deploys_the_stack_files_and_redeploys_on_change(run):
         "registry:2.8.3@sha256:a3d8aaa63ed8681a604f1dea0aa03f100d5895b6a58ace528858a7b332415373"
     )
     assert run.depends_on(deploy, run.command("-reconcile"))
-    assert digest(STACK_FILES) in deploy.inputs["triggers"]
-    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(base64.b64decode(deploy.inputs["stdin"])))) as tar:
-        shipped = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    assert digest(STACK_FILES) in deploy.inputs["triggers"] and MIRROR_KEY_ID in deploy.inputs["triggers"]
+    shipped = shipped_stack_files(deploy)
+    # The stack files, and the mirror's own key (its IAM user's): the stdin is secret.
+    assert shipped.pop("aws-credentials") == credentials_file(MIRROR_KEY_ID, MIRROR_SECRET)
     assert shipped == {p.name: p.read_bytes() for p in STACK_FILES.iterdir() if p.is_file()}
-    # One writer, on the host's network (a metadata hop limit of 1 still reaches it).
+    assert "stdin" in deploy.secret_inputs
+    # One writer, behind Docker's bridge (the metadata service's hop limit of 1 ends there),
+    # answering on the manager's own address.
     stack = yaml.safe_load(shipped["mirror.yml"])
-    assert stack["services"]["mirror"]["deploy"]["replicas"] == 1
-    assert stack["services"]["mirror"]["networks"] == ["hostnet"] and stack["networks"]["hostnet"]["name"] == "host"
-    assert "ports" not in stack["services"]["mirror"]
+    service = stack["services"]["mirror"]
+    assert service["deploy"]["replicas"] == 1
+    assert service["networks"] == ["bridge"] and stack["networks"]["bridge"] == {"external": True, "name": "bridge"}
+    assert service["ports"] == [
+        {"target": "${SWARM_MIRROR_PORT:-5000}", "published": "${SWARM_MIRROR_PORT:-5000}", "protocol": "tcp",
+         "mode": "host"}
+    ]  # fmt: skip
+
+
+def shipped_stack_files(deploy) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(base64.b64decode(deploy.inputs["stdin"])))) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+
+def test_the_mirror_s_iam_user_holds_the_mirror_s_rights_and_goes_each_night(run):
+    """Its own user, policy and key: none protected (a new key each morning), the policy the
+    mirror's statements of components/rights.py on this stack's bucket."""
+    user, policy, key = (
+        run.of_type(f"aws:iam/{t}")[0] for t in ("user:User", "userPolicy:UserPolicy", "accessKey:AccessKey")
+    )
+    assert user.inputs["path"] == "/swarm/" and user.inputs["forceDestroy"] is True
+    assert policy.inputs["user"] == user.name == key.inputs["user"]  # (the mocks name a user as its resource)
+    bucket_arn = "arn:aws:s3:::swarm-dev-state-bucket-0a1b2c3"
+    assert policy.inputs["policy"] == node_policy(bucket_arn, "swarm/dev/", "mirror")
+    assert not any(r.protect for r in (user, policy, key))
+    assert run.depends_on(key, policy)
 
 
 def test_no_mirror_command_when_disabled():

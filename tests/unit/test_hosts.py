@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
+import io
 import json
 import re
 import shlex
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -36,7 +40,9 @@ def hosts_config(**extra) -> dict:
     return config
 
 
-SECRETS = ("sshPrivateKey", "s3AccessKeyId", "s3SecretAccessKey")
+SECRETS = ("sshPrivateKey", "s3AccessKeyId", "s3SecretAccessKey", "mirrorS3AccessKeyId", "mirrorS3SecretAccessKey")
+MIRROR_ACCESS_KEY = "AKIAMOCKMIRRORHOST01"
+MIRROR_SECRET_KEY = "mock/mirror/host/secret/000000000000000000"
 
 
 def run_hosts(**extra):
@@ -90,7 +96,8 @@ def test_each_host_is_provisioned_over_ssh_with_the_same_user_data(s3_run):
         assert assignment(script, "SWARM_NODE_NAME") == plan["name"]
         assert assignment(script, "SWARM_ADVERTISE_ADDR") == plan.get("privateAddress", plan["address"])
         assert assignment(script, "SWARM_BACKUP_TARGET") == "s3"
-        assert assignment(script, "SWARM_MIRROR_STORAGE") == "s3"
+        # Without a key of its own the mirror caches on the manager: never with the backup keys.
+        assert assignment(script, "SWARM_MIRROR_STORAGE") == "filesystem"
         # The S3 keys go to managers only: a worker backs up, restores and mirrors nothing.
         manager = plan["role"] == "manager"
         assert assignment(script, "SWARM_AWS_ACCESS_KEY_ID") == (ACCESS_KEY if manager else None)
@@ -349,3 +356,42 @@ def test_machines_you_bring_keep_their_host_keys_which_are_read_and_exported(s3_
         port = host.get("port", 22)
         name = host["address"] if port == 22 else f"[{host['address']}]:{port}"
         assert f"{name} {HOST_PUBLIC_KEY}" in lines, lines
+
+
+def mirror_stdin_files(run) -> dict[str, bytes]:
+    (deploy,) = [c for c in run.commands() if c.name.endswith("-mirror-deploy")]
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(base64.b64decode(deploy.inputs["stdin"])))) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+
+def test_the_mirror_caches_in_s3_only_with_a_key_of_its_own(s3_run):
+    """The hosts' backup keys are never the mirror's: without swarm:mirrorS3AccessKeyId it
+    caches on the manager; with it, that key (and only it) comes on the deploy's stdin."""
+    assert "aws-credentials" not in mirror_stdin_files(s3_run)
+    run = run_hosts(mirrorS3AccessKeyId=MIRROR_ACCESS_KEY, mirrorS3SecretAccessKey=MIRROR_SECRET_KEY)
+    shipped = mirror_stdin_files(run)["aws-credentials"].decode()
+    assert MIRROR_ACCESS_KEY in shipped and MIRROR_SECRET_KEY in shipped and ACCESS_KEY not in shipped
+    script = run.command("provision-pi-0").inputs["stdin"]
+    assert assignment(script, "SWARM_MIRROR_STORAGE") == "s3" and MIRROR_SECRET_KEY not in script
+    assert not [r for r in run.resources if r.type.startswith("aws:iam/")]
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        ({"mirrorS3AccessKeyId": MIRROR_ACCESS_KEY}, "swarm:mirrorS3SecretAccessKey is missing"),
+        ({"mirrorS3AccessKeyId": MIRROR_ACCESS_KEY, "mirrorS3SecretAccessKey": MIRROR_SECRET_KEY,
+          "backupTarget": "none", "s3AccessKeyId": None, "s3SecretAccessKey": None},
+         "swarm:mirrorS3AccessKeyId is not used with swarm:backupTarget none"),
+    ],
+)  # fmt: skip
+def test_the_mirror_s_key_settings_are_checked(extra, fragment):
+    problems = config_problems(hosts_config(**extra))
+    assert any(fragment in p and "fix: " in p for p in problems), problems
+
+
+def test_on_ec2_the_program_makes_the_mirror_s_key():
+    with pytest.raises(ConfigError) as info:
+        run_program({"mirrorS3AccessKeyId": MIRROR_ACCESS_KEY}, secret_keys=SECRETS)
+    assert any("is for machines you bring" in p and "pulumi config rm swarm:mirrorS3AccessKeyId" in p
+               for p in info.value.problems), info.value.problems  # fmt: skip

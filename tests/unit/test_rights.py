@@ -8,37 +8,65 @@ import re
 
 from harness import ROOT
 
-from components.rights import RIGHTS, node_policy
+from components.rights import HOLDERS, RIGHTS, node_policy
 
 BUCKET_ARN = "arn:aws:s3:::swarm-dev-state-bucket-0a1b2c3"
 
 
-def readme_rights() -> dict[str, list[str]]:
-    """Sid -> the actions its row names, from the README's Rights table."""
+HOLDER_CELLS = {"managers": "managers", "the mirror": "mirror"}
+
+
+def readme_rights() -> dict[str, tuple[list[str], str]]:
+    """Sid -> (the actions its row names, who holds it), from the README's Rights table."""
     text = (ROOT / "README.md").read_text()
     section = text.split("### Rights", 1)[1].split("\n### ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| `")]
     cells = [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
-    return {re.findall(r"`([^`]+)`", c[0])[0]: re.findall(r"`([a-z0-9]+:[A-Za-z]+)`", c[1]) for c in cells}
+    return {
+        re.findall(r"`([^`]+)`", c[0])[0]: (re.findall(r"`([a-z0-9]+:[A-Za-z]+)`", c[1]), HOLDER_CELLS[c[3]])
+        for c in cells
+    }
 
 
 def test_the_readme_table_and_the_rights_module_name_the_same_rights():
     table = readme_rights()
     assert sorted(table) == sorted(r.sid for r in RIGHTS)
     for right in RIGHTS:
-        assert table[right.sid] == list(right.actions), right.sid
+        assert table[right.sid] == (list(right.actions), right.holder), right.sid
 
 
-def test_the_policy_is_the_rights_and_nothing_else():
-    policy = json.loads(node_policy(BUCKET_ARN, "swarm/dev/"))
-    assert [s["Sid"] for s in policy["Statement"]] == [r.sid for r in RIGHTS]
-    for statement, right in zip(policy["Statement"], RIGHTS, strict=True):
-        assert statement["Effect"] == "Allow" and statement["Action"] == list(right.actions)
-        assert not any("*" in action for action in statement["Action"])
-        want = BUCKET_ARN if right.on == "bucket" else f"{BUCKET_ARN}/swarm/dev/*"
-        assert statement["Resource"] == [want]
-        condition = statement.get("Condition")
-        assert (condition == {"StringLike": {"s3:prefix": ["swarm/dev/", "swarm/dev/*"]}}) == right.prefix_condition
+def test_each_policy_is_its_holder_s_rights_and_nothing_else():
+    for holder in HOLDERS:
+        rights = [r for r in RIGHTS if r.holder == holder]
+        policy = json.loads(node_policy(BUCKET_ARN, "swarm/dev/", holder))
+        assert rights and [s["Sid"] for s in policy["Statement"]] == [r.sid for r in rights]
+        for statement, right in zip(policy["Statement"], rights, strict=True):
+            assert statement["Effect"] == "Allow" and statement["Action"] == list(right.actions)
+            assert not any("*" in action for action in statement["Action"])
+            scope = "swarm/dev/" + right.under
+            want = BUCKET_ARN if right.on == "bucket" else f"{BUCKET_ARN}/{scope}*"
+            assert statement["Resource"] == [want]
+            condition = statement.get("Condition")
+            assert (condition == {"StringLike": {"s3:prefix": [scope, f"{scope}*"]}}) == right.prefix_condition
+
+
+def test_the_mirror_reaches_its_cache_and_not_one_backup():
+    """The mirror's key, stolen from a registry that answers anyone on the managers' port:
+    nothing under backups/, nothing of another stack, no listing beyond its cache."""
+    policy = json.loads(node_policy(BUCKET_ARN, "swarm/dev/", "mirror"))
+    for statement in policy["Statement"]:
+        for resource in statement["Resource"]:
+            assert resource == BUCKET_ARN or resource == f"{BUCKET_ARN}/swarm/dev/mirror/*", resource
+        if "s3:ListBucket" in statement["Action"]:
+            assert statement["Condition"]["StringLike"]["s3:prefix"] == ["swarm/dev/mirror/", "swarm/dev/mirror/*"]
+    bucket_wide = {a for s in policy["Statement"] if s["Resource"] == [BUCKET_ARN] and "Condition" not in s
+                   for a in s["Action"]}  # fmt: skip
+    assert bucket_wide == {"s3:GetBucketLocation", "s3:ListBucketMultipartUploads"}
+    # And the managers' role keeps what the backups need, without the registry's extras.
+    managers = json.loads(node_policy(BUCKET_ARN, "swarm/dev/"))
+    assert not {"s3:GetBucketLocation", "s3:ListBucketMultipartUploads"} & {
+        a for s in managers["Statement"] for a in s["Action"]
+    }
 
 
 def test_nothing_else_in_the_program_writes_a_policy_for_the_nodes():

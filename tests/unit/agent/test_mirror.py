@@ -40,6 +40,10 @@ def stack_files() -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(STACKS.iterdir()) if p.is_file()}
 
 
+# The mirror's own key, as components/payload.py adds it to the archive.
+MIRROR_KEY = b"[default]\naws_access_key_id = AKIAMIRROREXAMPLE\naws_secret_access_key = mirror/secret\n"
+
+
 def stdin(monkeypatch, payload: bytes) -> None:
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(payload)))
 
@@ -61,7 +65,7 @@ def deploys(fakes, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(run, "docker", docker)
-    stdin(monkeypatch, base64.encodebytes(archive(stack_files())))
+    stdin(monkeypatch, base64.encodebytes(archive({**stack_files(), "aws-credentials": MIRROR_KEY})))
     return seen
 
 
@@ -108,14 +112,14 @@ def test_the_deploy_gets_the_env_files_values_the_hash_port_and_image(fakes, dep
     assert deploy(image="registry:2.8.3") == 0
     [call] = deploys
     stack = paths.STACK_DIR
-    assert call["args"] == ["stack", "deploy", "--prune", "-c", f"{stack}/mirror.yml", "swarm-mirror"]
+    assert call["args"][:5] == ["stack", "deploy", "--prune", "-c", f"{stack}/mirror.yml"]
     assert call["timeout"] == run.DOCKER_LONG_TIMEOUT
     rendered = (Path(stack) / "mirror-config.rendered.yml").read_bytes()
     assert call["env"]["SWARM_MIRROR_CONFIG_HASH"] == hashlib.sha256(rendered).hexdigest()[:12]
     assert call["env"]["SWARM_MIRROR_IMAGE"] == "registry:2.8.3"
     assert call["env"]["SWARM_MIRROR_PORT"] == "5000"
     assert call["env"]["SWARM_BUCKET"] == "state-bucket" and call["env"]["SWARM_NODE_NAME"] == "swarm-dev-manager-0"
-    assert "SWARM_MIRROR_CREDENTIALS_HASH" not in call["env"]
+    # The stack files as they came, and the mirror's key not among them.
     assert sorted(os.listdir(stack)) == sorted([*stack_files(), "mirror-config.rendered.yml"])
     assert "Creating service swarm-mirror_mirror" in capsys.readouterr().err  # docker's output: not on stdout
 
@@ -127,17 +131,35 @@ def test_an_empty_port_is_5000_for_compose(fakes, deploys):
     assert deploys[0]["env"]["SWARM_MIRROR_PORT"] == "5000"
 
 
-def test_own_hosts_keys_go_as_a_secret_and_leave_no_copy(fakes, deploys):
-    Path(paths.CREDS_FILE).write_text("[default]\naws_access_key_id = AKIAEXAMPLE\n")
+def test_the_mirror_s_own_key_goes_as_a_secret_and_leaves_no_copy(fakes, deploys):
+    # Own hosts' backup keys on the manager: the mirror is never handed them.
+    Path(paths.CREDS_FILE).write_text("[default]\naws_access_key_id = AKIAHOSTSBACKUPS\n")
     answer(fakes)
     assert deploy() == 0
     [call] = deploys
     assert call["args"][-3:] == ["-c", f"{paths.STACK_DIR}/mirror-credentials.yml", "swarm-mirror"]
-    digest = hashlib.sha256(Path(paths.CREDS_FILE).read_bytes()).hexdigest()[:12]
-    assert call["env"]["SWARM_MIRROR_CREDENTIALS_HASH"] == digest
+    assert call["env"]["SWARM_MIRROR_CREDENTIALS_HASH"] == hashlib.sha256(MIRROR_KEY).hexdigest()[:12]
     assert call["mode"] == 0o600
     assert not (Path(paths.STACK_DIR) / "aws-credentials").exists()
     assert all("AKIA" not in " ".join(c["args"]) + c["stdin"] for c in fakes.calls())
+
+
+def test_a_mirror_caching_in_s3_without_its_key_is_refused_before_any_deploy(fakes, deploys, monkeypatch, capsys):
+    stdin(monkeypatch, base64.encodebytes(archive(stack_files())))
+    Path(paths.CREDS_FILE).write_text("[default]\naws_access_key_id = AKIAHOSTSBACKUPS\n")
+    answer(fakes)
+    assert deploy() == 1
+    assert "the mirror caches in S3 but its key did not come with the stack files" in capsys.readouterr().err
+    assert deploys == []
+
+
+def test_a_mirror_caching_in_a_volume_holds_no_key(fakes, deploys):
+    write_env(SWARM_MIRROR_STORAGE="filesystem")
+    answer(fakes)
+    assert deploy() == 0
+    [call] = deploys
+    assert call["args"] == ["stack", "deploy", "--prune", "-c", f"{paths.STACK_DIR}/mirror.yml", "swarm-mirror"]
+    assert "SWARM_MIRROR_CREDENTIALS_HASH" not in call["env"]
 
 
 def test_filesystem_storage_sends_no_keys(fakes, deploys):
