@@ -19,6 +19,7 @@ reported too.
 
     sudo venv/bin/python benchmarks/formation.py                  # 2, 6, 12 workers
     sudo venv/bin/python benchmarks/formation.py --workers 2 --json out.json
+    sudo venv/bin/python benchmarks/formation.py --workers 12 --timeline   # where the fresh formation goes
 
 Needs root and the packages `.ci/run` installs (it says what is missing).
 """
@@ -61,10 +62,23 @@ def window(result: Result) -> dict:
     }
 
 
+def print_timeline(result: Result, workers: int) -> None:
+    """The formation's commands, in the order they ended, against the moment every host
+    was ready: what the chain is made of."""
+    zero = window(result)["hosts_ready_at"]
+    steps = sorted(
+        (end, start, name) for name, (start, end) in result.timings.items() if "-swarm-" in name and end > zero - 30
+    )
+    print(f"3 + {workers}: formation steps, seconds after every host was ready (start -> end, took)")
+    for end, start, name in steps:
+        print(f"  {start - zero:7.1f} -> {end - zero:6.1f}  {end - start:5.1f}  {name.split('-swarm-', 1)[1]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[2, 6, 12])
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--timeline", action="store_true", help="print the fresh formation's steps (start, end)")
     args = parser.parse_args()
     problems = missing_prerequisites()
     if problems:
@@ -77,7 +91,10 @@ def main() -> None:
         for workers in args.workers:
             config = bed.program_config(3, workers)
             parallel = Engine(bed, config, stack=f"par{workers}", log_dir=logs, wait_for_boot=True)
-            fresh = window(parallel.up())
+            fresh_result = parallel.up()
+            fresh = window(fresh_result)
+            if args.timeline:
+                print_timeline(fresh_result, workers)
             parallel.destroy()
             restore_result = parallel.up()
             assert restore_result.outputs["bootstrapResult"].startswith("bootstrap: restored from"), restore_result
