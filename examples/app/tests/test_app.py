@@ -9,7 +9,7 @@ from pathlib import Path
 import pulumi
 import pytest
 from app import REQUIRED_OUTPUTS, WebService, compose
-from harness import run_program, unwrap
+from mocked import run_program, unwrap
 
 APP_MAIN = Path(__file__).resolve().parents[1] / "__main__.py"
 KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nYXBwLXRlc3Qta2V5LW5vdC1yZWFs\n-----END OPENSSH PRIVATE KEY-----\n"
@@ -52,7 +52,7 @@ def run_app(tmp_path, monkeypatch, outputs=None, secret_names=None, config=None,
         SWARM_OUTPUTS if outputs is None else outputs, SECRET_NAMES if secret_names is None else secret_names
     )
     full = {"app:swarmStack": "organization/swarm/dev", "app:greeting": "hello from the swarm", **(config or {})}
-    run = run_program(full, secret_keys=secret_keys, mocks=mocks, base=False, main=APP_MAIN, project="swarm-app")
+    run = run_program(APP_MAIN, full, secret_keys, mocks, project="swarm-app")
     resources = {r.type.split(":")[-1] if r.type.startswith("docker:") else r.type: r for r in run.resources}
     exported = {key: (value, key in run.secret_outputs) for key, value in run.outputs.items()}
     return resources, exported, mocks
