@@ -165,7 +165,8 @@ BACKUP_VERBS = (
     ),
     Verb(
         "drill",
-        "check a backup as the morning does, restore it into a throwaway swarm, list what it holds",
+        "check a backup as the morning does, restore it into a sealed throwaway Docker that starts none of its "
+        "tasks, list what it holds",
         (
             "scripts/swarm backups drill --stack dev",
             "scripts/swarm backups drill --stack dev --on ssh://admin@drill.example --json",
