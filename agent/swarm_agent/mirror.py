@@ -29,6 +29,8 @@ from swarm_agent.run import AgentError, CallFailed
 IMAGE_RE = re.compile(r"[A-Za-z0-9._/:@-]+")
 SERVICE = "swarm-mirror_mirror"
 CREDENTIALS = "aws-credentials"  # the mirror's key in the stack archive (components/payload.py)
+# The names mirror.yml and mirror-credentials.yml give them, before their content's hash.
+CONFIG_PREFIX, SECRET_PREFIX = "swarm-mirror-config-", "swarm-mirror-aws-"
 # The ${VAR}s mirror-config.yml may hold, in the order bash substituted them.
 RENDERED = ("SWARM_MIRROR_UPSTREAM", "SWARM_REGION", "SWARM_BUCKET", "SWARM_PREFIX", "SWARM_S3_ENDPOINT",
             "SWARM_MIRROR_PORT")  # fmt: skip
@@ -43,8 +45,9 @@ def mirror_deploy(args) -> None:
     dockerd.require_manager("mirror-deploy")
     credentials = install_stack_files(sys.stdin.buffer.read())
     config_hash = render_config(node)
-    deploy(node, args.image, config_hash, credentials)
+    current = deploy(node, args.image, config_hash, credentials)
     states = wait_running(args.timeout)
+    prune_superseded(current)
     print(f"mirror-deploy: {SERVICE} running (config {config_hash})")
     print(states)
 
@@ -124,10 +127,11 @@ def substitute(text: str, node: NodeEnv) -> str:
     return text
 
 
-def deploy(node: NodeEnv, image: str, config_hash: str, credentials: bytes | None) -> None:
+def deploy(node: NodeEnv, image: str, config_hash: str, credentials: bytes | None) -> set[str]:
     """docker stack deploy with what the compose files interpolate: the env file's values
     (as bash's `set -a; . /etc/swarm/env`) and the hashes, port and image; with the
-    mirror's key as a secret when it caches in S3."""
+    mirror's key as a secret when it caches in S3. The names of the config and secret
+    the service now uses."""
     values = {name: value for name, value in node.values.items() if name.startswith("SWARM_")}
     values.update(
         SWARM_MIRROR_CONFIG_HASH=config_hash,
@@ -156,6 +160,26 @@ def deploy(node: NodeEnv, image: str, config_hash: str, credentials: bytes | Non
             run.note(output.rstrip("\n"))
     if result.returncode != 0:
         raise CallFailed("docker", argv, result.returncode, result.stderr or result.stdout)
+    current = {CONFIG_PREFIX + config_hash}
+    if "SWARM_MIRROR_CREDENTIALS_HASH" in values:
+        current.add(SECRET_PREFIX + values["SWARM_MIRROR_CREDENTIALS_HASH"])
+    return current
+
+
+def prune_superseded(current: set[str]) -> None:
+    """Remove the mirror's earlier configs and keys (a new key comes every morning), which
+    the restored Raft would otherwise keep for ever. Swarm refuses to remove one a
+    service's spec still names, and a task already running keeps its mounted copy."""
+    for kind, prefix in (("config", CONFIG_PREFIX), ("secret", SECRET_PREFIX)):
+        listed = run.docker(kind, "ls", "--filter", f"name={prefix}", "--format", "{{.Name}}", check=False)
+        old = sorted(n for n in listed.stdout.split() if n.startswith(prefix) and n not in current)
+        if not old:
+            continue
+        removed = run.docker(kind, "rm", *old, check=False)
+        if removed.returncode != 0:
+            run.note(f"mirror-deploy: could not remove every earlier mirror {kind}: {removed.stderr.strip()[:300]}")
+        else:
+            run.note(f"mirror-deploy: removed {len(old)} earlier mirror {kind}(s)")
 
 
 def _root_only(path: str) -> str:

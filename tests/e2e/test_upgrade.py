@@ -87,14 +87,22 @@ def assert_only_the_agent_changed(result, log_from: int, engine, first: bool = F
     every command is updated too (each connection now checks the node's host key, with new
     dial limits; an update runs a command's create again, and each verb finds its work
     done: bootstrap `already active`, joins `already a worker`), and the morning's store
-    check is new, and the role's policy may list versions. Never a replacement or a
-    deletion, a delete hook or a terminated machine."""
+    check is new, the role's policy may list versions, and the mirror's own key (its IAM
+    user, policy and access key) is new, with which the mirror redeploys behind the bridge.
+    Never a replacement or a deletion, a delete hook or a terminated machine."""
     changed = result.changed()
     if first:
         created = [urn for urn, op in changed.items() if op == "create"]
-        assert all("-store-check" in urn for urn in created), created
+        assert all("-store-check" in urn or "$swarm:index:MirrorKey" in urn for urn in created), created
+        assert sum("$aws:iam/accessKey:AccessKey::" in urn for urn in created) == 1, created
         assert set(changed.values()) <= {"update", "create"}, changed
-        others = [u for u in changed if "$command:remote:Command::" not in u and not u.endswith("-node-state-access")]
+        others = [
+            u
+            for u in changed
+            if "$command:remote:Command::" not in u
+            and not u.endswith("-node-state-access")
+            and "$swarm:index:MirrorKey" not in u
+        ]
         assert others == [], others
     else:
         others = {urn: op for urn, op in changed.items() if "-ready-" not in urn}

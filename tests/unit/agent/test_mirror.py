@@ -246,3 +246,24 @@ def test_a_node_that_is_not_a_manager_is_refused(fakes, capsys):
     fakes.swarm(state="active", manager=False)
     assert deploy() == 1
     assert "mirror-deploy: this node is not an active swarm manager (state: active)" in capsys.readouterr().err
+
+
+def test_the_mirror_s_earlier_keys_and_configs_are_removed_after_the_deploy(fakes, deploys, capsys):
+    """A new key every morning: yesterday's secret (restored with the Raft) goes once the
+    service names today's, and so do configs of earlier renderings; today's stay."""
+    answer(fakes)
+    key_hash = hashlib.sha256(MIRROR_KEY).hexdigest()[:12]
+    fakes.on("docker", "secret", "ls", stdout=f"swarm-mirror-aws-0123456789ab\nswarm-mirror-aws-{key_hash}\nteam\n")
+    fakes.on("docker", "config", "ls", stdout="swarm-mirror-config-aaaaaaaaaaaa\n")
+    fakes.on("docker", "config", "rm", stdout="swarm-mirror-config-aaaaaaaaaaaa\n")
+    # Swarm refuses while a service's spec names it: a note, and the morning goes on.
+    fakes.on("docker", "secret", "rm", rc=1, stderr="Error response from daemon: secret is in use by service x\n")
+    assert deploy() == 0
+    removals = [a for a in fakes.argvs("docker") if a[1:2] == ["rm"]]
+    assert removals == [
+        ["config", "rm", "swarm-mirror-config-aaaaaaaaaaaa"],
+        ["secret", "rm", "swarm-mirror-aws-0123456789ab"],
+    ]
+    err = capsys.readouterr().err
+    assert "removed 1 earlier mirror config(s)" in err
+    assert "could not remove every earlier mirror secret: Error response from daemon: secret is in use" in err
