@@ -298,16 +298,19 @@ class Engine:
         secret_names: set[str] = set()
 
         def program():
-            with program_modules(self.program):
-                runpy.run_path(str(self.program), run_name="__main__")
+            runpy.run_path(str(self.program), run_name="__main__")
 
         error = None
-        try:
-            _sync_await(run_pulumi_func(program))
-            outputs, secret_names = stack_exports()
-        except Exception as exc:
-            error = exc
-            drop_pending_outputs()
+        # The program's modules stay until every registration has resolved: the SDK reads a
+        # resource class's annotations (get_type_hints, through sys.modules) when its
+        # outputs come back, which is after the program itself has returned.
+        with program_modules(self.program):
+            try:
+                _sync_await(run_pulumi_func(program))
+                outputs, secret_names = stack_exports()
+            except Exception as exc:
+                error = exc
+                drop_pending_outputs()
         return outputs, secret_names, error
 
     def _register(self, goal: _Goal) -> tuple[str, dict]:
