@@ -93,7 +93,7 @@ def assert_only_the_agent_changed(result, log_from: int, engine, first: bool = F
     changed = result.changed()
     if first:
         created = [urn for urn, op in changed.items() if op == "create"]
-        assert all("-store-check" in urn or "$swarm:index:MirrorKey" in urn for urn in created), created
+        assert all("-store-check" in urn or "swarm:index:MirrorKey" in urn for urn in created), created
         assert sum("$aws:iam/accessKey:AccessKey::" in urn for urn in created) == 1, created
         assert set(changed.values()) <= {"update", "create"}, changed
         others = [
@@ -101,7 +101,7 @@ def assert_only_the_agent_changed(result, log_from: int, engine, first: bool = F
             for u in changed
             if "$command:remote:Command::" not in u
             and not u.endswith("-node-state-access")
-            and "$swarm:index:MirrorKey" not in u
+            and "swarm:index:MirrorKey" not in u
         ]
         assert others == [], others
     else:
