@@ -82,8 +82,9 @@ class RegistryMirror(pulumi.ComponentResource):
             connection=formation.connection(leader),
             create=node_cli("mirror-deploy", "--image", settings.mirror_image),
             stdin=stacks_payload(key),
-            # Redeploy when a stack file or the mirror's key changes, and on a new manager 0.
-            triggers=[self.stack_digest, *([key[0]] if key else []), *leader.replaced_by],
+            # Redeploy when a stack file changes, and on a new manager 0. A new key changes
+            # the stdin, which updates the command (its create runs again): no replacement.
+            triggers=[self.stack_digest, *leader.replaced_by],
             add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[formation.reconcile]),
         )
