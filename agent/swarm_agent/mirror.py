@@ -172,6 +172,13 @@ def prune_superseded(current: set[str]) -> None:
     service's spec still names, and a task already running keeps its mounted copy."""
     for kind, prefix in (("config", CONFIG_PREFIX), ("secret", SECRET_PREFIX)):
         listed = run.docker(kind, "ls", "--filter", f"name={prefix}", "--format", "{{.Name}}", check=False)
+        if listed.returncode != 0:
+            # Housekeeping must not fail a mirror that runs, but an unread list is not "none".
+            run.note(
+                f"mirror-deploy: could not list earlier mirror {kind}s, so none were removed: "
+                f"{listed.stderr.strip()[:300] or f'exited {listed.returncode}'}"
+            )
+            continue
         old = sorted(n for n in listed.stdout.split() if n.startswith(prefix) and n not in current)
         if not old:
             continue

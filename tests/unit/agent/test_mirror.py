@@ -267,3 +267,18 @@ def test_the_mirror_s_earlier_keys_and_configs_are_removed_after_the_deploy(fake
     err = capsys.readouterr().err
     assert "removed 1 earlier mirror config(s)" in err
     assert "could not remove every earlier mirror secret: Error response from daemon: secret is in use" in err
+
+
+def test_a_listing_that_fails_is_said_and_removes_nothing(fakes, deploys, capsys):
+    """An unread list is not an empty one: the morning goes on, and the note says why
+    yesterday's keys are still there."""
+    answer(fakes)
+    fakes.on("docker", "secret", "ls", rc=1, stderr="Error response from daemon: rpc error: context deadline\n")
+    fakes.on("docker", "config", "ls", stdout="swarm-mirror-config-aaaaaaaaaaaa\n")
+    fakes.on("docker", "config", "rm", stdout="swarm-mirror-config-aaaaaaaaaaaa\n")
+    assert deploy() == 0
+    removals = [a for a in fakes.argvs("docker") if a[1:2] == ["rm"]]
+    assert removals == [["config", "rm", "swarm-mirror-config-aaaaaaaaaaaa"]]
+    err = capsys.readouterr().err
+    assert "could not list earlier mirror secrets, so none were removed: Error response from daemon: rpc error" in err
+    assert "removed 1 earlier mirror config(s)" in err
