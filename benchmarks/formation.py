@@ -15,7 +15,9 @@ Formation is measured from the moment every host is ready (the engine counts an 
 as created once its user-data has finished, as a booted machine) to the end of
 `reconcile` (every node Ready), from the engine's own timings: the `ready` checks,
 bootstrap, tokens, joins and reconcile. The mirror comes after it. Whole `up` times are
-reported too.
+reported too, and how busy the machine's cores and the engine's own process were in the
+window (benchmarks/cpu.py): with every bed host on the same cores, the program's formation
+cannot be shorter than its CPU work divided by the cores, whatever it runs at once.
 
     sudo venv/bin/python benchmarks/formation.py                  # 2, 6, 12 workers
     sudo venv/bin/python benchmarks/formation.py --workers 2 --json out.json
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -35,14 +38,18 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
+from cpu import CpuSampler  # noqa: E402
 from testbed.bed import Bed, missing_prerequisites  # noqa: E402
 from testbed.engine import Engine, Result  # noqa: E402
 
+CORES = os.cpu_count() or 1
 
-def window(result: Result) -> dict:
-    """Formation window and the hosts' readiness, from the engine's per-resource timings."""
+
+def window(result: Result, cpu: CpuSampler) -> dict:
+    """Formation window and the hosts' readiness, from the engine's per-resource timings;
+    how busy the machine and the engine were in it."""
     timings = result.timings
 
     def one(suffix: str) -> tuple[float, float]:
@@ -59,13 +66,14 @@ def window(result: Result) -> dict:
         "hosts_ready_at": round(hosts_ready, 1),
         "formation_seconds": round(reconcile_end - hosts_ready, 1),
         "bootstrap_seconds": round(bootstrap_end - bootstrap_start, 1),
+        **cpu.window(result.began + hosts_ready, result.began + reconcile_end),
     }
 
 
-def print_timeline(result: Result, workers: int) -> None:
+def print_timeline(result: Result, workers: int, cpu: CpuSampler) -> None:
     """The formation's commands, in the order they ended, against the moment every host
     was ready: what the chain is made of."""
-    zero = window(result)["hosts_ready_at"]
+    zero = window(result, cpu)["hosts_ready_at"]
     steps = sorted(
         (end, start, name) for name, (start, end) in result.timings.items() if "-swarm-" in name and end > zero - 30
     )
@@ -87,21 +95,21 @@ def main() -> None:
     logs = Path(tempfile.mkdtemp(prefix="swarm-bench-"))
     rows = []
     started = time.monotonic()
-    with Bed() as bed:
+    with Bed() as bed, CpuSampler() as cpu:
         for workers in args.workers:
             config = bed.program_config(3, workers)
             parallel = Engine(bed, config, stack=f"par{workers}", log_dir=logs, wait_for_boot=True)
             fresh_result = parallel.up()
-            fresh = window(fresh_result)
+            fresh = window(fresh_result, cpu)
             if args.timeline:
-                print_timeline(fresh_result, workers)
+                print_timeline(fresh_result, workers, cpu)
             parallel.destroy()
             restore_result = parallel.up()
             assert restore_result.outputs["bootstrapResult"].startswith("bootstrap: restored from"), restore_result
-            restore = window(restore_result)
+            restore = window(restore_result, cpu)
             parallel.destroy()
             serial = Engine(bed, config, stack=f"seq{workers}", log_dir=logs, parallelism=1, wait_for_boot=True)
-            one_at_a_time = window(serial.up())
+            one_at_a_time = window(serial.up(), cpu)
             serial.destroy()
             row = {
                 "managers": 3,
@@ -110,6 +118,11 @@ def main() -> None:
                 "restore": restore,
                 "one_at_a_time": one_at_a_time,
                 "formation_ratio": round(fresh["formation_seconds"] / one_at_a_time["formation_seconds"], 2),
+                # The program's formation cannot be shorter than its CPU work spread over
+                # every core: the lowest ratio this machine allows, whatever the order.
+                "cpu_floor_ratio": round(
+                    fresh["formation_seconds"] * fresh["machine_cores"] / CORES / one_at_a_time["formation_seconds"], 2
+                ),
                 "restore_ratio": round(restore["formation_seconds"] / fresh["formation_seconds"], 2),
                 "restore_up_ratio": round(restore["up_seconds"] / fresh["up_seconds"], 2),
             }
@@ -120,15 +133,18 @@ def main() -> None:
     print(f"bed run: {time.monotonic() - started:.0f} s; engine logs in {logs}\n")
     print(
         "| 3 managers + | formation, program | formation, one at a time | ratio "
-        "| restore formation | restore / fresh | `up`: fresh / restore / one at a time |"
+        "| restore formation | restore / fresh | `up`: fresh / restore / one at a time "
+        "| busy cores in formation, machine / engine: program, one at a time | CPU floor of the ratio |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         p, s, x = r["parallel"], r["one_at_a_time"], r["restore"]
         print(
             f"| {r['workers']} workers | {p['formation_seconds']} s | {s['formation_seconds']} s | "
             f"{r['formation_ratio']} | {x['formation_seconds']} s | {r['restore_ratio']} | "
-            f"{p['up_seconds']} / {x['up_seconds']} / {s['up_seconds']} s |"
+            f"{p['up_seconds']} / {x['up_seconds']} / {s['up_seconds']} s | "
+            f"{p['machine_cores']} / {p['engine_cores']}, {s['machine_cores']} / {s['engine_cores']} | "
+            f"{r['cpu_floor_ratio']} |"
         )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

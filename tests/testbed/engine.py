@@ -199,7 +199,7 @@ class Engine:
         self._recreate: set[str] = set()  # deleted for a delete-before-replace this run
         self._result = Result()
         self._failure: Exception | None = None
-        self._started = time.monotonic()
+        self._started = self._result.began = time.monotonic()
 
     # -- the two verbs ---------------------------------------------------------------
     def up(self, replace: list[str] | tuple[str, ...] = ()) -> Result:

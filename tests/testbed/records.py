@@ -121,6 +121,7 @@ class Result:
     secret_outputs: set[str] = field(default_factory=set)
     changes: dict[str, str] = field(default_factory=dict)  # urn -> create|update|replace|same|delete
     seconds: float = 0.0
+    began: float = 0.0  # time.monotonic() when the run began: the origin of `timings`
     # resource name -> (start, end) of its step, in seconds since the run began (benchmarks)
     timings: dict[str, tuple[float, float]] = field(default_factory=dict)
     preview: dict[str, str] = field(default_factory=dict)  # urn -> what the preview planned
