@@ -14,6 +14,7 @@ from harness import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import cpu
 import delayline
 import formation
 from testbed.engine import Result
@@ -40,12 +41,32 @@ def test_formation_window_is_from_every_host_ready_to_reconcile():
         "swarm-x-swarm-bootstrap": (2.5, 4.0),
         "swarm-x-swarm-reconcile": (6.0, 7.5),
     }
-    assert formation.window(result) == {
+    result.began = 100.0
+    sampler = cpu.CpuSampler()
+    # Samples every 0.5 s from 102.0: the window is 103.0-107.5, in which the machine ran
+    # 1.5 cores and this process 0.1 of one (in clock ticks).
+    tick = cpu.TICK
+    sampler.samples = [(102.0 + i / 2, int(i * tick * 0.75), int(i * tick * 0.05)) for i in range(14)]
+    assert formation.window(result, sampler) == {
         "up_seconds": 20.0,
         "hosts_ready_at": 3.0,
         "formation_seconds": 4.5,
         "bootstrap_seconds": 1.5,
+        "machine_cores": 1.5,
+        "engine_cores": 0.1,
     }
+
+
+def test_the_cpu_sampler_sees_this_process_work():
+    """The sampler against a known load: this process spinning for 0.6 s is most of a core."""
+    with cpu.CpuSampler(interval=0.05) as sampler:
+        start = time.monotonic()
+        while time.monotonic() - start < 0.6:
+            sum(range(1000))
+        end = time.monotonic()
+    seen = sampler.window(start, end)
+    assert 0.3 <= seen["engine_cores"] <= 1.2, seen  # a busy CI machine may take some of it
+    assert seen["machine_cores"] >= seen["engine_cores"] - 0.2, seen
 
 
 def test_delayline_holds_what_the_far_side_sends():
