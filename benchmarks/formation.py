@@ -70,10 +70,9 @@ def window(result: Result, cpu: CpuSampler) -> dict:
     }
 
 
-def print_timeline(result: Result, workers: int, cpu: CpuSampler) -> None:
-    """The formation's commands, in the order they ended, against the moment every host
-    was ready: what the chain is made of."""
-    zero = window(result, cpu)["hosts_ready_at"]
+def print_timeline(result: Result, workers: int, zero: float) -> None:
+    """The formation's commands, in the order they ended, against `zero`, the moment every
+    host was ready: what the chain is made of."""
     steps = sorted(
         (end, start, name) for name, (start, end) in result.timings.items() if "-swarm-" in name and end > zero - 30
     )
@@ -102,7 +101,7 @@ def main() -> None:
             fresh_result = parallel.up()
             fresh = window(fresh_result, cpu)
             if args.timeline:
-                print_timeline(fresh_result, workers, cpu)
+                print_timeline(fresh_result, workers, fresh["hosts_ready_at"])
             parallel.destroy()
             restore_result = parallel.up()
             assert restore_result.outputs["bootstrapResult"].startswith("bootstrap: restored from"), restore_result
