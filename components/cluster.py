@@ -16,6 +16,7 @@ from typing import Any
 
 import pulumi
 
+from components.addresses import plan_addresses
 from components.hosts import Hosts
 from components.mirror import RegistryMirror
 from components.network import Network
@@ -33,6 +34,9 @@ class SwarmCluster(pulumi.ComponentResource):
     def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None):
         super().__init__("swarm:index:SwarmCluster", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
+        # Lookups only, before any resource: a region without room for the managers'
+        # addresses stops here, with nothing created.
+        kept_addresses = set() if settings.hosts_mode else plan_addresses(settings)
 
         # A root resource, not a child: it is the one part that outlives the cluster, and
         # its protection should not hinge on this component staying in the state.
@@ -57,6 +61,7 @@ class SwarmCluster(pulumi.ComponentResource):
                     security_group_ids=[network.cluster_security_group_id, network.ssh_security_group_id],
                     instance_profile_name=role.instance_profile_name,
                     bucket_name=bucket_name,
+                    kept_addresses=kept_addresses,
                     depends_on=[*network.node_dependencies, *role.node_dependencies],
                 ),
                 opts=child,
@@ -139,13 +144,13 @@ def machines_outputs(settings: Settings, machines: Nodes | Hosts) -> dict[str, A
                 for p in settings.nodes
             ],
         }
-    managers = [machines.instances[n.name] for n in settings.managers]
     workers = [machines.instances[n.name] for n in settings.workers]
     return {
-        "managerPublicIps": pulumi.Output.all(*[i.public_ip for i in managers]),
+        # The managers' kept Elastic IPs (the same every day), or the instances' own.
+        "managerPublicIps": pulumi.Output.all(*[machines.public_ips[n.name] for n in settings.managers]),
         "workerPrivateIps": pulumi.Output.all(*[i.private_ip for i in workers]),
         "nodes": [
-            pulumi.Output.all(i.id, i.private_ip, i.public_ip, i.availability_zone).apply(
+            pulumi.Output.all(i.id, i.private_ip, machines.public_ips[plan.name], i.availability_zone).apply(
                 lambda v, plan=plan: {
                     "name": plan.name,
                     "role": plan.role,

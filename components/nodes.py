@@ -23,6 +23,7 @@ import pulumi_aws as aws
 import pulumi_random as random
 import pulumi_tls as tls
 
+from components.addresses import ManagerAddresses
 from components.hostkeys import derive_host_key
 from components.payload import gzip_base64, node_environment, render_user_data, with_host_key
 from components.settings import Settings
@@ -42,6 +43,8 @@ class NodesArgs:
     security_group_ids: list[pulumi.Input[str]]
     instance_profile_name: pulumi.Input[str]
     bucket_name: pulumi.Input[str]
+    # Dropped managers whose Elastic IPs are kept (`addresses.plan_addresses`).
+    kept_addresses: set[int] = field(default_factory=set)
     # What the machines need but do not reference (rules, routes, the role's policy):
     # created before them, deleted after them and so after the backup hook.
     depends_on: list[pulumi.Resource] = field(default_factory=list)
@@ -89,6 +92,10 @@ class Nodes(pulumi.ComponentResource):
         host_key_seed = random.RandomBytes(
             f"{name}-host-key-seed", length=32, opts=pulumi.ResourceOptions(parent=self, protect=True)
         )
+        addresses = None
+        if settings.elastic_ips or args.kept_addresses:
+            addresses = ManagerAddresses(f"{name}-addresses", settings, args.kept_addresses, opts=child)
+        self.public_ips: dict[str, pulumi.Output[str]] = {}
         self.instances = {}
         self.managers, self.workers = [], []
         for plan in settings.nodes:
@@ -146,6 +153,15 @@ class Nodes(pulumi.ComponentResource):
                 ),
             )
             self.instances[plan.name] = instance
+            public_ip, ready = pulumi.Output.from_input(instance.public_ip), [instance]
+            if settings.elastic_ips and addresses is not None and plan.role == "manager":
+                # EC2 gives the kept address to the machine and drops the one it booted with,
+                # so the instance's own `public_ip` is stale from here on: never read it.
+                association = addresses.associate(f"{name}-manager-{plan.index}-address", plan.index, instance, self)
+                eip = addresses.addresses[plan.index].eip
+                public_ip = pulumi.Output.all(eip.public_ip, association.id).apply(lambda v: v[0])
+                ready = [instance, association]
+            self.public_ips[plan.name] = public_ip
             wanted_subnet = args.subnet_ids[plan.subnet_index]
             pulumi.Output.all(instance.subnet_id, wanted_subnet).apply(lambda v, n=plan.name: _not_moved_yet(n, *v))
             handle = SwarmNode(
@@ -154,16 +170,16 @@ class Nodes(pulumi.ComponentResource):
                 # What the machine has, not what the config now asks for (ignored above
                 # until it is replaced): a running machine without a public address is
                 # still reached at its private one.
-                connect_host=pulumi.Output.all(instance.public_ip, instance.private_ip).apply(
+                connect_host=pulumi.Output.all(public_ip, instance.private_ip).apply(
                     lambda v: v[0] if settings.connect_via == "public" and v[0] else v[1]
                 ),
                 private_ip=instance.private_ip,
                 replaced_by=[instance.id],
-                depends_on=[instance],
+                depends_on=ready,
                 pinned=plan.private_ip is not None,
                 # The public half of a secret-derived key is no secret.
                 host_public_key=pulumi.Output.unsecret(host_key.apply(lambda pair: pair[1])),
-                addresses=[instance.public_ip, instance.private_ip],
+                addresses=[public_ip, instance.private_ip],
             )
             (self.managers if plan.role == "manager" else self.workers).append(handle)
 

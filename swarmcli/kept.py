@@ -14,6 +14,7 @@ BUCKET = "aws:s3/bucket:Bucket"
 STATE_STORE = "swarm:index:StateStore"
 OPERATOR_KEY = "tls:index/privateKey:PrivateKey"
 SEED = "random:index/randomBytes:RandomBytes"
+ADDRESS = "aws:ec2/eip:Eip"
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,17 @@ def dropped(resources: list[dict], config: dict[str, str]) -> list[Dropped]:
         found.append(Dropped(switch, f"the state bucket {bucket} and its settings", store,
                              f"Copy the backups you keep first: aws s3 sync s3://{bucket}/ <where>."))  # fmt: skip
     if config.get("swarm:hosts"):
-        ec2 = [r["urn"] for r in protected if r["type"] in (OPERATOR_KEY, SEED) and "swarm:index:Nodes" in r["urn"]]
+        ec2 = [r for r in protected if r["type"] in (OPERATOR_KEY, SEED, ADDRESS) and "swarm:index:Nodes" in r["urn"]]
         if ec2:
-            found.append(Dropped("swarm:hosts", "the EC2 nodes' operator SSH key and host-key seed", ec2,
-                                 "Nothing in them is needed by machines you bring."))  # fmt: skip
+            found.append(Dropped("swarm:hosts", "the EC2 nodes' operator SSH key, host-key seed and Elastic IPs",
+                                 [r["urn"] for r in ec2], _addresses_step(ec2)))  # fmt: skip
     return found
+
+
+def _addresses_step(resources: list[dict]) -> str:
+    """Nothing in the keys is needed by machines you bring; addresses cost until released."""
+    ids = [r.get("outputs", {}).get("allocationId", "") for r in resources if r["type"] == ADDRESS]
+    if not ids:
+        return "Nothing in them is needed by machines you bring."
+    release = "; ".join(f"aws ec2 release-address --allocation-id {i}" for i in ids)
+    return f"Nothing in them is needed by machines you bring; the addresses cost until released, after: {release}."

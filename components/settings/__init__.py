@@ -133,6 +133,7 @@ def load_settings(
         subnets=subnets,
         vpc_cidr=None if network.vpc_id else network.vpc_cidr,
         connect_via=access.connect_via,
+        elastic_ips=access.elastic_ips and not hosts_mode,
         root_volume_size=machines.root_volume_size,
         mirror_enabled=mirror.enabled,
         mirror_port=mirror.port,

@@ -23,6 +23,8 @@ class Access:
     ssh_public_key: str | None
     ssh_private_key: pulumi.Output[str] | None  # None: the program generates a key
     connect_via: str
+    # Managers keep one Elastic IP each through the night (only when reached at public ones).
+    elastic_ips: bool
 
 
 def read_access(r: Reader, config: pulumi.Config, hosts_mode: bool) -> Access:
@@ -56,7 +58,9 @@ def read_access(r: Reader, config: pulumi.Config, hosts_mode: bool) -> Access:
     connect_via = r.string("connectVia") or DEFAULTS["connectVia"]
     if connect_via not in ("public", "private"):
         r.problem("connectVia", f"must be public or private (got {connect_via!r})", "public")
-    return Access(ssh_cidrs, ssh_user, ssh_public_key, ssh_private_key if has_private else None, connect_via)
+    elastic_ips = r.boolean("elasticIps") and connect_via == "public"
+    private = ssh_private_key if has_private else None
+    return Access(ssh_cidrs, ssh_user, ssh_public_key, private, connect_via, elastic_ips)
 
 
 def _read_allowed_cidrs(r: Reader, hosts_mode: bool) -> list[str]:

@@ -26,6 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "vpcCidr": "10.42.0.0/16",
     "azCount": 3,
     "connectVia": "public",
+    "elasticIps": True,
     "rootVolumeSize": 30,
     "mirror": True,
     "mirrorPort": 5000,
@@ -56,6 +57,7 @@ EC2_ONLY_KEYS = (
     "vpcCidr",
     "azCount",
     "connectVia",
+    "elasticIps",
     "rootVolumeSize",
     "sshAllowedCidrs",
     "sshPublicKey",
@@ -154,6 +156,7 @@ class Settings:
     vpc_cidr: str | None
     connect_via: str
     root_volume_size: int
+    elastic_ips: bool
     mirror_enabled: bool
     mirror_port: int
     mirror_upstream: str

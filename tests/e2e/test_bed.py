@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from testbed.bed import reap_stale_beds, sh
+from testbed.addresses import AddressError
+from testbed.bed import reap_stale_beds, sh, wait_until
 from testbed.host import cgroup_left
 
 pytestmark = pytest.mark.e2e
@@ -32,12 +35,60 @@ def test_two_machines_may_share_a_name(bed):
         bed.wipe_host(second.key)
 
 
+def ssh_banner(address: str, timeout: float = 5) -> str:
+    """What answers on port 22 at `address`, from here ("" when nothing does)."""
+    try:
+        with socket.create_connection((address, 22), timeout=timeout) as connection:
+            connection.settimeout(timeout)
+            return connection.recv(64).decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_public_addresses_are_not_the_private_ones_and_lead_only_where_ec2s_would(bed):
+    """New at every launch and every stop and start, given up to an associated Elastic IP
+    and back when it is disassociated; EC2's quota and its refusals."""
+    host = bed.create_host("addressed", str(bed.network[200 * 256 + 32]))
+    addresses = bed.addresses
+    try:
+        wait_until(f"sshd on {host.ip}", lambda: ssh_banner(host.ip).startswith("SSH-2.0"), 120, interval=1)
+        first = addresses.launched("i-addressed", host.ip, public=True)
+        assert ipaddress.ip_address(first) in addresses.pool and first != host.ip
+        assert ssh_banner(first).startswith("SSH-2.0"), f"{first} does not lead to {host.ip}"
+        second = addresses.restarted("i-addressed")
+        assert second != first and ssh_banner(first, timeout=2) == "" and ssh_banner(second).startswith("SSH-2.0")
+
+        quota, addresses.quota = addresses.quota, len(addresses.eips) + 1
+        try:
+            eip = addresses.allocate({"swarm:address": "bed/test/manager-0"})
+            with pytest.raises(AddressError, match="AddressLimitExceeded"):
+                addresses.allocate({})
+        finally:
+            addresses.quota = quota
+        assert addresses.describe({"swarm:address": "bed/test/manager-0"}, []) == [eip]
+        assert ssh_banner(eip.public_ip, timeout=2) == ""  # allocated, not yet associated: nowhere
+        addresses.associate(eip.allocation_id, "i-addressed")
+        assert ssh_banner(eip.public_ip).startswith("SSH-2.0") and ssh_banner(second, timeout=2) == ""
+        assert addresses.restarted("i-addressed") == eip.public_ip  # kept across a stop and start
+        with pytest.raises(AddressError, match=r"InvalidIPAddress\.InUse"):
+            addresses.release(eip.allocation_id)
+        addresses.disassociate(eip.association_id)
+        assert ssh_banner(eip.public_ip, timeout=2) == ""
+        addresses.disassociate("eipassoc-gone")  # already gone: not an error, as the provider's delete
+        addresses.release(eip.allocation_id)
+    finally:
+        addresses.terminated("i-addressed")
+        bed.wipe_host(host.key)
+    assert not [r for r in addresses._routes.values() if r == host.ip]
+
+
 KILLED_RUN = """
 import time
 from testbed.bed import Bed
 bed = Bed()
 bed.start()
 bed.create_host("doomed", str(bed.network[10]))
+bed.addresses.launched("i-doomed", str(bed.network[10]), public=True)
 print(bed.run_id, bed.root, flush=True)
 time.sleep(600)
 """
@@ -48,7 +99,9 @@ def leftovers(run_id: str, root: Path) -> list[str]:
     found = [f"netns {n}" for n in sh("ip", "netns", "list").split() if n.startswith(f"swarmbed-{run_id}-")]
     links = json.loads(sh("ip", "-j", "link") or "[]")
     found += [f"link {link['ifname']}" for link in links if link.get("ifname", "").startswith(f"sb{run_id}-")]
-    found += [f"iptables {r}" for r in sh("iptables", "-w", "10", "-S").splitlines() if f"sb{run_id}-br" in r]
+    for table in ("filter", "nat"):
+        rules = sh("iptables", "-w", "10", "-t", table, "-S").splitlines()
+        found += [f"iptables {table} {r}" for r in rules if f"sb{run_id}-br" in r]
     found += [f"cgroup {c}" for c in cgroup_left(f"swarmbed-{run_id}-*")]
     for proc in Path("/proc").glob("[0-9]*"):
         try:
@@ -82,6 +135,7 @@ def test_a_killed_run_leaves_nothing_once_the_next_run_starts(bed_prerequisites)
     root = Path(root)
     left = leftovers(run_id, root)
     assert any(item.startswith("netns") for item in left) and any(item.startswith("process") for item in left), left
+    assert any(item.startswith("iptables nat") for item in left), left  # its public address
 
     reap_stale_beds(root.parent)  # what the next run's Bed.start() does first
     assert leftovers(run_id, root) == []

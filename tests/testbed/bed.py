@@ -31,7 +31,8 @@ import urllib.request
 from pathlib import Path
 
 from testbed import image as images
-from testbed.host import BedError, Host, cgroup_left, remove_cgroups, sh, wait_until
+from testbed.addresses import DEFAULT_QUOTA, PublicAddresses
+from testbed.host import BedError, Host, cgroup_left, remove_cgroups, sh, taken_networks, wait_until
 from testbed.image import HOST_PATH, LOCAL_BUSYBOX, Image
 
 __all__ = ["BED_REGION", "LOCAL_BUSYBOX", "UPSTREAM_PORT", "Bed", "BedError", "Host", "sh", "wait_until"]
@@ -81,14 +82,7 @@ def missing_prerequisites() -> list[str]:
 
 def _free_network() -> ipaddress.IPv4Network:
     """A /16 in 10.200-10.254 that no route or address on this machine overlaps."""
-    taken = []
-    for route in json.loads(sh("ip", "-4", "-j", "route", "show", "table", "all")):
-        with contextlib.suppress(ValueError):
-            if route.get("dst") not in (None, "default"):
-                taken.append(ipaddress.ip_network(route["dst"], strict=False))
-    for link in json.loads(sh("ip", "-4", "-j", "addr")):
-        for addr in link.get("addr_info", []):
-            taken.append(ipaddress.ip_network(f"{addr['local']}/{addr['prefixlen']}", strict=False))
+    taken = taken_networks()
     candidates = [ipaddress.ip_network(f"10.{b}.0.0/16") for b in range(200, 255)]
     random.shuffle(candidates)
     for net in candidates:
@@ -102,9 +96,17 @@ class Bed:
 
     imds_port = IMDS_PORT
 
-    def __init__(self, ssh_user: str = "ec2-user", log=None, image: str | None = None, log_dir: Path | None = None):
+    def __init__(
+        self,
+        ssh_user: str = "ec2-user",
+        log=None,
+        image: str | None = None,
+        log_dir: Path | None = None,
+        address_quota: int = DEFAULT_QUOTA,
+    ):
         """`image` is the default image of its hosts (`image.RECIPES`); `log_dir`, if
-        given, receives each host's journal and logs when it is wiped."""
+        given, receives each host's journal and logs when it is wiped; `address_quota` is
+        the Elastic IPs the bed's "region" allows (EC2's default, unless raised)."""
         self.run_id = secrets.token_hex(3)
         self.ssh_user = ssh_user
         self.root = Path(os.environ.get("SWARM_BED_DIR", "/srv/swarm-bed")) / self.run_id
@@ -119,6 +121,7 @@ class Bed:
         self._undo: list = []  # what close() does, newest first
         self.upstream: subprocess.Popen | None = None
         self.imds = None  # the metadata stand-in (testbed/imds.py), once started
+        self.addresses = PublicAddresses(self.bridge, lambda message: self.log(message), address_quota)
         self.log = log or (lambda message: None)
         self._lock = threading.Lock()
         self._image_lock = threading.Lock()
@@ -152,6 +155,8 @@ class Bed:
         ):
             sh("iptables", "-w", "10", "-I", rule[0], position, *rule[1:])
             self._undo.append(lambda rule=rule: sh("iptables", "-w", "10", "-D", *rule, check=False))
+        self._undo.append(self.addresses.close)
+        self.addresses.start()
         self._start_s3()
         self._start_imds()
         (self.root / "busybox.tar").write_bytes(images.busybox_tar())
@@ -433,9 +438,10 @@ def reap_stale_beds(base: Path, log=print) -> None:
         for link in json.loads(sh("ip", "-j", "link", check=False) or "[]"):
             if link.get("ifname", "").startswith(f"sb{run_id}-"):
                 sh("ip", "link", "del", link["ifname"], check=False)
-        for line in sh("iptables", "-w", "10", "-S", check=False).splitlines():
-            if f"sb{run_id}-br" in line and line.startswith("-A "):
-                sh("iptables", "-w", "10", "-D", *line.split()[1:], check=False)
+        for table in ("filter", "nat"):
+            for line in sh("iptables", "-w", "10", "-t", table, "-S", check=False).splitlines():
+                if f"sb{run_id}-br" in line and line.startswith("-A "):
+                    sh("iptables", "-w", "10", "-t", table, "-D", *line.split()[1:], check=False)
         with contextlib.suppress(BedError):
             wait_until(f"the cgroups of run {run_id} to empty", lambda run_id=run_id: _reap_cgroups(run_id), 20)
         if root is not None:

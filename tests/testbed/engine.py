@@ -107,6 +107,9 @@ class _Goal:
 class _Mocks(pulumi.runtime.Mocks):
     """Invokes: what AWS would answer for this program's lookups."""
 
+    def __init__(self, bed: Bed):
+        self.bed = bed
+
     def new_resource(self, args):  # pragma: no cover - the monitor executes instead
         raise NotImplementedError
 
@@ -116,12 +119,18 @@ class _Mocks(pulumi.runtime.Mocks):
         if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
             zones = [f"{BED_REGION}{z}" for z in "abc"]
             return {"names": zones, "zoneIds": [f"bed-az{i}" for i in range(3)]}
+        if args.token == "aws:ec2/getEips:getEips":  # the bed's region, every stack's addresses
+            found = self.bed.addresses.describe(args.args.get("tags") or {}, args.args.get("filters") or [])
+            return {"allocationIds": [e.allocation_id for e in found], "publicIps": [e.public_ip for e in found]}
+        if args.token == "aws:servicequotas/getServiceQuota:getServiceQuota":
+            quota = float(self.bed.addresses.quota)
+            return {"quotaCode": args.args.get("quotaCode"), "serviceCode": "ec2", "value": quota}
         raise NotImplementedError(f"the bed's engine has no answer for the invoke {args.token}")
 
 
 class _Monitor(MockMonitor):
     def __init__(self, engine: Engine):
-        super().__init__(_Mocks())
+        super().__init__(_Mocks(engine.bed))
         self.engine = engine
 
     def RegisterResource(self, request):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import json
 import os
 import shutil
@@ -69,6 +70,19 @@ def wait_until(what: str, predicate, timeout: float, interval: float = 0.25):
         if time.monotonic() > deadline:
             raise BedError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
+
+
+def taken_networks() -> list[ipaddress.IPv4Network]:
+    """Every network a route or an address on this machine covers (a bed must overlap none)."""
+    taken = []
+    for route in json.loads(sh("ip", "-4", "-j", "route", "show", "table", "all")):
+        with contextlib.suppress(ValueError):
+            if route.get("dst") not in (None, "default"):
+                taken.append(ipaddress.ip_network(route["dst"], strict=False))
+    for link in json.loads(sh("ip", "-4", "-j", "addr")):
+        for addr in link.get("addr_info", []):
+            taken.append(ipaddress.ip_network(f"{addr['local']}/{addr['prefixlen']}", strict=False))
+    return taken
 
 
 # -- cgroups ---------------------------------------------------------------------------------

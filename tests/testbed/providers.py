@@ -45,6 +45,9 @@ REPLACE_KEYS: dict[str, set[str]] = {
         "launchTemplate",
     },
     "aws:ec2/keyPair:KeyPair": {"keyName", "keyNamePrefix", "publicKey"},
+    "aws:ec2/eip:Eip": {"domain", "address", "customerOwnedIpv4Pool", "networkBorderGroup", "publicIpv4Pool"},
+    # aws_eip_association has no update: every input is ForceNew.
+    "aws:ec2/eipAssociation:EipAssociation": {"allocationId", "instanceId", "networkInterfaceId", "privateIpAddress"},
     "tls:index/privateKey:PrivateKey": {"algorithm", "ecdsaCurve", "rsaBits"},
     "random:index/randomBytes:RandomBytes": {"length", "keepers"},
     "aws:ec2/vpc:Vpc": {"cidrBlock", "instanceTenancy", "ipv4IpamPoolId"},
@@ -77,6 +80,8 @@ COMPUTED: dict[str, set[str]] = {
     INSTANCE: {"privateIp", "publicIp", "privateDns", "availabilityZone", "arn", "instanceState"},
     BUCKET: {"bucket", "arn", "region"},
     "aws:ec2/keyPair:KeyPair": {"keyName", "arn"},
+    "aws:ec2/eip:Eip": {"allocationId", "publicIp", "arn"},
+    "aws:ec2/eipAssociation:EipAssociation": {"publicIp", "privateIpAddress"},
     "tls:index/privateKey:PrivateKey": {"privateKeyOpenssh", "privateKeyPem", "publicKeyOpenssh"},
     "random:index/randomBytes:RandomBytes": {"hex", "base64"},
     "aws:iam/role:Role": {"name", "arn"},

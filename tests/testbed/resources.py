@@ -22,12 +22,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from testbed import providers
+from testbed.addresses import AddressError
 from testbed.bed import BED_REGION, Bed, BedError
 from testbed.providers import BUCKET, COMMAND, COPY, INSTANCE, LOCAL
 from testbed.records import EngineError, State, comparable
 from testbed.ssh import SSHError, generate_key, sftp_put, ssh_run
 
 ACCESS_KEY = "aws:iam/accessKey:AccessKey"
+EIP = "aws:ec2/eip:Eip"
+EIP_ASSOCIATION = "aws:ec2/eipAssociation:EipAssociation"
 LOCAL_TIMEOUT = 900
 
 
@@ -67,6 +70,15 @@ class Resources:
         elif type_ == INSTANCE:
             new.id = f"i-{secrets.token_hex(8)}"
             new.outputs = self._create_instance(new)
+        elif type_ == EIP:
+            eip = self._ec2(self.bed.addresses.allocate, (new.inputs.get("tags") or {}), name=new.name)
+            new.id = eip.allocation_id
+            new.outputs = {**new.inputs, **_eip_outputs(eip)}
+        elif type_ == EIP_ASSOCIATION:
+            inputs = new.inputs
+            eip = self._ec2(self.bed.addresses.associate, inputs["allocationId"], inputs["instanceId"], name=new.name)
+            new.id = eip.association_id
+            new.outputs = {**inputs, "publicIp": eip.public_ip, "privateIpAddress": self._private_of(eip.instance_id)}
         else:
             new.id = self._id_for(type_, new.name)
             new.outputs = {**new.inputs, **self._computed(type_, new.name, new, None)}
@@ -89,6 +101,13 @@ class Resources:
             changed = providers.changed_keys(comparable(old.raw_inputs), comparable(new.raw_inputs))
             if changed & providers.INSTANCE_RESTART_KEYS:
                 self._restart_instance(old, new, changed)
+                new.outputs["publicIp"] = self.bed.addresses.restarted(new.id)
+        elif type_ == EIP:  # only its tags change in place
+            eip = self.bed.addresses.eips[old.id]
+            eip.tags = dict(new.inputs.get("tags") or {})
+            new.outputs = {**new.inputs, **_eip_outputs(eip)}
+        elif type_ == EIP_ASSOCIATION:
+            new.outputs = {**new.inputs, **{k: v for k, v in old.outputs.items() if k not in new.inputs}}
         else:
             new.outputs = {**new.inputs, **self._computed(type_, new.name, new, old)}
             if type_ == BUCKET:
@@ -190,7 +209,7 @@ class Resources:
         if self.wait_for_boot:
             host.wait_cloud_init(600)
         self.log(f"instance {name} ({host.key}) at {ip} booted; cloud-init runs its user-data")
-        public = ip if inputs.get("associatePublicIpAddress") else ""
+        public = self.bed.addresses.launched(new.id, ip, public=bool(inputs.get("associatePublicIpAddress")))
         return {
             **inputs,
             "id": new.id,
@@ -213,6 +232,17 @@ class Resources:
         user_data = base64.b64decode(new.inputs.get("userDataBase64") or "")
         (host.dir / "up/var/lib/cloud/seed/nocloud/user-data").write_bytes(user_data)
         host.boot()
+
+    def _ec2(self, call, *args, name: str):
+        """An EC2 address call; its refusal fails the step as the provider's error does."""
+        try:
+            return call(*args)
+        except AddressError as error:
+            raise EngineError(f"{name}: {error}") from None
+
+    def _private_of(self, instance_id: str | None) -> str:
+        found = self.find(lambda s: s.type == INSTANCE and s.id == instance_id)
+        return found.outputs.get("privateIp", "") if found else ""
 
     # -- commands ------------------------------------------------------------------------
     def _run_command(self, state: State, script: str) -> dict:
@@ -283,8 +313,22 @@ class Resources:
             with self._lock:
                 self._ips.discard(state.outputs.get("privateIp"))
             self.bed.imds.forget(state.outputs.get("privateIp"))
+            self.bed.addresses.terminated(state.id)
+        elif state.type == EIP_ASSOCIATION:
+            self.bed.addresses.disassociate(state.id)
+        elif state.type == EIP:
+            self._ec2(self.bed.addresses.release, state.id, name=state.name)
         elif state.type == BUCKET:
             raise EngineError(f"{state.name}: deleting the bucket is not something the bed's engine does")
+
+
+def _eip_outputs(eip) -> dict:
+    return {
+        "allocationId": eip.allocation_id,
+        "publicIp": eip.public_ip,
+        "domain": "vpc",
+        "arn": f"arn:aws:ec2:{BED_REGION}:123456789012:elastic-ip/{eip.allocation_id}",
+    }
 
 
 def _meta_data(instance_id: str, ip: str, public_key: str | None) -> dict:

@@ -108,8 +108,18 @@ class Run:
 class SwarmMocks(pulumi.runtime.Mocks):
     """Answers like AWS would, with fixed, recognisable values."""
 
-    def __init__(self, subnets: dict[str, dict] | None = None, zones: list[str] | None = None):
+    def __init__(
+        self,
+        subnets: dict[str, dict] | None = None,
+        zones: list[str] | None = None,
+        addresses: dict[str, dict[str, str]] | None = None,
+        address_quota: float | None = 20.0,  # raised: a 7-manager stack fits; quota tests set their own
+    ):
+        """`addresses`: Elastic IPs the region already holds, by allocation id, with their
+        tags; `address_quota`: what Service Quotas answers (None: it refuses)."""
         self.subnets = subnets or {}
+        self.addresses = dict(addresses or {})
+        self.address_quota = address_quota
         self.zones = zones if zones is not None else ZONES
         self.worker_ips = (f"10.99.{i // 250}.{i % 250 + 1}" for i in range(100000))
         self.public_ips = (f"198.51.{100 + i // 250}.{i % 250 + 1}" for i in range(100000))
@@ -121,6 +131,12 @@ class SwarmMocks(pulumi.runtime.Mocks):
             state.setdefault("privateIp", next(self.worker_ips))
             state["publicIp"] = next(self.public_ips)
             state["availabilityZone"] = "eu-west-1x"
+        elif args.typ == "aws:ec2/eip:Eip":
+            state["allocationId"] = f"eipalloc-{args.name}"
+            state["publicIp"] = next(self.public_ips)
+            return state["allocationId"], state
+        elif args.typ == "aws:ec2/eipAssociation:EipAssociation":
+            state["publicIp"] = "198.51.100.250"  # what AWS reads back (the program uses the Eip's)
         elif args.typ == "aws:s3/bucket:Bucket":
             state["bucket"] = state.get("bucket") or f"{args.name}-0a1b2c3"
             state["arn"] = f"arn:aws:s3:::{state['bucket']}"
@@ -169,10 +185,27 @@ class SwarmMocks(pulumi.runtime.Mocks):
             return {"name": args.args["name"], "value": AMI, "type": "String"}
         if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
             return {"names": self.zones, "zoneIds": [f"euw1-az{i}" for i in range(len(self.zones))]}
+        if args.token == "aws:ec2/getEips:getEips":
+            found = [a for a, tags in self.addresses.items() if _matches(tags, args.args)]
+            return {"allocationIds": found, "publicIps": [f"203.0.113.{i + 1}" for i in range(len(found))]}
+        if args.token == "aws:servicequotas/getServiceQuota:getServiceQuota":
+            if self.address_quota is None:  # as a provider reports a failed call
+                return {}, [("quotaCode", "AccessDeniedException: not authorized to call GetServiceQuota")]
+            return {"quotaCode": args.args["quotaCode"], "serviceCode": "ec2", "value": self.address_quota}
         if args.token == "aws:ec2/getSubnet:getSubnet":
             subnet = self.subnets[args.args["id"]]
             return {"id": args.args["id"], **subnet}
         raise NotImplementedError(f"no mock for invoke {args.token}")
+
+
+def _matches(tags: dict[str, str], args: dict) -> bool:
+    """An address's tags against getEips' `tags` (every pair) and `tag:` filters (any value)."""
+    if any(tags.get(k) != v for k, v in (args.get("tags") or {}).items()):
+        return False
+    for f in args.get("filters") or []:
+        if f["name"].startswith("tag:") and tags.get(f["name"][4:]) not in f["values"]:
+            return False
+    return True
 
 
 class RecordingMonitor(MockMonitor):

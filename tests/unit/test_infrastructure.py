@@ -143,12 +143,14 @@ def test_bucket_and_all_its_settings_are_protected(default_run):
     settings = [r for r in default_run.resources if r.type.startswith("aws:s3/")]
     assert len(settings) == 6
     assert all(r.protect for r in settings)
-    # Besides the bucket only the generated SSH key, the backups' signing key and the host
-    # keys' seed (all in the state only) are kept; the teardown removes every other one.
+    # Besides the bucket only the managers' Elastic IPs, the generated SSH key, the backups'
+    # signing key and the host keys' seed (the last three in the state only) are kept; the
+    # teardown removes every other one.
     protected = sorted(
         r.type for r in default_run.resources if r.protect and r.custom and not r.type.startswith("aws:s3/")
     )
-    assert protected == ["random:index/randomBytes:RandomBytes"] * 2 + ["tls:index/privateKey:PrivateKey"]
+    kept = ["aws:ec2/eip:Eip"] * 3 + ["random:index/randomBytes:RandomBytes"] * 2 + ["tls:index/privateKey:PrivateKey"]
+    assert protected == kept
     assert bucket.inputs.get("forceDestroy") is False
 
 
@@ -333,8 +335,12 @@ def test_connect_via_and_subnet_ids_replace_no_running_machine(caplog):
     run = run_program({"connectVia": "public"}, mocks=RunningElsewhere())
     for instance in run.of_type(INSTANCE):
         assert {"subnetId", "privateIp", "associatePublicIpAddress"} <= set(instance.ignore_changes)
-    ready = run.command("-ready-swarm-dev-manager-0")
-    assert ready.inputs["connection"]["host"] == "10.42.0.10"  # no public address yet: the private one
+    # No public address of its own yet: a worker is reached at its private one; a manager at
+    # the Elastic IP its association gives the running machine now.
+    assert run.command("-ready-swarm-dev-worker-0").inputs["connection"]["host"].startswith("10.99.")
+    assert run.command("-ready-swarm-dev-manager-0").inputs["connection"]["host"].startswith("198.51.")  # an EIP
+    without = run_program({"connectVia": "public", "elasticIps": False}, mocks=RunningElsewhere())
+    assert without.command("-ready-swarm-dev-manager-0").inputs["connection"]["host"] == "10.42.0.10"
     warnings = [r.getMessage() for r in caplog.records if "swarm:subnetIds puts it in" in r.getMessage()]
     assert (
         warnings

@@ -14,6 +14,9 @@ STORE = f"{ROOT_URN}$swarm:index:StateStore::swarm-dev-state"
 BUCKET = f"{ROOT_URN}$swarm:index:StateStore$aws:s3/bucket:Bucket::swarm-dev-state-bucket"
 SSH_KEY = f"{ROOT_URN}$swarm:index:Nodes$tls:index/privateKey:PrivateKey::swarm-dev-nodes-ssh-key"
 SEED = f"{ROOT_URN}$swarm:index:Nodes$random:index/randomBytes:RandomBytes::swarm-dev-nodes-host-key-seed"
+ADDRESS = (
+    f"{ROOT_URN}$swarm:index:Nodes$swarm:index:ManagerAddresses$aws:ec2/eip:Eip::swarm-dev-nodes-addresses-manager-0"
+)
 FORMATION = f"{ROOT_URN}$swarm:index:SwarmFormation"
 SIGNING = f"{FORMATION}$random:index/randomBytes:RandomBytes::swarm-dev-swarm-backup-signing-key"
 
@@ -28,6 +31,7 @@ AFTER_A_NIGHT = [
     resource(f"{ROOT_URN}$swarm:index:StateStore$aws:s3/bucketVersioning:BucketVersioning::swarm-dev-state-versioning"),
     resource(SSH_KEY),
     resource(SEED),
+    resource(ADDRESS, allocationId="eipalloc-0a1b2c3d4e5f60718"),
     resource(SIGNING),
 ]
 
@@ -49,7 +53,9 @@ def test_moving_off_the_state_bucket_is_refused_with_the_steps(config, setting):
 def test_moving_to_your_own_machines_is_refused_with_the_steps():
     problems = kept.dropped(AFTER_A_NIGHT, {"swarm:hosts": '[{"name": "pi-0"}]', "swarm:backupTarget": "s3"})
     assert [p.setting for p in problems] == ["swarm:hosts"]
-    assert problems[0].urns == [SSH_KEY, SEED]
+    assert problems[0].urns == [SSH_KEY, SEED, ADDRESS]
+    # Forgotten by Pulumi, an address would go on costing: the steps release it too.
+    assert "aws ec2 release-address --allocation-id eipalloc-0a1b2c3d4e5f60718" in problems[0].message("dev")
 
 
 def test_a_config_that_keeps_everything_passes():
