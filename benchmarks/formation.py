@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 from cpu import CpuSampler  # noqa: E402
+from testbed.addresses import RAISED_QUOTA  # noqa: E402
 from testbed.bed import Bed, missing_prerequisites  # noqa: E402
 from testbed.engine import Engine, Result  # noqa: E402
 
@@ -94,7 +95,7 @@ def main() -> None:
     logs = Path(tempfile.mkdtemp(prefix="swarm-bench-"))
     rows = []
     started = time.monotonic()
-    with Bed() as bed, CpuSampler() as cpu:
+    with Bed(address_quota=RAISED_QUOTA) as bed, CpuSampler() as cpu:
         for workers in args.workers:
             config = bed.program_config(3, workers)
             parallel = Engine(bed, config, stack=f"par{workers}", log_dir=logs, wait_for_boot=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from swarmcli import backups, context, cycle, roll, status
+from swarmcli import addresses, backups, context, cycle, roll, status
 from swarmcli.errors import SwarmCliError, UsageError
 
 PROG = "scripts/swarm"
@@ -83,6 +83,10 @@ def _drill_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--signing-key-file", metavar="FILE", help="the stack's backup signing key (hex), not --stack")
 
 
+def _release_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", action="store_true", help="say which addresses it would release, release none")
+
+
 def _roll_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", choices=("workers", "managers"), help="roll only these")
     parser.add_argument("--dry-run", action="store_true", help="print the order (the plan), replace nothing")
@@ -135,6 +139,13 @@ VERBS = (
         ),
         cycle.command_morning,
         _endpoint_option,
+    ),
+    Verb(
+        "release-addresses",
+        "release the Elastic IPs no manager uses any more (after fewer managers, or elasticIps off)",
+        ("scripts/swarm release-addresses dev --dry-run", "scripts/swarm release-addresses --stack dev --json"),
+        addresses.command,
+        _release_options,
     ),
 )
 

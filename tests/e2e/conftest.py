@@ -11,6 +11,7 @@ import signal
 import time
 
 import pytest
+from testbed.addresses import RAISED_QUOTA
 from testbed.bed import Bed, BedError, missing_prerequisites
 from testbed.engine import abort_all
 
@@ -39,7 +40,7 @@ def _interrupt(signum, frame):
 def bed(bed_prerequisites, log_dir):
     # A CI timeout sends SIGTERM: turn it into an interrupt, so the bed is still removed.
     previous = signal.signal(signal.SIGTERM, _interrupt)
-    instance = Bed(log_dir=log_dir)
+    instance = Bed(log_dir=log_dir, address_quota=RAISED_QUOTA)
     try:
         instance.start()
     except BedError as error:

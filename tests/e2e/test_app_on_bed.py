@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
-import shutil
-import subprocess
 import urllib.request
 
 import pytest
 import yaml
 from app import WebService, compose, endpoints
+from testbed import verify
 from testbed.bed import wait_until
 from testbed.engine import Engine
 
@@ -47,33 +45,7 @@ def check_app(bed, outputs: dict, tmp_path) -> None:
 
     # The client side, from the outputs only: the key, an ssh that uses it, a docker context.
     client = tmp_path / "client"
-    (client / "bin").mkdir(parents=True)
-    key = client / "id_swarm"
-    key.touch(mode=0o600)
-    key.write_text(outputs["sshPrivateKey"])
-    known_hosts = client / "known_hosts"
-    known_hosts.write_text(outputs["sshKnownHosts"])
-    ssh_config = client / "ssh_config"
-    ssh_config.write_text(
-        f"Host *\n  IdentityFile {key}\n  IdentitiesOnly yes\n  StrictHostKeyChecking yes\n"
-        f"  UserKnownHostsFile {known_hosts}\n  LogLevel ERROR\n"
-    )
-    # The Docker CLI runs `ssh` from PATH; this one reads the config above, not ~/.ssh.
-    wrapper = client / "bin" / "ssh"
-    wrapper.write_text(f'#!/bin/sh\nexec {shutil.which("ssh")} -F {ssh_config} "$@"\n')
-    wrapper.chmod(0o755)
-    env = {
-        "PATH": f"{client / 'bin'}:{os.environ['PATH']}",
-        "HOME": str(client),
-        "DOCKER_CONFIG": str(client / "docker-config"),
-    }
-    docker = shutil.which("docker")
-
-    def cli(*args: str) -> str:
-        run = subprocess.run([docker, *args], env=env, capture_output=True, text=True, timeout=300, check=False)
-        assert run.returncode == 0, f"docker {' '.join(args)}: {run.stdout}{run.stderr}"
-        return run.stdout
-
+    cli = verify.docker_client(outputs, client)
     cli("context", "create", "swarm-apps", "--docker", f"host={outputs['dockerHost']}")
     cli("context", "use", "swarm-apps")
     assert "Swarm: active" in cli("info")

@@ -36,6 +36,20 @@ def engine(bed, log_dir):
 
 
 @pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    """An app team's machine that lives through the module: made on day one, kept."""
+    directory = tmp_path_factory.mktemp("app-team")
+    made = {}
+
+    def cli_for(outputs: dict):
+        if "cli" not in made:
+            made["cli"] = verify.docker_client(outputs, directory)
+        return made["cli"]
+
+    return cli_for
+
+
+@pytest.fixture(scope="module")
 def days():
     """What each scenario leaves for the next: outputs of every up, in order."""
     return []
@@ -87,6 +101,24 @@ def test_morning_forms_one_swarm(engine, days, bed):
         for t in task_ids
     }
     assert sorted(answers) == sorted(containers), (answers, containers)
+
+
+def test_managers_are_reached_at_their_elastic_ips_and_an_app_team_makes_a_context(engine, days, bed, client):
+    """The instances' own public addresses are gone the moment the kept ones are tied to
+    them (as on EC2): the outputs and Pulumi's SSH must use the Elastic IPs."""
+    outputs = days[0].outputs
+    kept = outputs["managerPublicIps"]
+    eips = {s.outputs["publicIp"] for s in engine.state.values() if s.type == "aws:ec2/eip:Eip"}
+    assert set(kept) == eips and len(eips) == 3
+    for state in (s for s in engine.state.values() if s.type == "aws:ec2/instance:Instance"):
+        own, private = state.outputs["publicIp"], state.outputs["privateIp"]
+        assert own and own != private and own not in eips  # what the state says the machine booted with
+        if "manager" in state.name:
+            assert bed.addresses.leads_to(own) is None, f"{state.name}'s own address {own} still leads somewhere"
+    assert outputs["dockerHost"] == f"ssh://ec2-user@{kept[0]}"
+    cli = client(outputs)
+    cli("context", "create", "swarm-bed", "--docker", f"host={outputs['dockerHost']}")
+    assert "Swarm: active" in cli("--context", "swarm-bed", "info")
 
 
 # -- 2. Idempotent ------------------------------------------------------------------------
@@ -202,15 +234,40 @@ def test_night_then_next_morning_restores_everything(engine, days, bed):
     assert verify.secret_in_task(engine, STACK, "day1-svc", "day1-secret") == "day-one-value"
 
 
+def test_the_same_doors_the_next_morning_and_yesterdays_context_still_works(days, client):
+    """dockerHost, managerPublicIps and the managers' known_hosts lines are byte for byte
+    yesterday's; the docker context an app team made then works today, strict host keys
+    and all. Workers' public addresses are new every morning (only managers keep theirs)."""
+    first, today = days[0].outputs, days[-1].outputs
+    assert today["dockerHost"] == first["dockerHost"]
+    assert today["managerPublicIps"] == first["managerPublicIps"]
+
+    def lines(outputs: dict, role: str) -> list[str]:
+        ips = {n["privateIp"] for n in outputs["nodes"] if n["role"] == role}
+        return [line for line in outputs["sshKnownHosts"].splitlines() if set(line.split()[0].split(",")) & ips]
+
+    assert lines(today, "manager") == lines(first, "manager") and len(lines(today, "manager")) == 3
+    workers = [[n["publicIp"] for n in d["nodes"] if n["role"] == "worker"] for d in (first, today)]
+    assert not set(workers[0]) & set(workers[1]), workers  # the bed hands out a new one at every launch
+    cli = client(first)  # made on day one, not touched since
+    assert "Swarm: active" in cli("--context", "swarm-bed", "info")
+    assert len(cli("--context", "swarm-bed", "node", "ls", "-q").split()) == 5
+
+
 def test_host_keys_are_the_same_every_day_and_a_strict_ssh_refuses_any_other(days, tmp_path):
     """The first morning's sshKnownHosts opens each of today's fresh machines with
-    StrictHostKeyChecking yes; the same file with another key for one node is refused."""
+    StrictHostKeyChecking yes at every address the machine kept (a manager's Elastic IP,
+    any node's private one); the same file with another key for one node is refused."""
     first, today = days[0].outputs, days[-1].outputs
-    assert today["sshKnownHosts"] == first["sshKnownHosts"]
     for node in today["nodes"]:
-        for address in {node["publicIp"], node["privateIp"]} - {""}:
+        kept = {node["publicIp"], node["privateIp"]} if node["role"] == "manager" else {node["privateIp"]}
+        for address in kept:
             opened = verify.ssh_strict(today, address, first["sshKnownHosts"], tmp_path)
             assert opened.returncode == 0, f"{node['name']} at {address}: {opened.stderr}"
+        # A worker's new public address is in today's file, with the same key as yesterday's.
+        if node["role"] == "worker":
+            opened = verify.ssh_strict(today, node["publicIp"], today["sshKnownHosts"], tmp_path)
+            assert opened.returncode == 0, f"{node['name']} at {node['publicIp']}: {opened.stderr}"
     target = today["nodes"][0]["privateIp"]
     other_key = derive_host_key("00" * 32, "someone-else")[1]
     tampered = "".join(

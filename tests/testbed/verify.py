@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import subprocess
+from collections.abc import Callable
+from pathlib import Path
 
 from testbed.bed import BedError, wait_until
 
@@ -99,3 +103,37 @@ def ssh_strict(outputs: dict, address: str, known_hosts: str, workdir) -> subpro
                "-o", f"UserKnownHostsFile={known}", "-o", "ConnectTimeout=10"]  # fmt: skip
     command = ["ssh", "-i", str(key), *options, f"{outputs['sshUser']}@{address}", "true"]
     return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
+def docker_client(outputs: dict, client: Path) -> Callable[..., str]:
+    """The Docker CLI as an app team's machine has it, from a stack's outputs only: its
+    key, an ssh with strict host keys against `sshKnownHosts`, its own HOME and docker
+    config under `client`. Returns `cli(*args)`: docker's stdout, or AssertionError."""
+    (client / "bin").mkdir(parents=True, exist_ok=True)
+    key = client / "id_swarm"
+    key.touch(mode=0o600)
+    key.write_text(outputs["sshPrivateKey"])
+    known_hosts = client / "known_hosts"
+    known_hosts.write_text(outputs["sshKnownHosts"])
+    ssh_config = client / "ssh_config"
+    ssh_config.write_text(
+        f"Host *\n  IdentityFile {key}\n  IdentitiesOnly yes\n  StrictHostKeyChecking yes\n"
+        f"  UserKnownHostsFile {known_hosts}\n  LogLevel ERROR\n"
+    )
+    # The Docker CLI runs `ssh` from PATH; this one reads the config above, not ~/.ssh.
+    wrapper = client / "bin" / "ssh"
+    wrapper.write_text(f'#!/bin/sh\nexec {shutil.which("ssh")} -F {ssh_config} "$@"\n')
+    wrapper.chmod(0o755)
+    env = {
+        "PATH": f"{client / 'bin'}:{os.environ['PATH']}",
+        "HOME": str(client),
+        "DOCKER_CONFIG": str(client / "docker-config"),
+    }
+    docker = shutil.which("docker")
+
+    def cli(*args: str) -> str:
+        run = subprocess.run([docker, *args], env=env, capture_output=True, text=True, timeout=300, check=False)
+        assert run.returncode == 0, f"docker {' '.join(args)}: {run.stdout}{run.stderr}"
+        return run.stdout
+
+    return cli

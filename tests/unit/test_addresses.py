@@ -126,3 +126,50 @@ def test_turning_them_off_keeps_the_addresses_held_unassociated_until_released(c
         run.command("-ready-swarm-dev-manager-0").inputs["connection"]["host"]
         not in run.outputs["managerPublicIps"][:0]
     )
+
+
+# -- scripts/swarm release-addresses --------------------------------------------------------
+NODES = "urn:pulumi:dev::swarm::swarm:index:SwarmCluster$swarm:index:Nodes"
+
+
+def eip_state(index: int) -> dict:
+    urn = f"{NODES}$swarm:index:ManagerAddresses$aws:ec2/eip:Eip::swarm-dev-nodes-addresses-manager-{index}"
+    outputs = {"allocationId": f"eipalloc-{index:017x}", "publicIp": f"203.0.113.{index + 10}"}
+    return {"urn": urn, "type": EIP, "protect": True, "outputs": outputs}
+
+
+def association_state(index: int) -> dict:
+    urn = f"{NODES}${ASSOCIATION}::swarm-dev-nodes-manager-{index}-address"
+    return {"urn": urn, "type": ASSOCIATION, "inputs": {"allocationId": f"eipalloc-{index:017x}"}}
+
+
+def test_release_picks_the_addresses_no_manager_of_the_config_uses():
+    from swarmcli.addresses import unused
+
+    state = [eip_state(i) for i in range(3)] + [association_state(0)]
+    assert [a.index for a in unused(state, {"swarm:managerCount": "1"})] == [1, 2]
+    assert unused(state, {}) == []  # three managers by default: all in use
+    # Off: all are unused, but one still tied to a machine (its association not yet gone) is kept.
+    assert [a.index for a in unused(state, {"swarm:elasticIps": "false"})] == [1, 2]
+    assert [a.index for a in unused(state, {"swarm:connectVia": "private"})] == [1, 2]
+
+
+def test_release_unprotects_then_destroys_each_one_and_a_dry_run_nothing(monkeypatch, capsys):
+    import argparse
+
+    from swarmcli import addresses, outputs, pulumicli
+
+    calls = []
+    monkeypatch.setattr(outputs, "stack_resources", lambda stack: [eip_state(i) for i in range(3)])
+    monkeypatch.setattr(outputs, "config_values", lambda stack: {"swarm:managerCount": "1"})
+    monkeypatch.setattr(pulumicli, "run", lambda args, stack, **kw: calls.append((args, stack)))
+    addresses.command(argparse.Namespace(stack="dev", dry_run=True, json=False))
+    assert calls == [] and "would release swarm-dev-nodes-addresses-manager-1 203.0.113.11" in capsys.readouterr().out
+    addresses.command(argparse.Namespace(stack="dev", dry_run=False, json=True))
+    urn = eip_state(1)["urn"]
+    assert calls[:2] == [
+        (["state", "unprotect", urn, "--yes"], "dev"),
+        (["destroy", "--target", urn, "--yes", "--skip-preview"], "dev"),
+    ]
+    assert len(calls) == 4
+    assert '"released"' in capsys.readouterr().out
