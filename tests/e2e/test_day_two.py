@@ -149,7 +149,7 @@ def test_workers_scale_out_and_in(engine, today):
         assert f"retire: swarm-{STACK}-worker-{i} (" in log and "drained and removed" in log
 
 
-def test_managers_scale_out_and_in(engine, today):
+def test_managers_scale_out_and_in(engine, today, bed):
     engine.config["swarm:managerCount"] = 5
     engine.up()
     assert_one_swarm(engine, today, 5, 1)
@@ -161,9 +161,21 @@ def test_managers_scale_out_and_in(engine, today):
     for i in (3, 4):
         assert f"retire: swarm-{STACK}-manager-{i} (" in log
     assert log.count("drained, demoted and removed from the swarm") >= 3  # manager 0 above, 3 and 4 here
+
+    # The dropped managers' addresses are kept (protected, unassociated), and said so; the
+    # release step gives them back, and the next `up` neither misses nor re-makes them.
+    dropped = [engine.urn(f"addresses-manager-{i}") for i in (3, 4)]
+    held = {engine.state[u].id: engine.state[u].outputs["publicIp"] for u in dropped}
+    assert all(engine.state[u].protect for u in dropped)
+    assert all(bed.addresses.eips[a].association_id is None for a in held)
+    assert "the Elastic IPs of manager-3, manager-4 are kept, unassociated" in log
+    for urn in dropped:
+        engine.release(urn)
+    assert not set(held) & set(bed.addresses.eips)
     engine.config["swarm:workerCount"] = 2
     engine.up()
     assert_one_swarm(engine, today, 3, 2)
+    assert not [u for u in engine.state if "addresses-manager-3" in u or "addresses-manager-4" in u]
 
 
 # -- keys and instance types -------------------------------------------------------------------

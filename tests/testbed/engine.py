@@ -267,6 +267,26 @@ class Engine:
         self.log(f"== destroy done in {self._result.seconds:.1f}s")
         return self._result
 
+    def release(self, urn: str) -> Result:
+        """`pulumi state unprotect URN` then `pulumi destroy --target URN` (what
+        `scripts/swarm release-addresses` runs): that one resource deleted by its provider
+        and forgotten; refused, as Pulumi refuses without --target-dependents, while
+        anything in the state still depends on it."""
+        self._begin(preview=False, replace=())
+        state = self.state.get(urn)
+        if state is None:
+            raise EngineError(f"--target: no resource {urn} in the stack")
+        dependents = sorted(s.urn for s in self.state.values() if urn in s.depends_on())
+        if dependents:
+            raise EngineError(f"{urn} has dependents, which --target would leave without it: {dependents}")
+        self.log(f"== destroy --target {urn}")
+        state.protect = False
+        failure = self._delete_in_waves([state])
+        self.checkpoint(None, set())
+        if failure is not None:
+            raise failure
+        return self._result
+
     def urn(self, suffix: str) -> str:
         """The URN of the one resource whose name ends with `suffix` (for `up(replace=...)`)."""
         found = [urn for urn, s in self.state.items() if s.name.endswith(suffix)]
