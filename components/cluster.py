@@ -111,6 +111,9 @@ class SwarmCluster(pulumi.ComponentResource):
             "vpcId": network.vpc_id if network else "",
             "subnetIds": network.subnet_ids if network else [],
             "clusterSecurityGroupId": network.cluster_security_group_id if network else "",
+            # The AMI new machines boot (the stack's pin), and SSM's newest beside it.
+            "amiId": machines.image.ami if isinstance(machines, Nodes) else "",
+            "amiNewest": machines.image.newest if isinstance(machines, Nodes) else "",
             **machines_outputs(settings, machines),
         }
         if machines.ssh_key_generated:

@@ -25,6 +25,7 @@ import pulumi_tls as tls
 
 from components.addresses import ManagerAddresses
 from components.hostkeys import derive_host_key
+from components.machine_image import machine_image
 from components.payload import gzip_base64, node_environment, render_user_data, with_host_key
 from components.settings import Settings
 from components.swarm import SwarmNode
@@ -82,10 +83,8 @@ class Nodes(pulumi.ComponentResource):
             self.authorized_key = settings.ssh_public_key
         key_pair = aws.ec2.KeyPair(f"{name}-key", public_key=public_key, tags=settings.tags, opts=child)
 
-        if settings.ami_id:
-            ami = settings.ami_id
-        else:
-            ami = aws.ssm.get_parameter(name=settings.ami_ssm_parameter).value
+        self.image = machine_image(name, settings, self)
+        ami = self.image.ami
 
         # Each machine's SSH host key is derived from this seed (see hostkeys.py) and set by
         # cloud-init before sshd first answers: the same key every day, at the same address.

@@ -15,6 +15,7 @@ STATE_STORE = "swarm:index:StateStore"
 OPERATOR_KEY = "tls:index/privateKey:PrivateKey"
 SEED = "random:index/randomBytes:RandomBytes"
 ADDRESS = "aws:ec2/eip:Eip"
+AMI_RECORD = "random:index/randomShuffle:RandomShuffle"
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,11 @@ def dropped(resources: list[dict], config: dict[str, str]) -> list[Dropped]:
         found.append(Dropped(switch, f"the state bucket {bucket} and its settings", store,
                              f"Copy the backups you keep first: aws s3 sync s3://{bucket}/ <where>."))  # fmt: skip
     if config.get("swarm:hosts"):
-        ec2 = [r for r in protected if r["type"] in (OPERATOR_KEY, SEED, ADDRESS) and "swarm:index:Nodes" in r["urn"]]
+        types = (OPERATOR_KEY, SEED, ADDRESS, AMI_RECORD)
+        ec2 = [r for r in protected if r["type"] in types and "swarm:index:Nodes" in r["urn"]]
         if ec2:
-            found.append(Dropped("swarm:hosts", "the EC2 nodes' operator SSH key, host-key seed and Elastic IPs",
-                                 [r["urn"] for r in ec2], _addresses_step(ec2)))  # fmt: skip
+            what = "the EC2 nodes' operator SSH key, host-key seed, AMI record and Elastic IPs"
+            found.append(Dropped("swarm:hosts", what, [r["urn"] for r in ec2], _addresses_step(ec2)))
     return found
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from swarmcli import addresses, backups, context, cycle, roll, status
+from swarmcli import addresses, ami, backups, context, cycle, roll, status
 from swarmcli.errors import SwarmCliError, UsageError
 
 PROG = "scripts/swarm"
@@ -83,6 +83,10 @@ def _drill_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--signing-key-file", metavar="FILE", help="the stack's backup signing key (hex), not --stack")
 
 
+def _adopt_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", action="store_true", help="say what it would adopt, change nothing")
+
+
 def _release_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="say which addresses it would release, release none")
 
@@ -139,6 +143,13 @@ VERBS = (
         ),
         cycle.command_morning,
         _endpoint_option,
+    ),
+    Verb(
+        "adopt-ami",
+        "move the stack's pinned AMI (and so its Docker engine) to SSM's newest, for the next machines",
+        ("scripts/swarm adopt-ami dev --dry-run", "scripts/swarm adopt-ami --stack dev && scripts/swarm roll dev"),
+        ami.command,
+        _adopt_options,
     ),
     Verb(
         "release-addresses",

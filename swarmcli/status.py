@@ -158,7 +158,14 @@ def summarize(stack: str, outputs: dict, raw: dict[str, object], now: dt.datetim
         "backupCount": len(backups),
         "latestBackup": latest,
         "mirror": raw.get("mirror") if isinstance(raw.get("mirror"), dict) else None,
+        "image": _image(outputs),
     }
+
+
+def _image(outputs: dict) -> dict:
+    """The AMI new machines boot (the stack's pin) and whether SSM has a newer one."""
+    pinned, newest = outputs.get("amiId", ""), outputs.get("amiNewest", "")
+    return {"ami": pinned, "newest": newest, "newerExists": bool(pinned and newest and newest != pinned)}
 
 
 def _size(count: int) -> str:
@@ -190,6 +197,10 @@ def _render_head(view: dict, console) -> None:
     head = Table.grid(padding=(0, 2))
     head.add_row("[bold]leader[/]", view["leaderAddress"], "[bold]cluster[/]", view["clusterId"][:12])
     head.add_row("[bold]this morning[/]", view["bootstrapResult"] or "?", "[bold]mirror cache[/]", cache)
+    image = view["image"]
+    if image["ami"]:
+        newer = f"  [yellow]newer: {image['newest']} (scripts/swarm adopt-ami)[/]" if image["newerExists"] else ""
+        head.add_row("[bold]machine image[/]", f"{image['ami']}{newer}", "", "")
     console.print(Panel(head, title=f"swarm [bold]{view['stack']}[/]", subtitle=view["collectedAt"], box=box.ROUNDED))
 
 

@@ -267,6 +267,15 @@ class Engine:
         self.log(f"== destroy done in {self._result.seconds:.1f}s")
         return self._result
 
+    def unprotect(self, urn: str) -> None:
+        """`pulumi state unprotect URN`: the state's flag only (the next `up` sets it again
+        from the program)."""
+        if urn not in self.state:
+            raise EngineError(f"state unprotect: no resource {urn} in the stack")
+        self.state[urn].protect = False
+        self.log(f"== state unprotect {urn}")
+        self.checkpoint(None, set())
+
     def release(self, urn: str) -> Result:
         """`pulumi state unprotect URN` then `pulumi destroy --target URN` (what
         `scripts/swarm release-addresses` runs): that one resource deleted by its provider
@@ -279,8 +288,8 @@ class Engine:
         dependents = sorted(s.urn for s in self.state.values() if urn in s.depends_on())
         if dependents:
             raise EngineError(f"{urn} has dependents, which --target would leave without it: {dependents}")
+        self.unprotect(urn)
         self.log(f"== destroy --target {urn}")
-        state.protect = False
         failure = self._delete_in_waves([state])
         self.checkpoint(None, set())
         if failure is not None:

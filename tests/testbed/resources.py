@@ -144,6 +144,12 @@ class Resources:
                 return {k: previous[k] for k in ("privateKeyOpenssh", "privateKeyPem", "publicKeyOpenssh")}
             new.secret_outputs |= {"privateKeyOpenssh", "privateKeyPem"}
             return generate_key(inputs.get("algorithm", "ED25519"))
+        if type_ == "random:index/randomShuffle:RandomShuffle":
+            if previous:
+                return {"results": previous["results"]}
+            shuffled = list(inputs.get("inputs") or [])
+            secrets.SystemRandom().shuffle(shuffled)
+            return {"results": shuffled[: int(inputs.get("resultCount") or len(shuffled))]}
         if type_ == "random:index/randomBytes:RandomBytes":
             if previous:
                 return {k: previous[k] for k in ("hex", "base64")}

@@ -143,6 +143,8 @@ class SwarmMocks(pulumi.runtime.Mocks):
         elif args.typ == "tls:index/privateKey:PrivateKey":
             state["publicKeyOpenssh"] = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMockPublicKey mock"
             state["privateKeyOpenssh"] = PRIVATE_KEY
+        elif args.typ == "random:index/randomShuffle:RandomShuffle":
+            state["results"] = list(state.get("inputs") or [])[: int(state.get("resultCount") or 1)]
         elif args.typ == "random:index/randomBytes:RandomBytes":
             state["hex"] = BACKUP_KEY
         elif args.typ == "aws:iam/role:Role":

@@ -144,12 +144,17 @@ def test_bucket_and_all_its_settings_are_protected(default_run):
     assert len(settings) == 6
     assert all(r.protect for r in settings)
     # Besides the bucket only the managers' Elastic IPs, the generated SSH key, the backups'
-    # signing key and the host keys' seed (the last three in the state only) are kept; the
-    # teardown removes every other one.
+    # signing key, the host keys' seed and the AMI record (the last four in the state only)
+    # are kept; the teardown removes every other one.
     protected = sorted(
         r.type for r in default_run.resources if r.protect and r.custom and not r.type.startswith("aws:s3/")
     )
-    kept = ["aws:ec2/eip:Eip"] * 3 + ["random:index/randomBytes:RandomBytes"] * 2 + ["tls:index/privateKey:PrivateKey"]
+    kept = [
+        *["aws:ec2/eip:Eip"] * 3,
+        *["random:index/randomBytes:RandomBytes"] * 2,
+        "random:index/randomShuffle:RandomShuffle",
+        "tls:index/privateKey:PrivateKey",
+    ]
     assert protected == kept
     assert bucket.inputs.get("forceDestroy") is False
 

@@ -156,8 +156,11 @@ def test_context_names_what_is_missing(tmp_path, missing):
 
 # --- the command line: one entry point, the same global flags, an example in every --help ---
 
-VERB_PATHS = {"status", "context", "backups list", "backups verify", "backups drill", "roll", "night", "morning", "release-addresses"}
-POSITIONAL_STACK = ["status", "context", "roll", "night", "morning", "release-addresses"]
+VERB_PATHS = {
+    *("status", "context", "backups list", "backups verify", "backups drill", "roll", "night", "morning"),
+    *("release-addresses", "adopt-ami"),
+}
+POSITIONAL_STACK = ["status", "context", "roll", "night", "morning", "release-addresses", "adopt-ami"]
 
 
 def leaf_parsers() -> dict[str, argparse.ArgumentParser]:
