@@ -203,6 +203,25 @@ def test_a_new_instance_type_restarts_nothing_until_rolled(engine, today):
     assert {h.key: h.boots for h in engine.hosts()} == boots
 
 
+NEWER_AMI = "ami-0bed0bed0bed0bed1"
+
+
+def test_a_newer_ami_waits_until_adopted_and_then_replaces_no_machine(engine, bed):
+    """The morning's engine is the stack's choice: a new AMI in SSM changes nothing until
+    `scripts/swarm adopt-ami` (unprotect the record, `up --replace` it); the running
+    machines take it only when replaced (the roll below)."""
+    pinned = engine.up().outputs["amiId"]
+    bed.newest_ami = NEWER_AMI
+    result = engine.up()
+    assert result.outputs["amiId"] == pinned != NEWER_AMI and result.outputs["amiNewest"] == NEWER_AMI
+    assert machines_touched(result) == [] and result.changed() == {}
+    record = engine.urn("-nodes-ami")
+    engine.unprotect(record)
+    result = engine.up(replace=[record])
+    assert result.outputs["amiId"] == NEWER_AMI and engine.state[record].protect
+    assert machines_touched(result) == [], "adopting an AMI replaced a running machine"
+
+
 # -- the rolling upgrade -----------------------------------------------------------------------
 class BedStack:
     """`scripts/swarm roll`'s view of the stack on the bed: the engine's state and `up(replace=...)`."""
@@ -285,6 +304,7 @@ def test_rolling_upgrade_reaches_every_machine_one_at_a_time_while_the_probe_ans
     after = {s.inputs["tags"]["Name"]: s for s in engine.state.values() if s.type == INSTANCE}
     assert all(after[name].id != before[name] for name in before), "a machine was not replaced"
     assert all(s.inputs["instanceType"] == "t3.large" for s in after.values()), "the new type did not reach a machine"
+    assert all(s.inputs["ami"] == NEWER_AMI for s in after.values()), "the adopted AMI did not reach a machine"
     assert prober.total > 50 and prober.failed == 0, f"probe failed {prober.failed} of {prober.total}"
     assert_one_swarm(engine, today, 3, 2)
     wait_service(engine.host_of("manager-0"), "probe", 4)

@@ -121,6 +121,7 @@ class Bed:
         self._undo: list = []  # what close() does, newest first
         self.upstream: subprocess.Popen | None = None
         self.imds = None  # the metadata stand-in (testbed/imds.py), once started
+        self.newest_ami = "ami-0bed0bed0bed0bed0"  # what SSM says is the newest AL2023 AMI
         self.addresses = PublicAddresses(self.bridge, lambda message: self.log(message), address_quota)
         self.log = log or (lambda message: None)
         self._lock = threading.Lock()
