@@ -22,7 +22,7 @@ def others(count: int) -> dict[str, dict[str, str]]:
 
 def test_each_manager_has_a_protected_address_tied_to_its_machine_by_an_unprotected_association():
     run = run_program()
-    eips = run.of_type(EIP)
+    eips = sorted(run.of_type(EIP), key=lambda e: e.name)  # registered concurrently: in any order
     assert [e.name for e in eips] == [f"swarm-dev-nodes-addresses-manager-{i}" for i in range(3)]
     assert all(e.protect and e.inputs["domain"] == "vpc" for e in eips)
     assert [e.inputs["tags"]["swarm:address"] for e in eips] == [f"swarm/dev/manager-{i}" for i in range(3)]
@@ -60,7 +60,7 @@ def test_outputs_and_known_hosts_carry_the_kept_addresses_not_the_machines_own()
 def test_fewer_managers_keep_the_dropped_managers_addresses_and_say_what_they_cost(caplog):
     """A protected address the program stopped registering would fail every later `up`."""
     run = run_program({"managerCount": 1}, mocks=SwarmMocks(addresses=ours(0, 1, 2)))
-    assert [e.name for e in run.of_type(EIP)] == [f"swarm-dev-nodes-addresses-manager-{i}" for i in range(3)]
+    assert sorted(e.name for e in run.of_type(EIP)) == [f"swarm-dev-nodes-addresses-manager-{i}" for i in range(3)]
     assert all(e.protect for e in run.of_type(EIP))
     assert [a.name for a in run.of_type(ASSOCIATION)] == ["swarm-dev-nodes-manager-0-address"]
     warning = " ".join(r.getMessage() for r in caplog.records if "are kept, unassociated" in r.getMessage())
@@ -69,13 +69,13 @@ def test_fewer_managers_keep_the_dropped_managers_addresses_and_say_what_they_co
 
 def test_a_released_address_is_no_longer_registered():
     run = run_program({"managerCount": 1}, mocks=SwarmMocks(addresses=ours(0, 2)))
-    names = [e.name for e in run.of_type(EIP)]
+    names = sorted(e.name for e in run.of_type(EIP))
     assert names == ["swarm-dev-nodes-addresses-manager-0", "swarm-dev-nodes-addresses-manager-2"]
 
 
 def test_another_stacks_addresses_are_not_kept_for_this_one():
     run = run_program({"managerCount": 1}, mocks=SwarmMocks(addresses=ours(1, 2, stack="prod")))
-    assert [e.name for e in run.of_type(EIP)] == ["swarm-dev-nodes-addresses-manager-0"]
+    assert sorted(e.name for e in run.of_type(EIP)) == ["swarm-dev-nodes-addresses-manager-0"]
 
 
 def test_a_region_without_room_stops_before_anything_is_registered_and_names_the_quota():
