@@ -13,7 +13,7 @@ import pwd
 import re
 import sys
 
-from swarm_agent import dockerd, env, lock, paths, run
+from swarm_agent import dockerd, engines, env, lock, paths, run
 from swarm_agent.run import AgentError
 
 PUBLIC_KEY = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp[0-9]+) [A-Za-z0-9+/=]+( .*)?$")
@@ -39,6 +39,9 @@ def wait_ready(args) -> None:
         return f"wait-ready: not ready after {args.timeout}s ({state})"
 
     version = run.wait_until(ready, args.timeout, why)
+    refused = engines.refusal(version, env.load().get("SWARM_ROLE"))
+    if refused:
+        raise AgentError(f"wait-ready: {refused}")
     print(f"wait-ready: docker {version} ready")
 
 

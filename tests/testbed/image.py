@@ -68,6 +68,7 @@ class Recipe:
 
 RECIPES = {
     "trixie": Recipe("trixie", ("docker.io", "docker-cli", *COMMON), "Docker 26.1"),
+    "forky": Recipe("forky", ("docker.io", "docker-cli", *COMMON), "Docker 28.5"),
     "bookworm": Recipe("bookworm", ("docker.io", *COMMON), "Docker 20.10"),
 }
 DEFAULT_IMAGE = os.environ.get("SWARM_BED_IMAGE", "trixie")
@@ -120,13 +121,29 @@ def recipe_hash(name: str) -> str:
     for path in sorted(FILES.iterdir()):
         h.update(path.name.encode() + b"\0" + path.read_bytes())
     # The code that makes an image's content (not the rest of this module).
-    for function in (_build, _bake_container_images, rootfs_tar, _busybox_files, _shared_libraries):
+    for function in (
+        _build,
+        _debootstrap_script,
+        _bake_container_images,
+        rootfs_tar,
+        _busybox_files,
+        _shared_libraries,
+    ):
         h.update(inspect.getsource(function).encode())
     for function in (busybox_tar, registry_tar):
         h.update(inspect.getsource(function).encode())
     for binary in ("busybox", "docker-registry"):
         h.update(Path(os.path.realpath(tool(binary))).read_bytes())
     return h.hexdigest()[:12]
+
+
+def _debootstrap_script(release: str) -> list[str]:
+    """debootstrap's script for `release`: its own, or sid's, which every Debian suite since
+    wheezy links to (Debian 12's debootstrap predates forky and has no link for it)."""
+    scripts = Path("/usr/share/debootstrap/scripts")
+    if (scripts / release).exists() or not (scripts / "sid").exists():
+        return []
+    return [str(scripts / "sid")]
 
 
 def image(name: str = DEFAULT_IMAGE, log=print) -> Image:
@@ -169,6 +186,7 @@ def _build(name: str, directory: Path, log) -> None:
                 recipe.release,
                 str(rootfs),
                 MIRROR,
+                *_debootstrap_script(recipe.release),
             ],
             log=build_log,
         )
