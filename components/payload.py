@@ -114,6 +114,7 @@ def node_environment(settings: Settings, node: NodePlan, bucket_name: str) -> di
         "SWARM_SSH_USER": node.user or settings.ssh_user,
         "SWARM_BACKUP_TARGET": settings.backup_target,
         "SWARM_MIRROR_STORAGE": settings.mirror_storage,
+        "SWARM_CONTAINERD_STORE": "true" if settings.containerd_image_store else "false",
     }
 
 

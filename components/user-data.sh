@@ -14,7 +14,7 @@ set -euo pipefail
 : "${SWARM_ADVERTISE_ADDR=}" "${SWARM_BUCKET=}" "${SWARM_PREFIX:?}" "${SWARM_REGION=}"
 : "${SWARM_S3_ENDPOINT=}" "${SWARM_REGISTRY_MIRRORS=}" "${SWARM_MIRROR_PORT:?}"
 : "${SWARM_MIRROR_UPSTREAM:?}" "${SWARM_BACKUP_KEEP:?}" "${SWARM_SSH_USER:?}"
-: "${SWARM_BACKUP_TARGET:=s3}" "${SWARM_MIRROR_STORAGE:=s3}"
+: "${SWARM_BACKUP_TARGET:=s3}" "${SWARM_MIRROR_STORAGE:=s3}" "${SWARM_CONTAINERD_STORE:=false}"
 : "${SWARM_AWS_ACCESS_KEY_ID=}" "${SWARM_AWS_SECRET_ACCESS_KEY=}" "${SWARM_OPERATOR_KEY=}"
 
 PATH=$PATH:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -86,6 +86,8 @@ fi
 command -v python3 >/dev/null || pkg python3
 
 mirrors='' insecure=''
+[[ $SWARM_CONTAINERD_STORE == true || $SWARM_CONTAINERD_STORE == false ]] ||
+  fail "SWARM_CONTAINERD_STORE must be true or false"
 for url in $SWARM_REGISTRY_MIRRORS; do
   [[ $url =~ ^https?://[A-Za-z0-9.-]+(:[0-9]+)?/?$ ]] || fail "bad mirror URL '$url'"
   mirrors+="${mirrors:+, }\"$url\""
@@ -101,7 +103,8 @@ cat >/etc/docker/daemon.json.new <<EOF
   "log-driver": "json-file",
   "log-opts": {"max-size": "10m", "max-file": "3"},
   "registry-mirrors": [$mirrors],
-  "insecure-registries": [$insecure]
+  "insecure-registries": [$insecure],
+  "features": {"containerd-snapshotter": $SWARM_CONTAINERD_STORE}
 }
 EOF
 daemon_changed=0
@@ -116,7 +119,7 @@ fi
   for var in SWARM_STACK SWARM_CLUSTER SWARM_NODE_NAME SWARM_ROLE SWARM_ADVERTISE_ADDR \
     SWARM_BUCKET SWARM_PREFIX SWARM_REGION SWARM_S3_ENDPOINT SWARM_REGISTRY_MIRRORS \
     SWARM_MIRROR_PORT SWARM_MIRROR_UPSTREAM SWARM_BACKUP_KEEP SWARM_SSH_USER \
-    SWARM_BACKUP_TARGET SWARM_MIRROR_STORAGE; do
+    SWARM_BACKUP_TARGET SWARM_MIRROR_STORAGE SWARM_CONTAINERD_STORE; do
     printf '%s=%q\n' "$var" "${!var}"
   done
 } >/etc/swarm/env.new

@@ -140,6 +140,7 @@ def load_settings(
         mirror_upstream=mirror.upstream,
         mirror_image=mirror.image,
         s3_endpoint=mirror.s3_endpoint,
+        containerd_image_store=mirror.containerd_store,
         backup_on_destroy=backups.on_destroy,
         backup_retention_days=backups.retention_days,
         backup_keep=backups.keep,

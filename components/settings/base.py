@@ -34,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
     # registry 2.8.3, pinned by digest: the multi-arch index, as pinned alike by several
     # public projects (not fetched from Docker Hub here: there is no way to reach it).
     "mirrorImage": "registry:2.8.3@sha256:a3d8aaa63ed8681a604f1dea0aa03f100d5895b6a58ace528858a7b332415373",
+    "containerdImageStore": False,
     "backupOnDestroy": True,
     "autolock": False,
     "backupRetentionDays": 30,
@@ -180,6 +181,7 @@ class Settings:
     mirror_s3_access_key_id: pulumi.Output[str] | None = None  # hosts + s3: the mirror's own key
     mirror_s3_secret_access_key: pulumi.Output[str] | None = None
     autolock: bool = False  # swarm:autolock: the managers' keys at rest need the unlock key
+    containerd_image_store: bool = False  # swarm:containerdImageStore
 
     @property
     def mirror_storage(self) -> str:

@@ -1,5 +1,5 @@
-"""The registry pull-through mirror on the managers, and the S3 endpoint it and the node
-scripts use.
+"""The registry pull-through mirror on the managers, the S3 endpoint it and the node
+scripts use, and which image store the nodes' Docker keeps pulled images in.
 """
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ class Mirror:
     upstream: str
     s3_endpoint: str | None
     image: str
+    # Docker's containerd image store ("containerd-snapshotter"), Docker 29's default on
+    # fresh installs: written either way into daemon.json, so every morning's engine keeps
+    # images in the store the stack chose, whatever its release defaults to.
+    containerd_store: bool
 
 
 def read_mirror(r: Reader) -> Mirror:
@@ -42,4 +46,4 @@ def read_mirror(r: Reader) -> Mirror:
     image = r.string("mirrorImage") or DEFAULTS["mirrorImage"]
     if not _IMAGE.match(image):
         r.problem("mirrorImage", f"is not an image reference (got {image!r})", DEFAULTS["mirrorImage"])
-    return Mirror(enabled, port, upstream, s3_endpoint, image)
+    return Mirror(enabled, port, upstream, s3_endpoint, image, r.boolean("containerdImageStore"))

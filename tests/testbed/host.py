@@ -151,6 +151,9 @@ class Host:
         self.image, self.imds = image, imds
         self.dir = site.root / "hosts" / key
         self.docker_dir = self.dir / "docker"
+        # containerd's state, as Docker's, on a real directory (its overlayfs snapshotter
+        # cannot sit on the overlay root either).
+        self.containerd_dir = self.dir / "containerd"
         self.netns = f"swarmbed-{site.run_id}-{key}"
         self.veth = f"sb{site.run_id}-{index}"
         self.cgroup = f"swarmbed-{site.run_id}-{key}"
@@ -187,6 +190,10 @@ class Host:
             sh("cp", "-a", str(self.image.docker_seed), str(self.docker_dir))
         else:  # the image's first boot, which makes the seed
             self.docker_dir.mkdir()
+        if self.image.containerd_seed.is_dir():
+            sh("cp", "-a", str(self.image.containerd_seed), str(self.containerd_dir))
+        else:
+            self.containerd_dir.mkdir()
         self._network()
         up = self.dir / "up"
         hostname = (meta_data or {}).get("local-hostname") or self.name
@@ -242,12 +249,14 @@ class Host:
         NSPAWN_RUN.mkdir(parents=True, exist_ok=True)
         d = self.dir
         enter_cgroups = "".join(f"echo $$ >{c}/cgroup.procs\n" for c in cgroups)
+        unified = "env SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 " if self.image.unified_cgroups else ""  # see image.Recipe
         script = f"""set -e
 {enter_cgroups}mount -t tmpfs -o mode=0755 tmpfs {NSPAWN_RUN}
 mount -t overlay overlay -o lowerdir={self.image.rootfs},upperdir={d}/up,workdir={d}/work {d}/root
-exec systemd-nspawn --quiet --register=no --keep-unit --boot --directory={d}/root --machine={self.key} \\
+exec {unified}systemd-nspawn --quiet --register=no --keep-unit --boot --directory={d}/root --machine={self.key} \\
   --private-network --network-namespace-path=/run/netns/{self.netns} \\
   --capability=all --system-call-filter='@keyring bpf' --bind={self.docker_dir}:/var/lib/docker \\
+  --bind={self.containerd_dir}:/var/lib/containerd \\
   --resolv-conf=off --timezone=off --link-journal=no --console=read-only
 """
         self.boots += 1

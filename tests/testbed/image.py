@@ -64,11 +64,22 @@ class Recipe:
     release: str  # Debian suite
     packages: tuple[str, ...]
     docker: str  # what the release ships, for messages and the README
+    # systemd 258 and later refuse to boot on cgroup v1 ("Detected unsupported legacy
+    # cgroup hierarchy, refusing execution"), and this machine's controllers are v1: such
+    # an image's hosts get a cgroup v2 hierarchy of their own from nspawn, without
+    # controllers (they stay bound to the v1 hierarchies), so their containers run without
+    # resource limits.
+    unified_cgroups: bool = False
+    # Bake the container images into containerd's image store too, so a host whose
+    # daemon.json turns it on ("containerd-snapshotter") finds them (the stores are apart).
+    containerd_store: bool = False
 
 
 RECIPES = {
     "trixie": Recipe("trixie", ("docker.io", "docker-cli", *COMMON), "Docker 26.1"),
-    "forky": Recipe("forky", ("docker.io", "docker-cli", *COMMON), "Docker 28.5"),
+    "forky": Recipe(
+        "forky", ("docker.io", "docker-cli", *COMMON), "Docker 28.5", unified_cgroups=True, containerd_store=True
+    ),
     "bookworm": Recipe("bookworm", ("docker.io", *COMMON), "Docker 20.10"),
 }
 DEFAULT_IMAGE = os.environ.get("SWARM_BED_IMAGE", "trixie")
@@ -92,6 +103,14 @@ class Image:
     @property
     def docker_seed(self) -> Path:
         return self.directory / "docker"
+
+    @property
+    def containerd_seed(self) -> Path:
+        return self.directory / "containerd"
+
+    @property
+    def unified_cgroups(self) -> bool:
+        return RECIPES[self.name].unified_cgroups
 
     def versions(self) -> dict:
         return json.loads((self.directory / "versions.json").read_text())
@@ -130,7 +149,7 @@ def recipe_hash(name: str) -> str:
         _shared_libraries,
     ):
         h.update(inspect.getsource(function).encode())
-    for function in (busybox_tar, registry_tar):
+    for function in (busybox_tar, registry_tar, _import_images):
         h.update(inspect.getsource(function).encode())
     for binary in ("busybox", "docker-registry"):
         h.update(Path(os.path.realpath(tool(binary))).read_bytes())
@@ -250,18 +269,29 @@ def _bake_container_images(name: str, work: Path, log) -> None:
         host.boot()
         host.wait_booted(120)
         host.wait_docker(120)
-        registry_entry = 'ENTRYPOINT ["/bin/registry", "serve", "/etc/docker/registry/config.yml"]'
-        host.run(["docker", "import", "--change", registry_entry, "-", "registry:2"], input=registry_tar())
-        host.run(["docker", "import", "--change", 'CMD ["sh"]', "-", LOCAL_BUSYBOX], input=busybox_tar())
+        _import_images(host)
+        if RECIPES[name].containerd_store:
+            daemon = '{"features": {"containerd-snapshotter": true}}'
+            host.run(["sh", "-c", f"echo '{daemon}' >/etc/docker/daemon.json && systemctl restart docker"])
+            host.wait_docker(120)
+            _import_images(host)
+            host.run(["rm", "/etc/docker/daemon.json"])  # each node's user-data writes its own
         host.run(["systemctl", "stop", "docker.socket", "docker.service", "containerd.service"])
         host.power_off()
         seed = work / "docker"
         _run(["cp", "-a", str(host.docker_dir), str(seed)])
+        _run(["cp", "-a", str(host.containerd_dir), str(work / "containerd")])
         # Per-machine state a real AMI would not carry either.
         for leftover in ("network", "swarm", "containers", "runtimes", "tmp"):
             shutil.rmtree(seed / leftover, ignore_errors=True)
     finally:
         host.wipe()
+
+
+def _import_images(host) -> None:
+    registry_entry = 'ENTRYPOINT ["/bin/registry", "serve", "/etc/docker/registry/config.yml"]'
+    host.run(["docker", "import", "--change", registry_entry, "-", "registry:2"], input=registry_tar())
+    host.run(["docker", "import", "--change", 'CMD ["sh"]', "-", LOCAL_BUSYBOX], input=busybox_tar())
 
 
 # -- the container images (no Docker Hub here) ---------------------------------------------

@@ -293,6 +293,14 @@ def test_user_data_without_mirror_has_no_mirror_addresses():
     assert "SWARM_REGISTRY_MIRRORS=''" in user_data_of(run, "worker-0")
 
 
+def test_the_image_store_is_the_stacks_choice_whatever_the_engine_defaults_to(run):
+    """Written either way: Docker 29 turns the containerd store on by itself on fresh installs."""
+    assert "SWARM_CONTAINERD_STORE=false" in user_data_of(run, "worker-0")
+    on = run_program({"containerdImageStore": True})
+    assert "SWARM_CONTAINERD_STORE=true" in user_data_of(on, "manager-0")
+    assert '"features": {"containerd-snapshotter": $SWARM_CONTAINERD_STORE}' in user_data_of(on, "manager-0")
+
+
 def test_user_data_does_only_what_must_happen_before_the_first_ssh(run):
     text = user_data_of(run, "manager-0")
     # No agent inside: it comes over SSH (install-agent); no verb of it is called here.
