@@ -32,6 +32,14 @@ pytestmark = pytest.mark.e2e
 LAST_BASH_AGENT = "1ad2c64983062fef59cf8a691c380f24aefc7d14"
 PART = (160, 19)
 SWARM_LIB = "/usr/local/lib/swarm"
+# What the first `up` of the new release creates on a live stack (URN parts).
+NEW_IN_THIS_RELEASE = (
+    "-store-check",
+    "swarm:index:MirrorKey",
+    "swarm:index:ManagerAddresses",  # the component and its Elastic IPs
+    "$aws:ec2/eipAssociation:EipAssociation::",
+    "$random:index/randomShuffle:RandomShuffle::",  # the AMI record
+)
 
 
 @pytest.fixture(scope="module")
@@ -89,12 +97,16 @@ def assert_only_the_agent_changed(result, log_from: int, engine, first: bool = F
     done: bootstrap `already active`, joins `already a worker`), and the morning's store
     check is new, the role's policy may list versions, and the mirror's own key (its IAM
     user, policy and access key) is new, with which the mirror redeploys behind the bridge
-    (its deploy replaced: its stack files changed). Never another replacement, a deletion,
-    a delete hook or a terminated machine."""
+    (its deploy replaced: its stack files changed), and so are the managers' Elastic IPs,
+    their associations with the running machines (each manager's public address changes
+    this once, then never) and the AMI record. Never another replacement, a deletion, a
+    delete hook or a terminated machine."""
     changed = result.changed()
     if first:
         created = [urn for urn, op in changed.items() if op == "create"]
-        assert all("-store-check" in urn or "swarm:index:MirrorKey" in urn for urn in created), created
+        assert all(any(part in urn for part in NEW_IN_THIS_RELEASE) for urn in created), created
+        assert sum("$aws:ec2/eip:Eip::" in urn for urn in created) == 3, created
+        assert sum("$aws:ec2/eipAssociation:EipAssociation::" in urn for urn in created) == 3, created
         assert sum("$aws:iam/accessKey:AccessKey::" in urn for urn in created) == 1, created
         # This release changes the mirror's stack files, its deploy's trigger: it is replaced,
         # which for a command without a delete hook is its create run again.
@@ -106,7 +118,7 @@ def assert_only_the_agent_changed(result, log_from: int, engine, first: bool = F
             for u in changed
             if "$command:remote:Command::" not in u
             and not u.endswith("-node-state-access")
-            and "swarm:index:MirrorKey" not in u
+            and not any(part in u for part in NEW_IN_THIS_RELEASE[1:])
         ]
         assert others == [], others
     else:
