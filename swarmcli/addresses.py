@@ -16,6 +16,7 @@ import json
 import re
 from dataclasses import asdict, dataclass
 
+from components.settings.base import DEFAULTS
 from swarmcli import outputs, pulumicli
 from swarmcli.errors import SwarmCliError
 from swarmcli.progress import Progress
@@ -54,13 +55,13 @@ def unused(resources: list[dict], config: dict[str, str]) -> list[Address]:
 
 
 def _managers_with_addresses(config: dict[str, str]) -> int:
-    """How many managers the config gives an Elastic IP (the program's defaults: 3, on)."""
-    if config.get("swarm:hosts") or config.get("swarm:connectVia", "public") != "public":
+    """How many managers the config gives an Elastic IP (a key it leaves out: the program's default)."""
+    if config.get("swarm:hosts") or config.get("swarm:connectVia", DEFAULTS["connectVia"]) != "public":
         return 0
-    if config.get("swarm:elasticIps", "true").strip().lower() == "false":
+    if str(config.get("swarm:elasticIps", DEFAULTS["elasticIps"])).strip().lower() == "false":
         return 0
     try:
-        return int(config.get("swarm:managerCount", "3"))
+        return int(config.get("swarm:managerCount", DEFAULTS["managerCount"]))
     except ValueError as error:
         raise SwarmCliError(f"swarm:managerCount is not a number ({config['swarm:managerCount']!r})") from error
 

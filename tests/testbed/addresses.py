@@ -160,16 +160,12 @@ class PublicAddresses:
     def describe(self, tags: dict[str, str], filters: list[dict]) -> list[ElasticIp]:
         """DescribeAddresses with `tag:` filters (any of the values) and exact tags."""
         with self._lock:
-            found = []
-            for eip in self.eips.values():
-                if any(eip.tags.get(k) != v for k, v in tags.items()):
-                    continue
-                if any(
-                    f["name"].startswith("tag:") and eip.tags.get(f["name"][4:]) not in f["values"] for f in filters
-                ):
-                    continue
-                found.append(eip)
-            return found
+            return [eip for eip in self.eips.values() if tags_match(eip.tags, tags, filters)]
+
+    def private_of(self, instance_id: str | None) -> str:
+        """The private address of an instance the bed launched ("" for any other)."""
+        with self._lock:
+            return self._private.get(instance_id or "", "")
 
     def leads_to(self, public_ip: str) -> str | None:
         """The private address a public one reaches now (None: it leads nowhere)."""
@@ -209,6 +205,14 @@ class PublicAddresses:
 
     def _dnat(self, public: str, private: str) -> list[str]:
         return ["OUTPUT", "-d", public, *self._mark, "-j", "DNAT", "--to-destination", private]
+
+
+def tags_match(tags: dict[str, str], wanted: dict[str, str], filters: list[dict]) -> bool:
+    """Whether an address with `tags` is one DescribeAddresses (the provider's `getEips`)
+    returns for exact `wanted` tags and `tag:KEY` filters (any of their values)."""
+    if any(tags.get(k) != v for k, v in wanted.items()):
+        return False
+    return not any(f["name"].startswith("tag:") and tags.get(f["name"][4:]) not in f["values"] for f in filters)
 
 
 def _free_pool() -> ipaddress.IPv4Network:

@@ -78,7 +78,8 @@ class Resources:
             inputs = new.inputs
             eip = self._ec2(self.bed.addresses.associate, inputs["allocationId"], inputs["instanceId"], name=new.name)
             new.id = eip.association_id
-            new.outputs = {**inputs, "publicIp": eip.public_ip, "privateIpAddress": self._private_of(eip.instance_id)}
+            private = self.bed.addresses.private_of(eip.instance_id)
+            new.outputs = {**inputs, "publicIp": eip.public_ip, "privateIpAddress": private}
         else:
             new.id = self._id_for(type_, new.name)
             new.outputs = {**new.inputs, **self._computed(type_, new.name, new, None)}
@@ -101,7 +102,6 @@ class Resources:
             changed = providers.changed_keys(comparable(old.raw_inputs), comparable(new.raw_inputs))
             if changed & providers.INSTANCE_RESTART_KEYS:
                 self._restart_instance(old, new, changed)
-                new.outputs["publicIp"] = self.bed.addresses.restarted(new.id)
         elif type_ == EIP:  # only its tags change in place
             eip = self.bed.addresses.eips[old.id]
             eip.tags = dict(new.inputs.get("tags") or {})
@@ -238,6 +238,7 @@ class Resources:
         user_data = base64.b64decode(new.inputs.get("userDataBase64") or "")
         (host.dir / "up/var/lib/cloud/seed/nocloud/user-data").write_bytes(user_data)
         host.boot()
+        new.outputs["publicIp"] = self.bed.addresses.restarted(new.id)  # as EC2: a new one, unless elastic
 
     def _ec2(self, call, *args, name: str):
         """An EC2 address call; its refusal fails the step as the provider's error does."""
@@ -245,10 +246,6 @@ class Resources:
             return call(*args)
         except AddressError as error:
             raise EngineError(f"{name}: {error}") from None
-
-    def _private_of(self, instance_id: str | None) -> str:
-        found = self.find(lambda s: s.type == INSTANCE and s.id == instance_id)
-        return found.outputs.get("privateIp", "") if found else ""
 
     # -- commands ------------------------------------------------------------------------
     def _run_command(self, state: State, script: str) -> dict:

@@ -22,6 +22,7 @@ from pulumi.runtime import rpc
 from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
+from testbed.addresses import tags_match
 from testbed.sdk import drop_pending_outputs, fresh_stack, stack_exports, unwrap
 
 from agent.swarm_agent import contract
@@ -188,7 +189,8 @@ class SwarmMocks(pulumi.runtime.Mocks):
         if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
             return {"names": self.zones, "zoneIds": [f"euw1-az{i}" for i in range(len(self.zones))]}
         if args.token == "aws:ec2/getEips:getEips":
-            found = [a for a, tags in self.addresses.items() if _matches(tags, args.args)]
+            wanted, filters = args.args.get("tags") or {}, args.args.get("filters") or []
+            found = [a for a, tags in self.addresses.items() if tags_match(tags, wanted, filters)]
             return {"allocationIds": found, "publicIps": [f"203.0.113.{i + 1}" for i in range(len(found))]}
         if args.token == "aws:servicequotas/getServiceQuota:getServiceQuota":
             if self.address_quota is None:  # as a provider reports a failed call
@@ -198,16 +200,6 @@ class SwarmMocks(pulumi.runtime.Mocks):
             subnet = self.subnets[args.args["id"]]
             return {"id": args.args["id"], **subnet}
         raise NotImplementedError(f"no mock for invoke {args.token}")
-
-
-def _matches(tags: dict[str, str], args: dict) -> bool:
-    """An address's tags against getEips' `tags` (every pair) and `tag:` filters (any value)."""
-    if any(tags.get(k) != v for k, v in (args.get("tags") or {}).items()):
-        return False
-    for f in args.get("filters") or []:
-        if f["name"].startswith("tag:") and tags.get(f["name"][4:]) not in f["values"]:
-            return False
-    return True
 
 
 class RecordingMonitor(MockMonitor):
