@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import os
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from testbed.addresses import AddressError
-from testbed.bed import reap_stale_beds, sh, wait_until
+from testbed.bed import BED_REGION, ECR_HOST, reap_stale_beds, sh, wait_until
 from testbed.host import cgroup_left
 
 pytestmark = pytest.mark.e2e
@@ -80,6 +81,66 @@ def test_public_addresses_are_not_the_private_ones_and_lead_only_where_ec2s_woul
         addresses.terminated("i-addressed")
         bed.wipe_host(host.key)
     assert not [r for r in addresses._routes.values() if r == host.ip]
+
+
+def ecr_password(host, endpoint: str) -> str:
+    """What a node's agent does: ask ECR for a token with the AWS CLI (the instance role's
+    credentials come from the metadata service) and decode its password."""
+    ask = ["aws", "ecr", "get-authorization-token", "--region", BED_REGION, "--endpoint-url", endpoint]
+    data = json.loads(host.run([*ask, "--output", "json"]).stdout)["authorizationData"][0]
+    # Taken apart before any assertion: pytest would print the token with the dictionary.
+    proxy_endpoint, token = data["proxyEndpoint"], data["authorizationToken"]
+    assert proxy_endpoint == f"https://{ECR_HOST}"
+    user, _, password = base64.b64decode(token).decode().partition(":")
+    assert user == "AWS"
+    return password
+
+
+def docker_login(host, password: str) -> tuple[bool, str]:
+    """`docker login` with the password on stdin (never in argv): whether it worked, and
+    what Docker said (which carries no password)."""
+    login = ["docker", "login", "--username", "AWS", "--password-stdin", ECR_HOST]
+    result = host.run(login, input=password.encode(), check=False)
+    return result.returncode == 0, result.stderr.decode(errors="replace")
+
+
+def test_the_private_registry_wants_the_current_credentials_as_ecr_does(bed):
+    """Docker on a host pulls from ECR's name with its CA trusted only with the token's
+    credentials; after a rotation the old ones are refused and a new token's work."""
+    bed.ecr.push("app/private")
+    image = f"{ECR_HOST}/app/private:latest"
+    host = bed.create_host("ecr-client", str(bed.network[200 * 256 + 33]))
+    try:
+        host.wait_docker()
+        anonymous = host.run(["docker", "pull", image], check=False)
+        output = (anonymous.stdout + anonymous.stderr).decode(errors="replace")
+        pulled = anonymous.returncode == 0
+        assert not pulled, "pulled from the private registry without credentials"
+        # Refused for want of credentials, not for an untrusted certificate or a wrong address.
+        assert "no basic auth credentials" in output and "x509" not in output, output
+
+        asked = bed.ecr.token_requests
+        first = ecr_password(host, bed.ecr_endpoint)
+        is_current = first == bed.ecr.password  # compared here: an assertion would print both
+        assert is_current, "the token does not carry the registry's current password"
+        logged_in, said = docker_login(host, first)
+        assert logged_in, said
+        host.docker("pull", image)
+
+        bed.ecr.rotate()
+        host.docker("logout", ECR_HOST)
+        logged_in, _ = docker_login(host, first)
+        assert not logged_in, "the registry took the password from before the rotation"
+        second = ecr_password(host, bed.ecr_endpoint)
+        is_new = second != first
+        assert is_new, "the token after the rotation carries the old password"
+        logged_in, said = docker_login(host, second)
+        assert logged_in, said
+        host.docker("rmi", image)
+        host.docker("pull", image)  # from the registry again, with the new credentials
+        assert bed.ecr.token_requests >= asked + 2  # the two asks above (a node of another test may ask too)
+    finally:
+        bed.wipe_host(host.key)
 
 
 KILLED_RUN = """

@@ -1,7 +1,8 @@
 """The test bed: real machines for the program, on this one machine, without a cloud.
 
 A `Bed` owns a private bridge with its own /16, a moto S3 server and an instance-metadata
-stand-in on the bridge's address, and an upstream registry that plays Docker Hub. Its
+stand-in on the bridge's address, an upstream registry that plays Docker Hub, and ECR's
+stand-in (`ecr.py`: a private registry with rotating credentials and its token API). Its
 `Host`s (`host.py`) are the machines: Debian images (`image.py`) booted with real
 systemd by systemd-nspawn, each in its own network namespace on the bridge, with sshd,
 Docker behind its `docker.socket`, and cloud-init, which runs an instance's user-data
@@ -16,8 +17,6 @@ run removes what a killed run left (`reap_stale_beds`).
 from __future__ import annotations
 
 import contextlib
-import gzip
-import hashlib
 import ipaddress
 import json
 import os
@@ -32,10 +31,11 @@ from pathlib import Path
 
 from testbed import image as images
 from testbed.addresses import DEFAULT_QUOTA, PublicAddresses
-from testbed.host import BedError, Host, cgroup_left, remove_cgroups, sh, taken_networks, wait_until
+from testbed.ecr import ECR_HOST, REGISTRY_PID, Ecr, push_image
+from testbed.host import BedError, Host, Surroundings, cgroup_left, remove_cgroups, sh, taken_networks, wait_until
 from testbed.image import HOST_PATH, LOCAL_BUSYBOX, Image
 
-__all__ = ["BED_REGION", "LOCAL_BUSYBOX", "UPSTREAM_PORT", "Bed", "BedError", "Host", "sh", "wait_until"]
+__all__ = ["BED_REGION", "ECR_HOST", "LOCAL_BUSYBOX", "UPSTREAM_PORT", "Bed", "BedError", "Host", "sh", "wait_until"]
 
 S3_PORT = 9000
 UPSTREAM_PORT = 5001
@@ -92,7 +92,7 @@ def _free_network() -> ipaddress.IPv4Network:
 
 
 class Bed:
-    """The bridge, S3, IMDS, the upstream registry and the hosts of one test run."""
+    """The bridge, S3, IMDS, the upstream registry, ECR and the hosts of one test run."""
 
     imds_port = IMDS_PORT
 
@@ -121,6 +121,7 @@ class Bed:
         self._undo: list = []  # what close() does, newest first
         self.upstream: subprocess.Popen | None = None
         self.imds = None  # the metadata stand-in (testbed/imds.py), once started
+        self.ecr: Ecr | None = None  # ECR's stand-in, once started
         self.newest_ami = "ami-0bed0bed0bed0bed0"  # what SSM says is the newest AL2023 AMI
         self.addresses = PublicAddresses(self.bridge, lambda message: self.log(message), address_quota)
         self.log = log or (lambda message: None)
@@ -163,6 +164,7 @@ class Bed:
         (self.root / "busybox.tar").write_bytes(images.busybox_tar())
         self._start_upstream()
         self.push_upstream()
+        self._start_ecr()
         self.log(f"bed {self.run_id}: {self.network} on {self.bridge}, ready in {time.monotonic() - started:.1f}s")
         return self
 
@@ -212,15 +214,25 @@ class Bed:
     def upstream_url(self) -> str:
         return f"http://{self.gateway}:{UPSTREAM_PORT}"
 
+    @property
+    def ecr_endpoint(self) -> str:
+        """ECR's API (GetAuthorizationToken), for `aws ecr --endpoint-url`."""
+        return self.ecr.api_url
+
+    def surroundings(self) -> Surroundings:
+        """What each host finds around it as on EC2 (host.Site): ECR's name and CA."""
+        return self.ecr.surroundings() if self.ecr is not None else Surroundings()
+
     def program_config(self, managers: int, workers: int, vpc_cidr: str | None = None) -> dict:
         """The program's config for a stack on this bed: its VPC is the bed's network (or a
-        part of it), S3 is moto, the mirror's upstream is the bed's registry."""
+        part of it), S3 is moto, the mirror's upstream is the bed's registry, ECR its stand-in."""
         return {
             "aws:region": BED_REGION,
             "swarm:sshAllowedCidrs": [str(self.network)],
             "swarm:vpcCidr": vpc_cidr or str(self.network),
             "swarm:s3Endpoint": self.s3_endpoint,
             "swarm:mirrorUpstream": self.upstream_url,
+            "swarm:ecrEndpoint": self.ecr_endpoint,
             # The images hold registry:2 imported from Debian's binary: no Docker Hub digest.
             "swarm:mirrorImage": "registry:2",
             "swarm:managerCount": managers,
@@ -265,6 +277,11 @@ class Bed:
         self.start_upstream()
         self._undo.append(self.stop_upstream)
 
+    def _start_ecr(self) -> None:
+        self.ecr = Ecr(self.root, self.gateway)
+        self._undo.append(self.ecr.close)  # before start: a start that fails halfway stops what runs
+        self.ecr.start()
+
     def start_upstream(self) -> None:
         if self.upstream is not None and self.upstream.poll() is None:
             return
@@ -292,47 +309,7 @@ class Bed:
         raw = (self.root / "busybox.tar").read_bytes()
         if extra:
             raw = images.with_file(raw, "bench-payload", extra)
-        layer = gzip.compress(raw, mtime=0)
-        arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
-        config = json.dumps(
-            {
-                "architecture": arch,
-                "os": "linux",
-                "config": {"Cmd": ["sh"]},
-                "rootfs": {"type": "layers", "diff_ids": [_digest(raw)]},
-            }
-        ).encode()
-        base = f"{self.upstream_url}/v2/{repository}"
-        for blob in (layer, config):
-            with _request("POST", f"{base}/blobs/uploads/") as response:
-                location = response.headers["Location"]
-            location = location if location.startswith("http") else self.upstream_url + location
-            separator = "&" if "?" in location else "?"
-            # The content type matters: with urllib's form default the registry parses the body as a form.
-            octets = {"Content-Type": "application/octet-stream"}
-            with _request("PUT", f"{location}{separator}digest={_digest(blob)}", blob, octets):
-                pass
-        manifest = json.dumps(
-            {
-                "schemaVersion": 2,
-                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-                "config": {
-                    "mediaType": "application/vnd.docker.container.image.v1+json",
-                    "size": len(config),
-                    "digest": _digest(config),
-                },
-                "layers": [
-                    {
-                        "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
-                        "size": len(layer),
-                        "digest": _digest(layer),
-                    }
-                ],
-            }
-        ).encode()
-        headers = {"Content-Type": "application/vnd.docker.distribution.manifest.v2+json"}
-        with _request("PUT", f"{base}/manifests/latest", manifest, headers):
-            pass
+        push_image(self.upstream_url, repository, raw)
 
     # -- hosts -------------------------------------------------------------------------
     def create_host(
@@ -425,10 +402,11 @@ def reap_stale_beds(base: Path, log=print) -> None:
     for run_id, root in runs.items():
         log(f"removing what the killed bed run {run_id} left behind")
         if root is not None:
-            with contextlib.suppress(ValueError, OSError):
-                pid = int((root / "upstream.pid").read_text())
-                if _alive(pid) and "docker-registry" in Path(f"/proc/{pid}/cmdline").read_text():
-                    os.kill(pid, 9)
+            for pid_file in ("upstream.pid", REGISTRY_PID):
+                with contextlib.suppress(ValueError, OSError):
+                    pid = int((root / pid_file).read_text())
+                    if _alive(pid) and "docker-registry" in Path(f"/proc/{pid}/cmdline").read_text():
+                        os.kill(pid, 9)
         for netns in sh("ip", "netns", "list", check=False).split():
             if netns.startswith(f"swarmbed-{run_id}-"):
                 # PID 1 of a machine is among them: its whole PID namespace dies with it.
@@ -453,15 +431,6 @@ def reap_stale_beds(base: Path, log=print) -> None:
 def _reap_cgroups(run_id: str) -> bool:
     remove_cgroups(f"swarmbed-{run_id}-*")
     return not cgroup_left(f"swarmbed-{run_id}-*")
-
-
-def _digest(blob: bytes) -> str:
-    return "sha256:" + hashlib.sha256(blob).hexdigest()
-
-
-def _request(method: str, url: str, data: bytes | None = None, headers: dict | None = None):
-    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})  # noqa: S310 - bed-local
-    return urllib.request.urlopen(request, timeout=30)  # noqa: S310 - bed-local URLs only
 
 
 def _http_ok(url: str) -> bool:

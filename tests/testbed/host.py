@@ -25,6 +25,8 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -36,6 +38,16 @@ NSPAWN_RUN = Path("/run/systemd/nspawn")  # nspawn's own directory; a tmpfs per 
 
 class BedError(RuntimeError):
     """The bed itself could not do what was asked (not a failure of the program)."""
+
+
+@dataclass(frozen=True)
+class Surroundings:
+    """What an EC2 instance finds around it that the bed must put on each machine: names
+    AWS's DNS would resolve (lines of /etc/hosts: the bed has no DNS) and files, such as
+    the CA certificates by which it trusts AWS's endpoints (path in the machine: text)."""
+
+    hosts: tuple[str, ...] = ()
+    files: Mapping[str, str] = field(default_factory=dict)
 
 
 class Site(Protocol):
@@ -50,6 +62,8 @@ class Site(Protocol):
 
     @property
     def prefixlen(self) -> int: ...
+
+    def surroundings(self) -> Surroundings: ...
 
 
 def sh(*args: str, check: bool = True, input: bytes | None = None, timeout: float = 120) -> str:
@@ -175,6 +189,9 @@ class Host:
             imds_port = 0
             prefixlen = 32
 
+            def surroundings(self) -> Surroundings:
+                return Surroundings()  # an image is built with no bed, and must not depend on one
+
         site = _Alone()
         site.root = root
         return cls(site, name, name, None, 0, image, imds=False)
@@ -198,7 +215,11 @@ class Host:
         up = self.dir / "up"
         hostname = (meta_data or {}).get("local-hostname") or self.name
         _write(up / "etc/hostname", f"{hostname}\n")
-        _write(up / "etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {hostname}\n")
+        surroundings = self.site.surroundings()
+        names = "".join(f"{line}\n" for line in surroundings.hosts)
+        _write(up / "etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {hostname}\n{names}")
+        for path, text in surroundings.files.items():
+            _write(up / path.lstrip("/"), text)
         if self.ip is None:
             # No link to wait for: network-online would wait out its two minutes.
             mask = up / "etc/systemd/system/systemd-networkd-wait-online.service"
