@@ -68,6 +68,8 @@ def _verbs(sub) -> None:
     verb("leave", "membership:leave", "leave the swarm and remove what this swarm put here")
     p = verb("mirror-deploy", "mirror:mirror_deploy", "deploy the registry mirror stack (stdin: its files)", 180)
     p.add_argument("--image", default="registry:2")
+    p = verb("registry-auth", "registry_auth:registry_auth", "fresh ECR credentials in the services on ECR")
+    p.add_argument("--now", action="store_true", help="on this manager, leader or not (Pulumi's morning step)")
     verb("cleanup-images", "ready:cleanup_images", "prune unused images older than 24h (swarm.keep spared)")
     p = verb("docker-service", "ready:docker_service", "start | stop | restart | enable dockerd and its socket")
     p.add_argument("action", choices=("start", "stop", "restart", "enable"))

@@ -11,7 +11,7 @@ what arrives is byte for byte the repository's agent/), moves it to
 /usr/local/lib/swarm/releases/<digest>, points /usr/local/lib/swarm/current at it with
 one rename (a verb running meanwhile finishes on the release it started from), links
 swarm-node, swarm-keytool, the shell aliases and the completion to `current`, installs
-the image-cleanup timer, and removes every other release and what an older agent left
+the image-cleanup and registry-refresh timers, and removes every other release and what an older agent left
 (the bash agent kept its files directly in /usr/local/lib/swarm): a module removed from
 the repository is gone from the node. Nothing here restarts dockerd or touches the swarm.
 
@@ -34,10 +34,13 @@ LINKS = {  # where -> what, relative to the current release
     "/etc/profile.d/swarm-aliases.sh": "shell/swarm-aliases.sh",
     "/usr/share/bash-completion/completions/swarm-node": "shell/swarm-node.bash-completion",
 }
-UNITS = ("swarm-image-cleanup.service", "swarm-image-cleanup.timer")
+TIMERS = ("swarm-image-cleanup.timer", "swarm-registry-auth.timer")
+UNITS = (*(t.replace(".timer", ".service") for t in TIMERS), *TIMERS)
 UNIT_DIR = "/etc/systemd/system"
 SYSTEMD_RUN = "/run/systemd/system"  # exists when systemd is PID 1
 CRON_JOB = "/etc/cron.daily/swarm-image-cleanup"
+# cron has no "every 4 hours from boot": the registry refresh runs at fixed hours instead.
+CRON_REFRESH = "/etc/cron.d/swarm-registry-auth"
 SKIPPED = ("__pycache__",)
 
 
@@ -113,7 +116,8 @@ def _clean(release: str) -> list[str]:
 
 
 def _units(current: str) -> str:
-    """The daily image cleanup: a systemd timer, or cron where there is no systemd."""
+    """The daily image cleanup and the 4-hourly registry refresh: systemd timers, or cron
+    where there is no systemd."""
     if os.path.isdir(SYSTEMD_RUN) and shutil.which("systemctl"):
         written = [unit for unit in UNITS if _write_unit(os.path.join(current, "units", unit))]
         # One reload, and only when a unit file changed: `enable` without --no-reload
@@ -122,13 +126,15 @@ def _units(current: str) -> str:
         # are idempotent and cheap (the timer is running from an earlier install or not).
         if written:
             subprocess.run(["systemctl", "daemon-reload"], check=True, timeout=120)
-        timer = "swarm-image-cleanup.timer"
-        subprocess.run(["systemctl", "enable", "--no-reload", "--now", timer], check=True, timeout=120)
-        return "timer" + (f" ({', '.join(written)} written)" if written else "")
+        subprocess.run(["systemctl", "enable", "--no-reload", "--now", *TIMERS], check=True, timeout=120)
+        return "timers" + (f" ({', '.join(written)} written)" if written else "")
     if os.path.isdir(os.path.dirname(CRON_JOB)):
         with open(CRON_JOB, "w") as job:
             job.write("#!/bin/sh\nexec /usr/local/sbin/swarm-node cleanup-images\n")
         os.chmod(CRON_JOB, 0o755)  # noqa: S103 - a root-owned cron job
+        if os.path.isdir(os.path.dirname(CRON_REFRESH)):
+            with open(CRON_REFRESH, "w") as job:
+                job.write("17 */4 * * * root /usr/local/sbin/swarm-node registry-auth\n")
         return "cron"
     return "none (no systemd, no /etc/cron.daily)"
 
@@ -173,5 +179,5 @@ if __name__ == "__main__":
     try:
         print(install(sys.argv[1], sys.argv[2]))
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as failed:
-        # The release is in place and current; only the cleanup timer is not.
+        # The release is in place and current; only the timers are not.
         raise SystemExit(f"install: {' '.join(failed.cmd)} failed ({failed}); the agent is installed") from None

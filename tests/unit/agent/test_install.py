@@ -26,6 +26,8 @@ def node(tmp_path, monkeypatch):
     monkeypatch.setattr(install, "SYSTEMD_RUN", str(tmp_path / "run/systemd/system"))
     (tmp_path / "etc/cron.daily").mkdir(parents=True)
     monkeypatch.setattr(install, "CRON_JOB", str(tmp_path / "etc/cron.daily/swarm-image-cleanup"))
+    (tmp_path / "etc/cron.d").mkdir(parents=True)
+    monkeypatch.setattr(install, "CRON_REFRESH", str(tmp_path / "etc/cron.d/swarm-registry-auth"))
     monkeypatch.setattr(install.os, "chown", lambda *args: None)  # the tests need not be root
     return base
 
@@ -47,6 +49,9 @@ def test_a_release_is_installed_switched_to_and_linked(node, tmp_path):
         node / "releases" / digest[:16] / "swarm-node"
     )
     assert (tmp_path / "etc/cron.daily/swarm-image-cleanup").read_text().endswith("swarm-node cleanup-images\n")
+    # Without systemd the registry refresh still runs every 4 hours, as root.
+    refresh = (tmp_path / "etc/cron.d/swarm-registry-auth").read_text()
+    assert refresh == "17 */4 * * * root /usr/local/sbin/swarm-node registry-auth\n"
     assert f"{digest[:16]} is current (was none)" in report
 
 
@@ -107,12 +112,13 @@ def systemd_node(node, tmp_path, monkeypatch):
     return fakes
 
 
-def test_the_timer_costs_one_reload_when_its_units_change_and_none_after(systemd_node, tmp_path):
+def test_the_timers_cost_one_reload_when_their_units_change_and_none_after(systemd_node, tmp_path):
     digest = install.tree_digest(str(AGENT))
     report = install.install(str(unpacked(tmp_path, "first")), digest)
-    enable = ["enable", "--no-reload", "--now", "swarm-image-cleanup.timer"]
+    enable = ["enable", "--no-reload", "--now", "swarm-image-cleanup.timer", "swarm-registry-auth.timer"]
     assert systemd_node.argvs("systemctl") == [["daemon-reload"], enable]
-    assert "cleanup timer (swarm-image-cleanup.service, swarm-image-cleanup.timer written)" in report
+    written = ", ".join(install.UNITS)  # services first, then their timers
+    assert f"cleanup timers ({written} written)" in report
     for unit in install.UNITS:
         assert (tmp_path / "etc/systemd/system" / unit).read_bytes() == (AGENT / "units" / unit).read_bytes()
     # The same units again (a reinstall at a key switch): no reload, the timer kept enabled.
