@@ -84,6 +84,7 @@ class SwarmCluster(pulumi.ComponentResource):
                 backup_keep=settings.backup_keep,
                 leave_on_destroy=settings.hosts_mode,
                 autolock=settings.autolock,
+                ecr_refresh=settings.ecr_refresh,
             ),
             opts=child,
         )

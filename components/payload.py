@@ -115,6 +115,8 @@ def node_environment(settings: Settings, node: NodePlan, bucket_name: str) -> di
         "SWARM_BACKUP_TARGET": settings.backup_target,
         "SWARM_MIRROR_STORAGE": settings.mirror_storage,
         "SWARM_CONTAINERD_STORE": "true" if settings.containerd_image_store else "false",
+        "SWARM_ECR_REFRESH": "true" if settings.ecr_refresh else "false",
+        "SWARM_ECR_ENDPOINT": settings.ecr_endpoint or "",
     }
 
 

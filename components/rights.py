@@ -14,6 +14,11 @@ Each right is scoped to the stack's own resources: the bucket's `swarm/<stack>/`
 (the mirror: its `mirror/` part of it), or the bucket itself where S3 only offers
 bucket-level actions (listing, conditioned on the prefix; its location and multipart
 uploads, which the registry's S3 driver asks for).
+
+The ECR rights (with swarm:ecrRefresh) are pull only, on this account's repositories in
+the stack's region; `ecr:GetAuthorizationToken` has no resource to scope to (AWS takes
+only `*` for it). The token it returns can do no more than the role may: a stolen one
+pulls images for 12 hours, and pushes or deletes nothing. No backup is reachable with it.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from dataclasses import dataclass
 class Right:
     sid: str
     actions: tuple[str, ...]
-    on: str  # "bucket" | "prefix": the bucket's ARN, or the objects under the stack's prefix
+    # "bucket" | "prefix": the bucket's ARN, or the objects under the stack's prefix;
+    # "ecr-token": "*" (the only resource AWS takes); "ecr-repositories": this account's, in the region
+    on: str
     why: str  # the README table's last column
     prefix_condition: bool = False  # only for keys under the stack's prefix (s3:prefix)
     holder: str = "managers"  # "managers" (the EC2 role, own hosts' keys) | "mirror" (its key)
@@ -74,25 +81,45 @@ RIGHTS = (
         holder="mirror",
         under=MIRROR_CACHE,
     ),
+    Right(
+        "EcrCredentials",
+        ("ecr:GetAuthorizationToken",),
+        "ecr-token",
+        "registry-auth asks ECR for the credentials it puts in the services that pull from ECR",
+    ),
+    Right(
+        "EcrPullOwnRepositories",
+        ("ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"),
+        "ecr-repositories",
+        "what those credentials let every node's Docker do: pull, and nothing else",
+    ),
 )
 HOLDERS = ("managers", "mirror")
+ECR_RIGHTS = ("ecr-token", "ecr-repositories")
 
 
-def node_policy(bucket_arn: str, prefix: str, holder: str = "managers") -> str:
+def ecr_repositories(role_arn: str, region: str) -> str:
+    """arn:<partition>:ecr:<region>:<account>:repository/*, the account read off the role's ARN."""
+    partition, account = role_arn.split(":")[1], role_arn.split(":")[4]
+    return f"arn:{partition}:ecr:{region}:{account}:repository/*"
+
+
+def node_policy(bucket_arn: str, prefix: str, holder: str = "managers", ecr_repositories: str | None = None) -> str:
     """The policy of one holder (the managers' role, the mirror's key): its RIGHTS, on this
-    bucket and this stack's prefix only."""
+    bucket and this stack's prefix only; the ECR rights only given `ecr_repositories`."""
     if holder not in HOLDERS:
         raise ValueError(f"no such holder of rights: {holder!r}")
     statements = []
     for right in RIGHTS:
-        if right.holder != holder:
+        if right.holder != holder or (right.on in ECR_RIGHTS and not ecr_repositories):
             continue
         scope = prefix + right.under
+        resource = {"bucket": bucket_arn, "ecr-token": "*", "ecr-repositories": ecr_repositories}
         statement = {
             "Sid": right.sid,
             "Effect": "Allow",
             "Action": list(right.actions),
-            "Resource": [bucket_arn if right.on == "bucket" else f"{bucket_arn}/{scope}*"],
+            "Resource": [resource.get(right.on) or f"{bucket_arn}/{scope}*"],
         }
         if right.prefix_condition:
             statement["Condition"] = {"StringLike": {"s3:prefix": [scope, f"{scope}*"]}}

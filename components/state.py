@@ -17,7 +17,7 @@ import json
 import pulumi
 import pulumi_aws as aws
 
-from components.rights import node_policy
+from components.rights import ecr_repositories, node_policy
 from components.settings import Settings
 
 
@@ -133,7 +133,13 @@ class NodeRole(pulumi.ComponentResource):
         policy = aws.iam.RolePolicy(
             f"{name}-state-access",
             role=role.id,
-            policy=pulumi.Output.from_input(bucket_arn).apply(lambda arn: node_policy(arn, settings.state_prefix)),
+            policy=pulumi.Output.all(bucket_arn, role.arn).apply(
+                lambda arns: node_policy(
+                    arns[0],
+                    settings.state_prefix,
+                    ecr_repositories=ecr_repositories(arns[1], settings.region) if settings.ecr_refresh else None,
+                )
+            ),
             opts=pulumi.ResourceOptions(parent=role),
         )
         profile = aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=settings.tags, opts=child)

@@ -8,6 +8,7 @@ in this order:
     ready (every node: user-data waited for, the agent installed, Docker waited for)
     -> probe (the other managers) -> [stage: a local backup pushed]
     -> bootstrap (manager 0: nothing | join the live swarm | restore | init) -> tokens
+       [and beside them: registry-auth, fresh ECR credentials in the services]
     -> manager joins, one at a time -> worker joins, in parallel -> reconcile
     -> teardown marker -> backup
 
@@ -148,6 +149,8 @@ class SwarmFormationArgs:
     leave_on_destroy: bool = False
     # swarm:autolock: managers restart locked; the unlock key is exported (secret).
     autolock: bool = False
+    # swarm:ecrRefresh: fresh ECR credentials in the services right after each bootstrap.
+    ecr_refresh: bool = False
 
 
 class SwarmFormation(pulumi.ComponentResource):
@@ -177,6 +180,13 @@ class SwarmFormation(pulumi.ComponentResource):
         self.known_hosts = self._host_keys()
         self.bootstrap = self._bootstrap(name, ready)
         self.bootstrap_result = self.bootstrap.stdout.apply(_bootstrap_result)
+        if args.ecr_refresh:
+            # Each morning the restored services hold last night's expired ECR credentials:
+            # refreshed as soon as the swarm is back, beside the joins, so the tasks that
+            # cannot pull yet are replaced by ones that can (agent/swarm_agent/registry_auth.py).
+            self._command(
+                f"{name}-registry-auth", leader, create=node_cli("registry-auth", "--now"), depends_on=[self.bootstrap]
+            )
 
         tokens = self._command(
             f"{name}-tokens",

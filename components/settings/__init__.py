@@ -93,6 +93,7 @@ def load_settings(
     backups = read_backups(r, config, stack, hosts_mode, backup_target)
     tags = r.string_map("tags", "platform")
     network = read_network(r)
+    ecr_refresh = _ecr_refresh(r, mirror.ecr_refresh, hosts_mode, backup_target)
 
     cluster_name = f"swarm-{_sanitize(stack)}"
     managers, workers = machines.managers, machines.workers
@@ -141,6 +142,8 @@ def load_settings(
         mirror_image=mirror.image,
         s3_endpoint=mirror.s3_endpoint,
         containerd_image_store=mirror.containerd_store,
+        ecr_refresh=ecr_refresh,
+        ecr_endpoint=mirror.ecr_endpoint,
         backup_on_destroy=backups.on_destroy,
         backup_retention_days=backups.retention_days,
         backup_keep=backups.keep,
@@ -159,6 +162,19 @@ def load_settings(
         mirror_s3_secret_access_key=backups.mirror_secret_access_key,
         autolock=backups.autolock,
     )
+
+
+def _ecr_refresh(r: Reader, wanted: bool | None, hosts_mode: bool, backup_target: str) -> bool:
+    """On EC2 the managers' role holds the ECR rights; machines you bring, only with the
+    S3 keys of backupTarget s3 (give those keys the same rights: README, Rights)."""
+    has_keys = not hosts_mode or backup_target == "s3"
+    if wanted and not has_keys:
+        r.problem(
+            "ecrRefresh",
+            f"needs AWS credentials on the managers; with swarm:hosts and backupTarget {backup_target} they have none",
+            "false",
+        )
+    return has_keys if wanted is None else wanted and has_keys
 
 
 def _read_region(r: Reader, hosts_mode: bool, backup_target: str) -> str | None:

@@ -72,7 +72,7 @@ KNOWN_KEYS = frozenset(
         *DEFAULTS,
         *("instanceType", "sshAllowedCidrs", "sshPublicKey", "sshPrivateKey", "amiId", "vpcId", "subnetIds"),
         *("stateBucketName", "existingStateBucket", "s3Endpoint", "s3AccessKeyId", "s3SecretAccessKey"),
-        *("mirrorS3AccessKeyId", "mirrorS3SecretAccessKey"),
+        *("mirrorS3AccessKeyId", "mirrorS3SecretAccessKey", "ecrEndpoint", "ecrRefresh"),
         *("tags", "hosts"),
     ]
 )
@@ -182,6 +182,8 @@ class Settings:
     mirror_s3_secret_access_key: pulumi.Output[str] | None = None
     autolock: bool = False  # swarm:autolock: the managers' keys at rest need the unlock key
     containerd_image_store: bool = False  # swarm:containerdImageStore
+    ecr_refresh: bool = False  # swarm:ecrRefresh, where the nodes hold AWS rights to use it
+    ecr_endpoint: str | None = None  # swarm:ecrEndpoint
 
     @property
     def mirror_storage(self) -> str:
@@ -261,7 +263,7 @@ class Reader:
         if text in ("true", "false"):
             return text == "true"
         self.problem(key, f"must be true or false (got {raw!r})", "true")
-        return DEFAULTS[key]
+        return DEFAULTS.get(key, False)
 
     def string(self, key: str) -> str | None:
         raw = self.raw(key)

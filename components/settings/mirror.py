@@ -1,5 +1,6 @@
 """The registry pull-through mirror on the managers, the S3 endpoint it and the node
-scripts use, and which image store the nodes' Docker keeps pulled images in.
+scripts use, which image store the nodes' Docker keeps pulled images in, and the refresh
+of ECR's credentials in the services (agent/swarm_agent/registry_auth.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ class Mirror:
     # fresh installs: written either way into daemon.json, so every morning's engine keeps
     # images in the store the stack chose, whatever its release defaults to.
     containerd_store: bool
+    # Fresh ECR credentials in the services on this account's ECR: after each bootstrap and
+    # every 4 hours. None: not set (on by default wherever the nodes hold AWS rights).
+    ecr_refresh: bool | None
+    ecr_endpoint: str | None  # the ECR API's URL, when not AWS's own (the test bed's stand-in)
 
 
 def read_mirror(r: Reader) -> Mirror:
@@ -46,4 +51,13 @@ def read_mirror(r: Reader) -> Mirror:
     image = r.string("mirrorImage") or DEFAULTS["mirrorImage"]
     if not _IMAGE.match(image):
         r.problem("mirrorImage", f"is not an image reference (got {image!r})", DEFAULTS["mirrorImage"])
-    return Mirror(enabled, port, upstream, s3_endpoint, image, r.boolean("containerdImageStore"))
+    ecr_endpoint = r.string("ecrEndpoint")
+    if ecr_endpoint and not _URL.match(ecr_endpoint):
+        r.problem(
+            "ecrEndpoint", f"must be an http(s) URL (got {ecr_endpoint!r})", "https://api.ecr.eu-west-1.amazonaws.com"
+        )
+    # Pulumi.yaml declares it empty: unset means "wherever the nodes hold AWS rights".
+    ecr_refresh = r.boolean("ecrRefresh") if str(r.raw("ecrRefresh") or "").strip() else None
+    return Mirror(
+        enabled, port, upstream, s3_endpoint, image, r.boolean("containerdImageStore"), ecr_refresh, ecr_endpoint
+    )

@@ -15,7 +15,7 @@ import time
 
 import pytest
 from testbed import verify
-from testbed.bed import LOCAL_BUSYBOX, wait_until
+from testbed.bed import ECR_HOST, LOCAL_BUSYBOX, wait_until
 from testbed.engine import Engine, EngineError, files_under, scan_for
 from testbed.image import image_archive
 from testbed.screens import ROOT, ROOT_ARTIFACTS, screenshot, terminal_screen
@@ -28,6 +28,9 @@ pytestmark = pytest.mark.e2e
 STACK = "bed"
 PREFIX = f"swarm/{STACK}/"
 SEEN_SECRETS: set[str] = set()  # every token and key the stack exported, for the last scenario
+PRIVATE = "private-svc"  # a service on ECR's stand-in, made with --with-registry-auth on day one
+PRIVATE_IMAGE = f"{ECR_HOST}/app/private:latest"
+APP_TEAM_CONFIG = "/run/app-team-docker"  # the app team's docker login, on manager 0 (memory only)
 
 
 @pytest.fixture(scope="module")
@@ -196,9 +199,35 @@ def test_image_cleanup_timer_fires_and_spares_kept_and_recent_images(engine):
     assert "Daemon has completed initialization" in docker_log
 
 
+def create_private_service(bed, leader) -> None:
+    """As an app team does it: log in to ECR with today's credentials, then create the
+    service with --with-registry-auth (the credentials go into its spec, in Raft), at most
+    one task per node, so a scale-up lands on nodes that never pulled the image."""
+    bed.ecr.push("app/private")
+    SEEN_SECRETS.add(bed.ecr.password)
+    login = f"mkdir -m 700 -p {APP_TEAM_CONFIG} && docker --config {APP_TEAM_CONFIG} login -u AWS --password-stdin"
+    login += f" {ECR_HOST}"
+    leader.run(login, input=bed.ecr.password.encode())
+    try:
+        leader.docker(
+            "--config", APP_TEAM_CONFIG, "service", "create", "--detach", "--quiet", "--name", PRIVATE,
+            "--with-registry-auth", "--replicas", "2", "--replicas-max-per-node", "1", PRIVATE_IMAGE, "sleep", "86400",
+        )  # fmt: skip
+    finally:
+        leader.run(["rm", "-rf", APP_TEAM_CONFIG])
+    wait_service(leader, PRIVATE, 2, timeout=180)
+
+
+def rotate_ecr(bed) -> None:
+    """ECR's credentials expire: the registry refuses yesterday's from now on."""
+    bed.ecr.rotate()
+    SEEN_SECRETS.add(bed.ecr.password)
+
+
 # -- 3. Night and next morning -------------------------------------------------------------
 def test_night_then_next_morning_restores_everything(engine, days, bed):
     leader = engine.host_of("manager-0")
+    create_private_service(bed, leader)
     leader.run(["docker", "secret", "create", "day1-secret", "-"], input=b"day-one-value")
     leader.run(["docker", "config", "create", "day1-config", "-"], input=b"greeting: hello\n")
     leader.docker(
@@ -211,6 +240,8 @@ def test_night_then_next_morning_restores_everything(engine, days, bed):
 
     machines = sorted(s.host for s in engine.state.values() if s.host)
     engine.destroy()
+    rotate_ecr(bed)  # overnight, as ECR's 12 hours run out
+    asked = bed.ecr.token_requests
     assert len(machines) == 5 and not set(machines) & set(bed.hosts), f"hosts left after destroy: {list(bed.hosts)}"
     bucket = bucket_of(engine)
     key, want = read(bed, bucket, f"{PREFIX}backups/latest").decode().split()
@@ -232,6 +263,50 @@ def test_night_then_next_morning_restores_everything(engine, days, bed):
     assert "day1-config" in leader.docker("config", "ls", "--format", "{{.Name}}").split()
     wait_service(leader, "day1-svc", 2, timeout=180)
     assert verify.secret_in_task(engine, STACK, "day1-svc", "day1-secret") == "day-one-value"
+    # The private service's replicas run on machines that never had its image, pulled with
+    # the credentials registry-auth asked ECR for after the bootstrap, not yesterday's.
+    wait_service(leader, PRIVATE, 2, timeout=240)
+    assert bed.ecr.token_requests > asked
+    (refresh,) = [st for st in engine.state.values() if st.name.endswith("-registry-auth")]
+    assert f"registry-auth: 1 of 1 services on {ECR_HOST}" in refresh.outputs["stdout"], refresh.outputs
+
+
+def private_tasks(leader) -> list[str]:
+    """'<state> <error>' of each task of the private service that should be running."""
+    shape = "{{.DesiredState}}|{{.CurrentState}}|{{.Error}}"
+    out = leader.docker("service", "ps", PRIVATE, "--no-trunc", "--format", shape)
+    return out.splitlines()
+
+
+def test_credentials_that_expire_by_day_are_refreshed_by_the_leader_s_timer(engine, bed):
+    """13 hours after the service was made: a new task pulls with the credentials in the
+    spec. Without the refresh it cannot (the control); the timer's unit refreshes, and the
+    failed task and a scale-up both pull. The running tasks are not restarted."""
+    leader = engine.host_of("manager-0")
+    timer = "swarm-registry-auth.timer"
+    assert leader.run(["systemctl", "is-active", timer]).stdout.decode().strip() == "active"
+    schedule = leader.run(["systemctl", "show", timer, "-p", "TimersMonotonic", "--value"]).stdout.decode()
+    assert "OnBootUSec=4h" in schedule and "OnUnitActiveUSec=4h" in schedule, schedule
+    running = set(leader.docker("service", "ps", PRIVATE, "-q", "--filter", "desired-state=running").split())
+    rotate_ecr(bed)
+    leader.docker("service", "scale", "--detach", f"{PRIVATE}=3")
+
+    def refused() -> bool:
+        return any("unauthorized" in t or "no basic auth" in t or "authentication required" in t
+                   for t in private_tasks(leader))  # fmt: skip
+
+    wait_until("the third task to fail its pull with the expired credentials", refused, 120)
+    managers = [engine.host_of(f"manager-{i}") for i in range(3)]
+    for manager in managers:  # only the leader acts; the others say so
+        manager.run(["systemctl", "start", "swarm-registry-auth.service"], timeout=180)
+    said = "".join(m.run(["journalctl", "-u", "swarm-registry-auth.service", "--no-pager"]).stdout.decode()
+                   for m in managers)  # fmt: skip
+    assert said.count("services on") == 1 and said.count("not the leader") == 2, said
+    wait_service(leader, PRIVATE, 3, timeout=180)
+    leader.docker("service", "scale", "--detach", f"{PRIVATE}=4")
+    wait_service(leader, PRIVATE, 4, timeout=180)
+    still = set(leader.docker("service", "ps", PRIVATE, "-q", "--filter", "desired-state=running").split())
+    assert running <= still, "a refresh restarted a running task"
 
 
 def test_the_same_doors_the_next_morning_and_yesterdays_context_still_works(days, client):

@@ -35,6 +35,7 @@ SWARM_LIB = "/usr/local/lib/swarm"
 # What the first `up` of the new release creates on a live stack (URN parts).
 NEW_IN_THIS_RELEASE = (
     "-store-check",
+    "-registry-auth",
     "swarm:index:MirrorKey",
     "swarm:index:ManagerAddresses",  # the component and its Elastic IPs
     "$aws:ec2/eipAssociation:EipAssociation::",
@@ -94,8 +95,8 @@ def assert_only_the_agent_changed(result, log_from: int, engine, first: bool = F
     """Only `ready` updated (it installs the agent). On the first `up` of the new release
     every command is updated too (each connection now checks the node's host key, with new
     dial limits; an update runs a command's create again, and each verb finds its work
-    done: bootstrap `already active`, joins `already a worker`), and the morning's store
-    check is new, the role's policy may list versions, and the mirror's own key (its IAM
+    done: bootstrap `already active`, joins `already a worker`), the morning's store
+    check and ECR refresh are new, the role's policy may list versions, and the mirror's own key (its IAM
     user, policy and access key) is new, with which the mirror redeploys behind the bridge
     (its deploy replaced: its stack files changed), and so are the managers' Elastic IPs,
     their associations with the running machines (each manager's public address changes

@@ -111,8 +111,8 @@ def test_an_unsigned_restore_is_asked_for_by_its_own_setting_and_for_the_named_b
 def test_no_secret_in_any_command_string(run):
     commands = run.commands()
     # ready (which installs the agent) and retire per node, probes, backup keys,
-    # bootstrap, tokens, joins, reconcile, teardown, backup, mirror, the store's round trip
-    assert len(commands) == 6 + 6 + 2 + 3 + 1 + 1 + 5 + 1 + 1 + 1 + 1 + 1
+    # bootstrap, tokens, joins, reconcile, teardown, backup, mirror, the store's round trip, registry-auth
+    assert len(commands) == 6 + 6 + 2 + 3 + 1 + 1 + 5 + 1 + 1 + 1 + 1 + 1 + 1
     leaking = [c.name for c in commands for verb in ("create", "update", "delete") if leaks(c.inputs.get(verb))]
     assert leaking == []
 

@@ -32,18 +32,18 @@ def counts(run) -> Counter:
         # ready (which installs the agent) and retire per node (a lone manager has none:
         # nobody stays to do it; it hands itself over) + probe per other manager + backup
         # keys per manager + bootstrap + tokens + joins + reconcile + teardown marker +
-        # backup + mirror + the store's round trip
-        ({}, 3, 2, 1, 3, 5 + 5 + 2 + 3 + 1 + 1 + 4 + 1 + 1 + 1 + 1 + 1),
-        ({"managerCount": 1, "workerCount": 0}, 1, 0, 1, 3, 1 + 1 + 0 + 1 + 1 + 1 + 0 + 1 + 1 + 1 + 1 + 1),
+        # backup + mirror + the store's round trip + registry-auth
+        ({}, 3, 2, 1, 3, 5 + 5 + 2 + 3 + 1 + 1 + 4 + 1 + 1 + 1 + 1 + 1 + 1),
+        ({"managerCount": 1, "workerCount": 0}, 1, 0, 1, 3, 1 + 1 + 0 + 1 + 1 + 1 + 0 + 1 + 1 + 1 + 1 + 1 + 1),
         (
             {"managerCount": 5, "workerCount": 7, "azCount": 2},
             5,
             7,
             1,
             2,
-            12 + 12 + 4 + 5 + 1 + 1 + 11 + 1 + 1 + 1 + 1 + 1,
+            12 + 12 + 4 + 5 + 1 + 1 + 11 + 1 + 1 + 1 + 1 + 1 + 1,
         ),
-        ({"mirror": False, "backupOnDestroy": False}, 3, 2, 1, 3, 5 + 5 + 2 + 3 + 1 + 1 + 4 + 1 + 1 + 1 + 1),
+        ({"mirror": False, "backupOnDestroy": False}, 3, 2, 1, 3, 5 + 5 + 2 + 3 + 1 + 1 + 4 + 1 + 1 + 1 + 1 + 1),
     ],
     ids=["default", "single-manager", "5+7-over-2-azs", "no-mirror-no-backup"],
 )
@@ -192,10 +192,15 @@ def test_node_policy_is_scoped_to_the_bucket_and_stack_prefix(default_run):
     (policy_resource,) = default_run.of_type("aws:iam/rolePolicy:RolePolicy")
     policy = json.loads(policy_resource.inputs["policy"])
     bucket_arn = "arn:aws:s3:::swarm-dev-state-bucket-0a1b2c3"
+    ecr = "arn:aws:ecr:eu-west-1:123456789012:repository/*"  # the account read off the role's ARN
     for statement in policy["Statement"]:
         assert statement["Effect"] == "Allow"
         for resource in statement["Resource"]:
-            assert resource in (bucket_arn, f"{bucket_arn}/swarm/dev/*"), resource
+            if statement["Action"] == ["ecr:GetAuthorizationToken"]:
+                assert resource == "*"  # the only resource AWS takes for it
+                continue
+            assert resource in (bucket_arn, f"{bucket_arn}/swarm/dev/*", ecr), resource
+            assert (resource == ecr) == all(a.startswith("ecr:") for a in statement["Action"]), statement
         assert "*" not in statement["Action"] and "s3:*" not in statement["Action"]
         if "s3:GetObject" in statement["Action"]:
             assert statement["Resource"] == [f"{bucket_arn}/swarm/dev/*"]

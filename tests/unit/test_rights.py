@@ -8,9 +8,10 @@ import re
 
 from harness import ROOT
 
-from components.rights import HOLDERS, RIGHTS, node_policy
+from components.rights import ECR_RIGHTS, HOLDERS, RIGHTS, ecr_repositories, node_policy
 
 BUCKET_ARN = "arn:aws:s3:::swarm-dev-state-bucket-0a1b2c3"
+REPOSITORIES = "arn:aws:ecr:eu-west-1:123456789012:repository/*"
 
 
 HOLDER_CELLS = {"managers": "managers", "the mirror": "mirror"}
@@ -38,14 +39,14 @@ def test_the_readme_table_and_the_rights_module_name_the_same_rights():
 def test_each_policy_is_its_holder_s_rights_and_nothing_else():
     for holder in HOLDERS:
         rights = [r for r in RIGHTS if r.holder == holder]
-        policy = json.loads(node_policy(BUCKET_ARN, "swarm/dev/", holder))
+        policy = json.loads(node_policy(BUCKET_ARN, "swarm/dev/", holder, ecr_repositories=REPOSITORIES))
         assert rights and [s["Sid"] for s in policy["Statement"]] == [r.sid for r in rights]
         for statement, right in zip(policy["Statement"], rights, strict=True):
             assert statement["Effect"] == "Allow" and statement["Action"] == list(right.actions)
             assert not any("*" in action for action in statement["Action"])
             scope = "swarm/dev/" + right.under
-            want = BUCKET_ARN if right.on == "bucket" else f"{BUCKET_ARN}/{scope}*"
-            assert statement["Resource"] == [want]
+            want = {"bucket": BUCKET_ARN, "ecr-token": "*", "ecr-repositories": REPOSITORIES}
+            assert statement["Resource"] == [want.get(right.on, f"{BUCKET_ARN}/{scope}*")]
             condition = statement.get("Condition")
             assert (condition == {"StringLike": {"s3:prefix": [scope, f"{scope}*"]}}) == right.prefix_condition
 
@@ -79,3 +80,23 @@ def test_nothing_else_in_the_program_writes_a_policy_for_the_nodes():
     assert writers == ["components/state.py"]
     state = (ROOT / "components" / "state.py").read_text()
     assert state.count('"Effect": "Allow"') == 1 and '"Action": "sts:AssumeRole"' in state
+
+
+def test_ecr_rights_are_pull_only_on_this_account_s_repositories_and_only_when_asked_for():
+    """The token GetAuthorizationToken returns can do what the role may: pull, in this
+    region and account. Without swarm:ecrRefresh the role holds no ECR right at all."""
+    assert ecr_repositories("arn:aws:iam::123456789012:role/swarm-dev-node-role", "eu-west-1") == REPOSITORIES
+    assert ecr_repositories("arn:aws-cn:iam::210987654321:role/r", "cn-north-1") == (
+        "arn:aws-cn:ecr:cn-north-1:210987654321:repository/*"
+    )
+    policy = json.loads(node_policy(BUCKET_ARN, "swarm/dev/", ecr_repositories=REPOSITORIES))
+    ecr = [s for s in policy["Statement"] if any(a.startswith("ecr:") for a in s["Action"])]
+    assert {a for s in ecr for a in s["Action"]} == {
+        "ecr:GetAuthorizationToken", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer",
+        "ecr:BatchCheckLayerAvailability",
+    }  # fmt: skip
+    # "*" only for the one action that takes no other resource.
+    assert [s["Action"] for s in ecr if s["Resource"] == ["*"]] == [["ecr:GetAuthorizationToken"]]
+    without = json.loads(node_policy(BUCKET_ARN, "swarm/dev/"))
+    assert not [s for s in without["Statement"] if any(a.startswith("ecr:") for a in s["Action"])]
+    assert all(r.holder == "managers" for r in RIGHTS if r.on in ECR_RIGHTS)  # never the mirror's key
