@@ -8,9 +8,8 @@ in this order:
     ready (every node: user-data waited for, the agent installed, Docker waited for)
     -> probe (the other managers) -> [stage: a local backup pushed]
     -> bootstrap (manager 0: nothing | join the live swarm | restore | init) -> tokens
-       [and beside them: registry-auth, fresh ECR credentials in the services]
     -> manager joins, one at a time -> worker joins, in parallel -> reconcile
-    -> teardown marker -> backup
+    -> teardown marker -> backup -> [registry-auth: fresh ECR credentials in the services]
 
 Beside that chain, every node has a `retire` command on a manager that stays (manager 0,
 or manager 1 for manager 0 itself): its `delete` drains the node, demotes it if it is a
@@ -149,7 +148,7 @@ class SwarmFormationArgs:
     leave_on_destroy: bool = False
     # swarm:autolock: managers restart locked; the unlock key is exported (secret).
     autolock: bool = False
-    # swarm:ecrRefresh: fresh ECR credentials in the services right after each bootstrap.
+    # swarm:ecrRefresh: fresh ECR credentials in the services at the end of each formation.
     ecr_refresh: bool = False
 
 
@@ -180,13 +179,6 @@ class SwarmFormation(pulumi.ComponentResource):
         self.known_hosts = self._host_keys()
         self.bootstrap = self._bootstrap(name, ready)
         self.bootstrap_result = self.bootstrap.stdout.apply(_bootstrap_result)
-        if args.ecr_refresh:
-            # Each morning the restored services hold last night's expired ECR credentials:
-            # refreshed as soon as the swarm is back, beside the joins, so the tasks that
-            # cannot pull yet are replaced by ones that can (agent/swarm_agent/registry_auth.py).
-            self._command(
-                f"{name}-registry-auth", leader, create=node_cli("registry-auth", "--now"), depends_on=[self.bootstrap]
-            )
 
         tokens = self._command(
             f"{name}-tokens",
@@ -230,6 +222,13 @@ class SwarmFormation(pulumi.ComponentResource):
         )
 
         self._night_hooks(name)
+        if args.ecr_refresh:
+            # Each morning the restored services hold last night's expired ECR credentials;
+            # refreshed once the swarm is formed and tonight's hooks are in place, so an ECR
+            # that fails (unreachable, a right missing) fails the `up` with nothing else left
+            # undone; until then the tasks on ECR retry their pulls (registry_auth.py).
+            hooks = [self.reconcile, self.teardown, *([self.backup] if self.backup else [])]
+            self._command(f"{name}-registry-auth", leader, create=node_cli("registry-auth", "--now"), depends_on=hooks)
 
         self.register_outputs(
             {

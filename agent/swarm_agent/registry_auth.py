@@ -8,7 +8,7 @@ with credentials that expired (moby#31063, for-aws#5). This verb asks ECR for ne
 with the managers' rights (components/rights.py: pull only, this region's repositories
 of this account) and puts them in each such service's spec.
 
-Who runs it: Pulumi, on manager 0 right after every bootstrap (`--now`), and a timer on
+Who runs it: Pulumi, on manager 0 at the end of every formation (`--now`), and a timer on
 every manager every 4 hours (units/swarm-registry-auth.timer), where only the leader
 acts, so one refresh per period whatever the number of managers.
 

@@ -28,7 +28,7 @@ class Mirror:
     # fresh installs: written either way into daemon.json, so every morning's engine keeps
     # images in the store the stack chose, whatever its release defaults to.
     containerd_store: bool
-    # Fresh ECR credentials in the services on this account's ECR: after each bootstrap and
+    # Fresh ECR credentials in the services on this account's ECR: at the end of each formation and
     # every 4 hours. None: not set (on by default wherever the nodes hold AWS rights).
     ecr_refresh: bool | None
     ecr_endpoint: str | None  # the ECR API's URL, when not AWS's own (the test bed's stand-in)

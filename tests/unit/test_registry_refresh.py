@@ -1,5 +1,5 @@
 """swarm:ecrRefresh: where the nodes hold AWS rights, manager 0 refreshes the services'
-ECR credentials right after each bootstrap (and its timer every 4 hours), and the
+ECR credentials at the end of each formation (and the leader's timer every 4 hours), and the
 managers' role holds the pull rights; switched off, neither the step nor a right is there."""
 
 from __future__ import annotations
@@ -24,11 +24,13 @@ def refresh_step(run):
     return [c for c in run.commands() if c.name.endswith("-registry-auth")]
 
 
-def test_on_by_default_on_ec2_right_after_the_bootstrap_on_manager_0():
+def test_on_by_default_on_ec2_on_manager_0_once_the_swarm_and_tonight_s_hooks_are_there():
     run = run_program()
     (step,) = refresh_step(run)
     assert step.inputs["create"].endswith("swarm-node registry-auth --now")
-    assert run.depends_on(step, run.command("-bootstrap"))
+    # Last: a failing ECR fails the `up` with the formation and the backup hook done.
+    for before in ("-bootstrap", "-reconcile", "-teardown", "-backup"):
+        assert run.depends_on(step, run.command(before)), before
     # On manager 0, the bootstrap's node: each new manager 0 (each morning) runs it again.
     assert step.inputs["connection"]["host"] == run.command("-bootstrap").inputs["connection"]["host"]
     assert step.inputs["triggers"] == run.command("-bootstrap").inputs["triggers"]
