@@ -159,6 +159,8 @@ def summarize(stack: str, outputs: dict, raw: dict[str, object], now: dt.datetim
         "latestBackup": latest,
         "mirror": raw.get("mirror") if isinstance(raw.get("mirror"), dict) else None,
         "image": _image(outputs),
+        # The leader's last ECR refresh: {at, ok, said}, or None before its first.
+        "registryAuth": raw.get("registry-auth") if isinstance(raw.get("registry-auth"), dict) else None,
     }
 
 
@@ -201,6 +203,10 @@ def _render_head(view: dict, console) -> None:
     if image["ami"]:
         newer = f"  [yellow]newer: {image['newest']} (scripts/swarm adopt-ami)[/]" if image["newerExists"] else ""
         head.add_row("[bold]machine image[/]", f"{image['ami']}{newer}", "", "")
+    refresh = view["registryAuth"]
+    if refresh:
+        colour = "green" if refresh["ok"] else "red"
+        head.add_row("[bold]ECR refresh[/]", f"[{colour}]{refresh['said']}[/] ({refresh['at']})", "", "")
     console.print(Panel(head, title=f"swarm [bold]{view['stack']}[/]", subtitle=view["collectedAt"], box=box.ROUNDED))
 
 

@@ -16,5 +16,8 @@ WORK_DIR = "/var/tmp"  # noqa: S108 - each verb makes a private mkdtemp here; wh
 DOCKER_SOCKET = "/var/run/docker.sock"
 # One lock for the verbs that stop dockerd or change the swarm (lock.py).
 NODE_LOCK = "/run/swarm-node.lock"
+# The last ECR refresh this node did (registry_auth.py): when, and what it said; read by
+# `scripts/swarm status` on the leader.
+REGISTRY_AUTH_RECORD = "/run/swarm-registry-auth.json"
 SYSTEMD_RUN = "/run/systemd/system"  # exists when systemd is PID 1
 PROC = "/proc"

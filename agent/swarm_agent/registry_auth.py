@@ -27,6 +27,7 @@ removed when the verb ends.
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import os
 import re
@@ -34,7 +35,7 @@ import shutil
 import tempfile
 import urllib.parse
 
-from swarm_agent import dockerd, env, lock, run
+from swarm_agent import dockerd, env, lock, paths, run
 from swarm_agent.run import AgentError, CallFailed
 
 # <account>.dkr.ecr[-fips].<region>.amazonaws.com[.cn], ECR's registry host names.
@@ -81,7 +82,11 @@ def _refresh(node: env.NodeEnv, now: bool) -> None:
     if not services:
         print(f"registry-auth: no service pulls from ECR in {node.region}; nothing to refresh")
         return
-    host, token = _ecr_token(node)
+    try:
+        host, token = _ecr_token(node)
+    except AgentError as error:
+        _record(False, str(error))
+        raise
     ours = [s for s in services if registry_of(s["image"]) == host]
     for other in sorted({registry_of(s["image"]) for s in services} - {host}):
         print(f"registry-auth: {other} is another account's registry: its services keep their own credentials")
@@ -90,9 +95,20 @@ def _refresh(node: env.NodeEnv, now: bool) -> None:
         print(f"registry-auth: left alone, their update is paused: {', '.join(paused)}")
     ready = [s for s in ours if s["update"] not in PAUSED]
     failed = _update_all(ready, host, token)
-    print(f"registry-auth: {len(ready) - len(failed)} of {len(ours)} services on {host} have fresh credentials")
+    said = f"registry-auth: {len(ready) - len(failed)} of {len(ours)} services on {host} have fresh credentials"
+    print(said)
+    _record(not failed and not paused, said + (f"; paused, left alone: {', '.join(paused)}" if paused else ""))
     if failed:
         raise AgentError(f"registry-auth: could not update {', '.join(failed)}; 'docker service inspect' says why")
+
+
+def _record(ok: bool, said: str) -> None:
+    """This node's last refresh, for `scripts/swarm status` (no credential in it)."""
+    at = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    tmp = paths.REGISTRY_AUTH_RECORD + ".new"
+    with open(tmp, "w") as handle:
+        json.dump({"at": at, "ok": ok, "said": said}, handle)
+    os.replace(tmp, paths.REGISTRY_AUTH_RECORD)
 
 
 def _is_leader(info: dict) -> bool:

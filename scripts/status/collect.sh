@@ -21,6 +21,11 @@ if ((${#services[@]})); then
   docker service inspect --format '{"name":{{json .Spec.Name}},"ports":{{json .Endpoint.Spec.Ports}}}' "${services[@]}"
 fi
 
+echo "== registry-auth"
+# The last ECR refresh on this leader (agent/swarm_agent/registry_auth.py), if it made one.
+cat /run/swarm-registry-auth.json 2>/dev/null || echo null
+echo
+
 [[ ${SWARM_BACKUP_TARGET:-s3} == s3 ]] || exit 0
 args=(--region "$SWARM_REGION")
 [[ -n ${SWARM_S3_ENDPOINT:-} ]] && args+=(--endpoint-url "$SWARM_S3_ENDPOINT")

@@ -378,7 +378,8 @@ def test_status_in_a_terminal_as_json_and_as_a_page(days, tmp_path):
     command = f"{ROOT / 'scripts' / 'swarm'} status {STACK} --outputs {outputs}"
     screen = terminal_screen(command, "Backups (", tmp_path)
     for expected in ("swarm-bed-manager-0", "manager ★ leader", "swarm-bed-worker-1", "day1-svc", "2/2",
-                     "restored from backups/", "latest · sha256 ✓ · signature ✓", "mirror cache"):  # fmt: skip
+                     "restored from backups/", "latest · sha256 ✓ · signature ✓", "mirror cache",
+                     "ECR refresh", "registry-auth: 1 of 1 services on"):  # fmt: skip
         assert expected in screen, f"{expected!r} not on the screen:\n{screen}"
     assert "PRIVATE KEY" not in screen and "SWMTKN" not in screen
     if ROOT_ARTIFACTS:

@@ -60,6 +60,10 @@ COLLECTED = "\n".join([
     json.dumps({"key": "backups/20261125T190000Z.tar.gz", "sha256": "ab", "matchesPointer": True,
                 "matchesSidecar": True, "signature": "ok"}),
     "== mirror", '{"objects":12,"bytes":5242880}',
+    "== registry-auth",
+    json.dumps({"at": "2026-11-26 06:04:11 UTC", "ok": True,
+                "said": "registry-auth: 2 of 2 services on 123456789012.dkr.ecr.eu-west-1.amazonaws.com "
+                        "have fresh credentials"}),
 ])  # fmt: skip
 
 
@@ -91,7 +95,8 @@ def test_the_terminal_and_the_page_show_the_same_view(tmp_path):
     status.render(view, console)
     text = console.export_text()
     for expected in ("swarm-dev-manager-0", "manager ★ leader", "down", "2/3", "nginx:1", "12 h", "8080->80/tcp",
-                     "latest · sha256 ✓ · signature ✓", "5.0 MiB in 12 objects", "restored from backups/"):  # fmt: skip
+                     "latest · sha256 ✓ · signature ✓", "5.0 MiB in 12 objects", "restored from backups/",
+                     "ECR refresh", "2 of 2 services on", "(2026-11-26 06:04:11 UTC)"):  # fmt: skip
         assert expected in text, expected
     page = tmp_path / "status.html"
     status.write_html(view, str(page))

@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+from pathlib import Path
 
 import pytest
 from node_fakes import write_env
-from swarm_agent import registry_auth
+from swarm_agent import paths, registry_auth
 from swarm_agent.run import AgentError
 
 OURS = "123456789012.dkr.ecr.eu-west-1.amazonaws.com"
@@ -70,6 +71,10 @@ def test_the_services_on_this_account_s_ecr_get_the_fresh_credentials_and_no_oth
     assert PASSWORD not in everything and TOKEN not in everything
     assert "1 of 1 services on " + OURS in said.out and "210987654321" in said.out
     assert manager.argvs("aws") == [["ecr", "get-authorization-token", "--region", "eu-west-1", "--output", "json"]]
+    # What `scripts/swarm status` shows of it: when, and what it said; no credential.
+    record = json.loads(Path(paths.REGISTRY_AUTH_RECORD).read_text())
+    assert record["ok"] and record["said"].startswith("registry-auth: 1 of 1 services on") and record["at"]
+    assert TOKEN not in json.dumps(record) and PASSWORD not in json.dumps(record)
 
 
 def test_no_service_on_ecr_means_no_aws_call(manager, capsys):
@@ -102,6 +107,8 @@ def test_without_the_right_the_message_names_it_and_the_setting(manager):
     manager.services(service("api", f"{OURS}/team/api:2"))
     with pytest.raises(AgentError, match=r"ecr:GetAuthorizationToken.*swarm:ecrRefresh false"):
         refresh(now=True)
+    record = json.loads(Path(paths.REGISTRY_AUTH_RECORD).read_text())
+    assert not record["ok"] and "AccessDeniedException" in record["said"]
 
 
 def test_a_failed_update_fails_the_verb_after_the_others_are_done(manager):
