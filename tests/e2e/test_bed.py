@@ -17,6 +17,7 @@ import pytest
 from testbed.addresses import AddressError
 from testbed.bed import BED_REGION, ECR_HOST, reap_stale_beds, sh, wait_until
 from testbed.host import cgroup_left
+from testbed.volumes import BY_ID, VolumeError
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,6 +144,53 @@ def test_the_private_registry_wants_the_current_credentials_as_ecr_does(bed):
         bed.wipe_host(host.key)
 
 
+def test_an_ebs_volume_is_one_machine_s_at_a_time_and_keeps_its_data_apart_from_them(bed):
+    """As EC2's: found by its ID, refused to a second machine and to another zone, not
+    detached while mounted, attached across a reboot, detached and kept at termination,
+    and a snapshot starts a new volume with what the disk held."""
+    first = bed.create_host("disk-a", str(bed.network[200 * 256 + 34]))
+    second = bed.create_host("disk-b", str(bed.network[200 * 256 + 35]))
+    first.zone = second.zone = "eu-west-1a"
+    volume = bed.volumes.create("eu-west-1a", 1)
+    made_here = [volume]
+    link = BY_ID + volume.volume_id.replace("-", "")
+    mount = f"mkdir -p /var/data && mount {link} /var/data"
+    try:
+        device = bed.volumes.attach(volume.volume_id, first)
+        assert first.run(["readlink", "-f", link]).stdout.decode().strip() == device
+        first.run(f"mkfs.ext4 -q {link} && {mount} && echo before-the-night >/var/data/lines")
+        with pytest.raises(VolumeError, match="VolumeInUse"):
+            bed.volumes.attach(volume.volume_id, second)
+        with pytest.raises(VolumeError, match="VolumeBusy"):
+            bed.volumes.detach(volume.volume_id, first)
+        first.reboot()
+        assert first.run(f"{mount} && cat /var/data/lines").stdout == b"before-the-night\n"
+        first.run("sync && umount /var/data")
+        bed.volumes.detach(volume.volume_id, first)
+        assert first.run(["test", "-e", link], check=False).returncode != 0
+        bed.volumes.attach(volume.volume_id, second)
+        assert second.run(f"{mount} && cat /var/data/lines").stdout == b"before-the-night\n"
+        second.run("echo after >>/var/data/lines && sync")
+        snapshot = bed.volumes.snapshot(volume.volume_id)
+        bed.wipe_host(second.key)  # terminated: the volume is detached, and kept
+        assert bed.volumes.volumes[volume.volume_id].host_key is None and volume.path.exists()
+        copy = bed.volumes.create("eu-west-1b", 1, snapshot_id=snapshot)
+        made_here.append(copy)
+        with pytest.raises(VolumeError, match="ZoneMismatch"):
+            bed.volumes.attach(copy.volume_id, first)
+        first.zone = "eu-west-1b"  # another machine, in the copy's zone
+        bed.volumes.attach(copy.volume_id, first)
+        copied = first.run(f"mkdir -p /var/data && mount {BY_ID + copy.volume_id.replace('-', '')} /var/data && "
+                           "cat /var/data/lines").stdout  # fmt: skip
+        assert copied == b"before-the-night\nafter\n"
+    finally:
+        for host in (first, second):
+            if host.key in bed.hosts:
+                bed.wipe_host(host.key)
+        for made in made_here:
+            bed.volumes.delete(made.volume_id)
+
+
 KILLED_RUN = """
 import time
 from testbed.bed import Bed
@@ -150,6 +198,7 @@ bed = Bed()
 bed.start()
 bed.create_host("doomed", str(bed.network[10]))
 bed.addresses.launched("i-doomed", str(bed.network[10]), public=True)
+bed.volumes.attach(bed.volumes.create("eu-west-1a", 1).volume_id, bed.hosts["doomed"])
 print(bed.run_id, bed.root, flush=True)
 time.sleep(600)
 """
@@ -176,6 +225,8 @@ def leftovers(run_id: str, root: Path) -> list[str]:
         for line in Path("/proc/self/mountinfo").read_text().splitlines()
         if str(root) in line
     ]
+    found += [f"loop device {line}" for line in sh("losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE")
+              .splitlines() if str(root) in line]  # fmt: skip
     if root.exists():
         found.append(f"directory {root}")
     return found
@@ -197,6 +248,7 @@ def test_a_killed_run_leaves_nothing_once_the_next_run_starts(bed_prerequisites)
     left = leftovers(run_id, root)
     assert any(item.startswith("netns") for item in left) and any(item.startswith("process") for item in left), left
     assert any(item.startswith("iptables nat") for item in left), left  # its public address
+    assert any(item.startswith("loop device") for item in left), left  # its EBS volume
 
     reap_stale_beds(root.parent)  # what the next run's Bed.start() does first
     assert leftovers(run_id, root) == []

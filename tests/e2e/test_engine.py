@@ -7,6 +7,7 @@ each of the Pulumi engine's rules the bed follows, with the source it follows.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import textwrap
 
@@ -281,3 +282,64 @@ def test_a_host_key_that_does_not_match_fails_the_dial_as_pulumi_command_does(be
                    log_dir=tmp_path / "r", program=program)  # fmt: skip
     assert right.up().outputs["out"] == "hello"
     right.destroy()
+
+
+VOLUME_PROGRAM = textwrap.dedent(
+    """
+    import pulumi
+    import pulumi_aws as aws
+    from pulumi_command import remote
+
+    cfg = pulumi.Config("t")
+    subnet = aws.ec2.Subnet("subnet", vpc_id="vpc-bed", cidr_block=cfg.require("cidr"), availability_zone="eu-west-1a")
+    key = aws.ec2.KeyPair("key", public_key=cfg.require("public"))
+    machine = aws.ec2.Instance("machine", ami="ami-0bed", instance_type="t3.micro", subnet_id=subnet.id,
+                               key_name=key.key_name, private_ip=cfg.require("ip"), user_data="#!/bin/sh\\ntrue\\n")
+    volume = aws.ebs.Volume("data", availability_zone="eu-west-1a", size=1, encrypted=True,
+                            opts=pulumi.ResourceOptions(protect=True))
+    attachment = aws.ec2.VolumeAttachment("data", device_name="/dev/sdf", instance_id=machine.id, volume_id=volume.id)
+    link = volume.id.apply(lambda v: "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_" + v.replace("-", ""))
+    conn = remote.ConnectionArgs(host=machine.private_ip, user="ec2-user", private_key=cfg.require_secret("key"),
+                                 dial_error_limit=60)
+    mounted = remote.Command(
+        "mount", connection=conn,
+        create=pulumi.Output.concat(
+            "sudo sh -c 'blkid ", link, " >/dev/null || mkfs.ext4 -q ", link, "; mkdir -p /var/data && ",
+            "{ mountpoint -q /var/data || mount ", link, " /var/data; } && date >>/var/data/mornings && ",
+            "wc -l </var/data/mornings'"),
+        delete=cfg.get("unmount") or "true", opts=pulumi.ResourceOptions(depends_on=[attachment]))
+    pulumi.export("mornings", mounted.stdout)
+    """
+)
+
+
+def test_an_ebs_volume_outlives_its_machine_and_a_mounted_one_is_not_detached(bed, tmp_path):
+    """The engine attaches a volume as the instance's machine runs, refuses to detach it
+    while the machine has it mounted (what a night that forgets to unmount gets), keeps a
+    protected volume through destroy, and the next morning's machine finds its data."""
+    key = generate_key("ED25519")
+    program = tmp_path / "program.py"
+    program.write_text(VOLUME_PROGRAM)
+    config = {"t:cidr": str(bed.network), "t:ip": str(bed.network[200 * 256 + 41]), "t:key": key["privateKeyOpenssh"],
+              "t:public": key["publicKeyOpenssh"]}  # fmt: skip
+    engine = Engine(bed, config, stack="volumes", secret_keys=("t:key",), log_dir=tmp_path / "logs", program=program)
+    volume_urn = ""  # known after the first up
+    try:
+        assert engine.up().outputs["mornings"].strip() == "1"
+        (volume_urn,) = [u for u, s in engine.state.items() if s.type == "aws:ebs/volume:Volume"]
+        with pytest.raises(EngineError, match="VolumeBusy"):
+            engine.destroy()  # its unmount does nothing: the volume is still mounted
+        engine.config["t:unmount"] = "sudo umount /var/data"
+        assert engine.up().outputs["mornings"].strip() == "2"  # the mount made again, on the same machine
+        engine.destroy()
+        kinds = sorted(s.type for s in engine.state.values())
+        assert kinds == ["aws:ebs/volume:Volume"], kinds  # the machine went, the volume stayed
+        assert engine.up().outputs["mornings"].strip() == "3"  # a new machine, yesterday's data
+    finally:
+        engine.config["t:unmount"] = "sudo umount /var/data"
+        with contextlib.suppress(EngineError):
+            engine.destroy()
+        if volume_urn:
+            engine.unprotect(volume_urn)
+            engine.destroy()
+        assert bed.volumes.volumes == {}, "the volume was not deleted"

@@ -34,6 +34,8 @@ from testbed.addresses import DEFAULT_QUOTA, PublicAddresses
 from testbed.ecr import ECR_HOST, REGISTRY_PID, Ecr, push_image
 from testbed.host import BedError, Host, Surroundings, cgroup_left, remove_cgroups, sh, taken_networks, wait_until
 from testbed.image import HOST_PATH, LOCAL_BUSYBOX, Image
+from testbed.volumes import BlockVolumes
+from testbed.volumes import reap as reap_volumes
 
 __all__ = ["BED_REGION", "ECR_HOST", "LOCAL_BUSYBOX", "UPSTREAM_PORT", "Bed", "BedError", "Host", "sh", "wait_until"]
 
@@ -122,6 +124,7 @@ class Bed:
         self.upstream: subprocess.Popen | None = None
         self.imds = None  # the metadata stand-in (testbed/imds.py), once started
         self.ecr: Ecr | None = None  # ECR's stand-in, once started
+        self.volumes = BlockVolumes(self.root)  # EBS: volumes kept apart from the machines
         self.newest_ami = "ami-0bed0bed0bed0bed0"  # what SSM says is the newest AL2023 AMI
         self.addresses = PublicAddresses(self.bridge, lambda message: self.log(message), address_quota)
         self.log = log or (lambda message: None)
@@ -141,6 +144,7 @@ class Bed:
         reap_stale_beds(self.root.parent, self.log)
         self.root.mkdir(parents=True)
         self._undo.append(lambda: shutil.rmtree(self.root, ignore_errors=True))
+        self._undo.append(self.volumes.close)  # after every host is wiped (close() wipes them first)
         (self.root / "owner").write_text(str(os.getpid()))
         self.image(self.image_name)
         self.network = _free_network()
@@ -218,6 +222,11 @@ class Bed:
     def ecr_endpoint(self) -> str:
         """ECR's API (GetAuthorizationToken), for `aws ecr --endpoint-url`."""
         return self.ecr.api_url
+
+    def booted(self, host: Host) -> None:
+        """A host's PID 1 runs: its attached volumes appear in its fresh /dev (host.Site)."""
+        with contextlib.suppress(BedError):  # a host that dies at once has nothing to plug
+            self.volumes.plug(host)
 
     def surroundings(self) -> Surroundings:
         """What each host finds around it as on EC2 (host.Site): ECR's name and CA."""
@@ -355,6 +364,7 @@ class Bed:
     def wipe_host(self, key: str) -> None:
         host = self.hosts.pop(key)
         host.wipe(self.log_dir)
+        self.volumes.terminated(host)  # detached and kept, as EC2 does at termination
         if host.ip is not None:
             self.forget_address(host.ip)
 
@@ -424,6 +434,7 @@ def reap_stale_beds(base: Path, log=print) -> None:
         with contextlib.suppress(BedError):
             wait_until(f"the cgroups of run {run_id} to empty", lambda run_id=run_id: _reap_cgroups(run_id), 20)
         if root is not None:
+            reap_volumes(root)  # its machines are gone: nothing holds their disks now
             shutil.rmtree(root, ignore_errors=True)
     images.remove_stale_builds(log)
 

@@ -65,6 +65,9 @@ class Site(Protocol):
 
     def surroundings(self) -> Surroundings: ...
 
+    def booted(self, host: Host) -> None:
+        """Called once a host's PID 1 runs: plug in what EC2 keeps attached across boots."""
+
 
 def sh(*args: str, check: bool = True, input: bytes | None = None, timeout: float = 120) -> str:
     """Run a command on this machine (not in a host); its output, or BedError with its stderr."""
@@ -176,6 +179,7 @@ class Host:
         self.background: list[subprocess.Popen] = []
         self.alive = False
         self.boots = 0
+        self.zone: str | None = None  # an EC2 instance's availability zone (its volumes' too)
 
     @classmethod
     def standalone(cls, name: str, image: Image, root: Path) -> Host:
@@ -191,6 +195,9 @@ class Host:
 
             def surroundings(self) -> Surroundings:
                 return Surroundings()  # an image is built with no bed, and must not depend on one
+
+            def booted(self, host: Host) -> None:
+                pass  # nothing is attached to an image's first boot
 
         site = _Alone()
         site.root = root
@@ -291,6 +298,7 @@ exec {unified}systemd-nspawn --quiet --register=no --keep-unit --boot --director
         console.close()
         self.init_pid = wait_until(f"host {self.key} to start systemd", self._find_init, 30, interval=0.05)
         self.alive = True
+        self.site.booted(self)
 
     def _find_init(self) -> int | None:
         """PID 1 of the machine: the nspawn process's child that is PID 1 in its namespace."""

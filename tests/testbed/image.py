@@ -56,6 +56,7 @@ COMMON = [
     "procps",
     "less",
     "locales",  # cloud-init's locale module needs update-locale, as on Debian's cloud images
+    "e2fsprogs",  # mkfs.ext4 for a data volume, as AL2023 and Debian's cloud images have it
 ]
 
 

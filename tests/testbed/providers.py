@@ -48,6 +48,10 @@ REPLACE_KEYS: dict[str, set[str]] = {
     "aws:ec2/eip:Eip": {"domain", "address", "customerOwnedIpv4Pool", "networkBorderGroup", "publicIpv4Pool"},
     # aws_eip_association has no update: every input is ForceNew.
     "aws:ec2/eipAssociation:EipAssociation": {"allocationId", "instanceId", "networkInterfaceId", "privateIpAddress"},
+    # aws_ebs_volume: size, type, iops and throughput change in place (ModifyVolume).
+    "aws:ebs/volume:Volume": {"availabilityZone", "encrypted", "kmsKeyId", "snapshotId", "outpostArn"},
+    # aws_volume_attachment has no update: every input is ForceNew.
+    "aws:ec2/volumeAttachment:VolumeAttachment": {"deviceName", "instanceId", "volumeId"},
     "tls:index/privateKey:PrivateKey": {"algorithm", "ecdsaCurve", "rsaBits"},
     "random:index/randomBytes:RandomBytes": {"length", "keepers"},
     "random:index/randomShuffle:RandomShuffle": {"inputs", "keepers", "resultCount", "seed"},
@@ -83,6 +87,8 @@ COMPUTED: dict[str, set[str]] = {
     "aws:ec2/keyPair:KeyPair": {"keyName", "arn"},
     "aws:ec2/eip:Eip": {"allocationId", "publicIp", "arn"},
     "aws:ec2/eipAssociation:EipAssociation": {"publicIp", "privateIpAddress"},
+    "aws:ebs/volume:Volume": {"arn"},
+    "aws:ec2/volumeAttachment:VolumeAttachment": set(),
     "tls:index/privateKey:PrivateKey": {"privateKeyOpenssh", "privateKeyPem", "publicKeyOpenssh"},
     "random:index/randomBytes:RandomBytes": {"hex", "base64"},
     "random:index/randomShuffle:RandomShuffle": {"results"},

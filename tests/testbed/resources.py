@@ -27,10 +27,13 @@ from testbed.bed import BED_REGION, Bed, BedError
 from testbed.providers import BUCKET, COMMAND, COPY, INSTANCE, LOCAL
 from testbed.records import EngineError, State, comparable
 from testbed.ssh import SSHError, generate_key, sftp_put, ssh_run
+from testbed.volumes import VolumeError
 
 ACCESS_KEY = "aws:iam/accessKey:AccessKey"
 EIP = "aws:ec2/eip:Eip"
 EIP_ASSOCIATION = "aws:ec2/eipAssociation:EipAssociation"
+VOLUME = "aws:ebs/volume:Volume"
+VOLUME_ATTACHMENT = "aws:ec2/volumeAttachment:VolumeAttachment"
 LOCAL_TIMEOUT = 900
 
 
@@ -80,6 +83,12 @@ class Resources:
             new.id = eip.association_id
             private = self.bed.addresses.private_of(eip.instance_id)
             new.outputs = {**inputs, "publicIp": eip.public_ip, "privateIpAddress": private}
+        elif type_ == VOLUME:
+            new.outputs = self._create_volume(new)
+            new.id = new.outputs["id"]
+        elif type_ == VOLUME_ATTACHMENT:
+            new.outputs = self._attach(new)
+            new.id = new.outputs["id"]
         else:
             new.id = self._id_for(type_, new.name)
             new.outputs = {**new.inputs, **self._computed(type_, new.name, new, None)}
@@ -212,6 +221,7 @@ class Resources:
                 self._ips.discard(ip)
             raise
         new.host = host.key
+        host.zone = subnet.inputs.get("availabilityZone", f"{BED_REGION}a")  # where its volumes must be
         if self.wait_for_boot:
             host.wait_cloud_init(600)
         self.log(f"instance {name} ({host.key}) at {ip} booted; cloud-init runs its user-data")
@@ -226,6 +236,49 @@ class Resources:
             "arn": f"arn:aws:ec2:{BED_REGION}:123456789012:instance/{new.id}",
             "instanceState": "running",
         }
+
+    def _create_volume(self, new: State) -> dict:
+        inputs = new.inputs
+        volume = self._ebs(
+            self.bed.volumes.create,
+            inputs["availabilityZone"], int(inputs.get("size") or 1), inputs.get("snapshotId") or "",
+            inputs.get("tags") or {}, name=new.name,
+        )  # fmt: skip
+        arn = f"arn:aws:ec2:{BED_REGION}:123456789012:volume/{volume.volume_id}"
+        return {**inputs, "id": volume.volume_id, "arn": arn, "encrypted": bool(inputs.get("encrypted"))}
+
+    def _attach(self, new: State) -> dict:
+        """AttachVolume to the instance's machine; EC2's refusals fail the step."""
+        inputs = new.inputs
+        host = self._machine_of(inputs["instanceId"], new.name)
+        self._ebs(self.bed.volumes.attach, inputs["volumeId"], host, name=new.name)
+        self.log(f"attach {inputs['volumeId']} to {host.key}")
+        return {**inputs, "id": f"vai-{secrets.token_hex(8)}"}
+
+    def _detach(self, state: State) -> None:
+        """DetachVolume, as pulumi-aws does it: nothing with `skipDestroy`; nothing when the
+        machine is gone (EC2 detached it at termination); refused while mounted, where on
+        EC2 the provider waits for `available` until its timeout while the volume is `busy`."""
+        inputs = state.inputs
+        instance = self.find(lambda s: s.type == INSTANCE and s.id == inputs.get("instanceId"))
+        host = self.bed.hosts.get(instance.host or "") if instance else None
+        if inputs.get("skipDestroy") or host is None:
+            return
+        self._ebs(self.bed.volumes.detach, inputs["volumeId"], host, bool(inputs.get("forceDetach")), name=state.name)
+        self.log(f"detach {inputs['volumeId']} from {host.key}")
+
+    def _machine_of(self, instance_id: str, name: str):
+        instance = self.find(lambda s: s.type == INSTANCE and s.id == instance_id)
+        host = self.bed.hosts.get(instance.host or "") if instance else None
+        if host is None:
+            raise EngineError(f"{name}: IncorrectInstanceState: instance {instance_id} is not running")
+        return host
+
+    def _ebs(self, call, *args, name: str):
+        try:
+            return call(*args)
+        except VolumeError as error:
+            raise EngineError(f"{name}: {error}") from None
 
     def _restart_instance(self, old: State, new: State, changed: set[str]) -> None:
         """EC2 applies a new instance type or user-data to a stopped instance, then starts
@@ -321,6 +374,10 @@ class Resources:
             self.bed.addresses.disassociate(state.id)
         elif state.type == EIP:
             self._ec2(self.bed.addresses.release, state.id, name=state.name)
+        elif state.type == VOLUME_ATTACHMENT:
+            self._detach(state)
+        elif state.type == VOLUME:
+            self._ebs(self.bed.volumes.delete, state.id, name=state.name)
         elif state.type == BUCKET:
             raise EngineError(f"{state.name}: deleting the bucket is not something the bed's engine does")
 
