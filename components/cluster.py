@@ -17,6 +17,7 @@ from typing import Any
 import pulumi
 
 from components.addresses import plan_addresses
+from components.data import DataVolumes, plan_kept_volumes
 from components.hosts import Hosts
 from components.mirror import RegistryMirror
 from components.network import Network
@@ -37,6 +38,7 @@ class SwarmCluster(pulumi.ComponentResource):
         # Lookups only, before any resource: a region without room for the managers'
         # addresses stops here, with nothing created.
         kept_addresses = set() if settings.hosts_mode else plan_addresses(settings)
+        kept_volumes = plan_kept_volumes(settings)
 
         # A root resource, not a child: it is the one part that outlives the cluster, and
         # its protection should not hinge on this component staying in the state.
@@ -53,6 +55,7 @@ class SwarmCluster(pulumi.ComponentResource):
         else:
             network = Network(f"{name}-network", settings, opts=child)
             role = NodeRole(f"{name}-node", settings, bucket_arn, opts=child)
+            data = DataVolumes(name, settings, kept_volumes)
             machines = Nodes(
                 f"{name}-nodes",
                 settings,
@@ -62,6 +65,7 @@ class SwarmCluster(pulumi.ComponentResource):
                     instance_profile_name=role.instance_profile_name,
                     bucket_name=bucket_name,
                     kept_addresses=kept_addresses,
+                    data_volumes=data.by_node,
                     depends_on=[*network.node_dependencies, *role.node_dependencies],
                 ),
                 opts=child,

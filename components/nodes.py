@@ -24,11 +24,12 @@ import pulumi_random as random
 import pulumi_tls as tls
 
 from components.addresses import ManagerAddresses
+from components.data import DEVICE_NAME
 from components.hostkeys import derive_host_key
 from components.machine_image import machine_image
 from components.payload import gzip_base64, node_environment, render_user_data, with_host_key
-from components.settings import Settings
-from components.swarm import SwarmNode
+from components.settings import DataVolume, Settings
+from components.swarm import NodeData, SwarmNode
 
 # What a running machine keeps when the config changes until it is replaced (the next
 # morning, or `scripts/swarm roll`): each would otherwise replace every machine at once.
@@ -46,6 +47,8 @@ class NodesArgs:
     bucket_name: pulumi.Input[str]
     # Dropped managers whose Elastic IPs are kept (`addresses.plan_addresses`).
     kept_addresses: set[int] = field(default_factory=set)
+    # "worker-0" -> its swarm:dataVolumes entry and kept volume (components/data.py).
+    data_volumes: dict[str, tuple[DataVolume, aws.ebs.Volume]] = field(default_factory=dict)
     # What the machines need but do not reference (rules, routes, the role's policy):
     # created before them, deleted after them and so after the backup hook.
     depends_on: list[pulumi.Resource] = field(default_factory=list)
@@ -98,6 +101,7 @@ class Nodes(pulumi.ComponentResource):
         self.instances = {}
         self.managers, self.workers = [], []
         for plan in settings.nodes:
+            data = args.data_volumes.get(f"{plan.role}-{plan.index}")
             host_key = pulumi.Output.secret(host_key_seed.hex).apply(
                 lambda seed, plan=plan: derive_host_key(seed, plan.name)
             )
@@ -147,8 +151,9 @@ class Nodes(pulumi.ComponentResource):
                     # swarm:connectVia and swarm:subnetIds would replace all managers in
                     # parallel, and the swarm would lose its quorum).
                     ignore_changes=IGNORED_UNTIL_REPLACED,
-                    # A pinned address cannot be held by the old and the new machine at once.
-                    delete_before_replace=plan.private_ip is not None,
+                    # A pinned address, or a data volume, cannot be held by the old and the
+                    # new machine at once (EC2 refuses a second attachment: VolumeInUse).
+                    delete_before_replace=plan.private_ip is not None or data is not None,
                 ),
             )
             self.instances[plan.name] = instance
@@ -179,10 +184,29 @@ class Nodes(pulumi.ComponentResource):
                 # The public half of a secret-derived key is no secret.
                 host_public_key=pulumi.Output.unsecret(host_key.apply(lambda pair: pair[1])),
                 addresses=[public_ip, instance.private_ip],
+                data=self._attach(f"{name}-{plan.role}-{plan.index}-data", data, instance),
             )
             (self.managers if plan.role == "manager" else self.workers).append(handle)
 
         self.register_outputs({"ssh_private_key": self.ssh_private_key})
+
+    def _attach(
+        self, name: str, data: tuple[DataVolume, aws.ebs.Volume] | None, instance: aws.ec2.Instance
+    ) -> NodeData | None:
+        """Tie the node's kept volume to this machine. Every input forces a new attachment,
+        so a new machine is a new one; the old one goes first (delete before replace), after
+        the node's `data-release` has unmounted the disk (components/swarm.py)."""
+        if data is None:
+            return None
+        entry, volume = data
+        attachment = aws.ec2.VolumeAttachment(
+            name,
+            device_name=DEVICE_NAME,
+            volume_id=volume.id,
+            instance_id=instance.id,
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+        )
+        return NodeData(label=entry.name, volume_id=volume.id, attachment=attachment)
 
 
 def _not_moved_yet(name: str, subnet: str | None, wanted: str | None) -> None:

@@ -6,6 +6,7 @@ them (components/agent.py) and runs its verbs (`swarm-node`, agent/swarm_agent/c
 in this order:
 
     ready (every node: user-data waited for, the agent installed, Docker waited for)
+    -> [data: the node's kept volume mounted at /var/data]
     -> probe (the other managers) -> [stage: a local backup pushed]
     -> bootstrap (manager 0: nothing | join the live swarm | restore | init) -> tokens
     -> manager joins, one at a time -> worker joins, in parallel -> reconcile
@@ -100,6 +101,15 @@ def ssh_connection(
 
 
 @dataclass
+class NodeData:
+    """A kept volume attached to the node's machine (EC2: components/data.py)."""
+
+    label: str  # the node's swarm.data label: what a stack pins a service to
+    volume_id: pulumi.Input[str]  # how the node finds the disk (device names are not stable)
+    attachment: pulumi.Resource  # replaced with the machine: the mount's trigger
+
+
+@dataclass
 class SwarmNode:
     """A machine to put into the swarm, wherever it comes from."""
 
@@ -124,6 +134,8 @@ class SwarmNode:
     # What Pulumi's SSH checks the node's host key against ("ssh-ed25519 AAAA..."): the
     # formation sets it, from host_public_key or, on an own host, from its first read.
     host_key: pulumi.Input[str] | None = None
+    # swarm:dataVolumes: mounted at /var/data before the node bootstraps or joins.
+    data: NodeData | None = None
 
 
 @dataclass
@@ -173,7 +185,7 @@ class SwarmFormation(pulumi.ComponentResource):
         self._pin_host_keys(name, nodes)
         self.leaves = self._leaves(name) if args.leave_on_destroy else {}
         self.provisions = {node.name: self._provision(name, node) for node in nodes if node.provision is not None}
-        ready = {node.name: self._ready(name, node) for node in nodes}
+        ready = {node.name: self._data(name, node, self._ready(name, node)) for node in nodes}
         self.retires = self._retires(name, ready)
         self.signing = self._signing_keys(name, ready)
         self.known_hosts = self._host_keys()
@@ -206,6 +218,7 @@ class SwarmFormation(pulumi.ComponentResource):
         for node in args.workers:
             self.joins.append(self._join(name, node, "worker", [tokens, ready[node.name], *self._retired(node)]))
 
+        data_labels = ",".join(f"{n.name}={n.data.label}" for n in nodes if n.data is not None)
         self.reconcile = self._command(
             f"{name}-reconcile",
             leader,
@@ -215,10 +228,13 @@ class SwarmFormation(pulumi.ComponentResource):
                 ",".join(n.name for n in args.managers),
                 "--workers",
                 ",".join(n.name for n in args.workers),
+                "--data",
+                data_labels,
             ),
             depends_on=[self.bootstrap, *self.joins],
-            # Rerun whenever any machine is new: yesterday's nodes must be removed.
-            triggers=[r for n in nodes for r in n.replaced_by],
+            # Rerun whenever any machine is new (yesterday's nodes must be removed) and
+            # whenever a data volume moves to another node (its label with it).
+            triggers=[*(r for n in nodes for r in n.replaced_by), data_labels],
         )
 
         self._night_hooks(name)
@@ -319,6 +335,29 @@ class SwarmFormation(pulumi.ComponentResource):
             triggers=list(node.replaced_by),
             add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[*node.depends_on, *self._provisioned(node)]),
+        )
+
+    def _data(self, name: str, node: SwarmNode, ready: remote.Command) -> remote.Command:
+        """The node's kept volume, mounted at /var/data before it bootstraps or joins (so no
+        task of the swarm starts on it without its data): what comes after the node's
+        `ready` depends on this instead. Its `delete` stops dockerd (every task writing
+        there) and unmounts, before the attachment is detached and the machine goes: at
+        night, after the backup and the retires; during the day, after the node's retire
+        has drained it. The trigger is the attachment, which every new machine replaces, so
+        Pulumi deletes this first in the machine's delete-before-replace chain."""
+        if node.data is None:
+            return ready
+        return self._command(
+            f"{name}-data-{node.name}",
+            node,
+            create=pulumi.Output.concat(
+                node_cli("data-mount", "--name", node.data.label, "--volume"), " ", node.data.volume_id
+            ),
+            delete=node_cli("data-release"),
+            depends_on=[ready, node.data.attachment],
+            dial_error_limit=BACKUP_DIAL_ERROR_LIMIT,
+            triggers=[node.data.attachment.id],
+            delete_before_replace=True,
         )
 
     def _provisioned(self, node: SwarmNode) -> list[pulumi.Resource]:

@@ -22,6 +22,8 @@ NODE_ID_RE = re.compile(r"^[a-z0-9]+$")
 NAME_RE = re.compile(r"^[A-Za-z0-9.-]+$")
 IPV4_RE = re.compile(r"^[0-9.]+$")
 TEARDOWN_LABEL = "swarm.teardown"
+DATA_LABEL = "swarm.data"  # the name of the data volume mounted at /var/data (data.py)
+DATA_LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 RETIRE_LOCK_WAIT = 600
 
 
@@ -96,6 +98,7 @@ def reconcile(args) -> None:
     managers, workers = args.managers, args.workers or ""
     if not managers:
         raise AgentError("reconcile: --managers names,... is required")
+    data = _data_labels(getattr(args, "data", "") or "")
     env.load()
     self_id = checked_id(dockerd.require_manager("reconcile").get("NodeID"))
     wanted = set(_names(managers) + _names(workers))
@@ -110,6 +113,7 @@ def reconcile(args) -> None:
             raise AgentError(f"reconcile: timed out after {args.timeout}s; not Ready in their role:{missing}")
         # A node that has just joined reads Ready a moment later: look again soon.
         run.pause(0.5)
+    label_data_nodes(table, data)
     extra = "".join(f" {n.host}" for n in table if n.status == "ready" and n.host not in wanted)
     named = managers.replace(",", " ") + (" " + workers.replace(",", " ") if workers else "")
     print(
@@ -117,6 +121,33 @@ def reconcile(args) -> None:
         + (f"; still here until the end of this update:{extra}" if extra else "")
     )
     print(run.docker("node", "ls").stdout, end="", flush=True)
+
+
+def _data_labels(csv: str) -> dict[str, str]:
+    """--data host=label,...: which node carries which data volume."""
+    labels = {}
+    for pair in _names(csv):
+        host, _, label = pair.partition("=")
+        if not NAME_RE.match(host) or not DATA_LABEL_RE.match(label):
+            raise AgentError(f"reconcile: --data wants host=label,..., got '{pair}'")
+        labels[host] = label
+    return labels
+
+
+def label_data_nodes(table: list[Node], labels: dict[str, str]) -> None:
+    """Each Ready node with a data volume carries `swarm.data=<its name>`, and no other
+    node carries it: a stack's `node.labels.swarm.data == <name>` must only ever place
+    the service where its data is mounted (a volume moved or dropped takes its label)."""
+    for node in table:
+        if node.status != "ready":
+            continue
+        want, have = labels.get(node.host), node.labels.get(DATA_LABEL)
+        if want == have:
+            continue
+        change = ["--label-add", f"{DATA_LABEL}={want}"] if want else ["--label-rm", DATA_LABEL]
+        run.docker("node", "update", *change, checked_id(node.id))
+        print(f"reconcile: {node.host} labelled {DATA_LABEL}={want}" if want else
+              f"reconcile: {node.host} no longer carries {DATA_LABEL} ({have})", flush=True)  # fmt: skip
 
 
 def remove_stale_nodes(wanted: set[str], self_id: str) -> None:

@@ -35,6 +35,7 @@ from components.settings.base import (
     namespace_keys,
     refuse_unknown_keys,
 )
+from components.settings.data import DataVolume, read_data_volumes
 from components.settings.ec2 import (
     architecture_of_instance_type,
     check_subnet_room,
@@ -55,6 +56,7 @@ __all__ = [
     "DIAL_ERROR_LIMIT",
     "PER_DIAL_TIMEOUT",
     "ConfigError",
+    "DataVolume",
     "NodePlan",
     "Settings",
     "SubnetPlan",
@@ -94,6 +96,7 @@ def load_settings(
     tags = r.string_map("tags", "platform")
     network = read_network(r)
     ecr_refresh = _ecr_refresh(r, mirror.ecr_refresh, hosts_mode, backup_target)
+    data_volumes = [] if hosts_mode else read_data_volumes(r)
 
     cluster_name = f"swarm-{_sanitize(stack)}"
     managers, workers = machines.managers, machines.workers
@@ -161,6 +164,7 @@ def load_settings(
         mirror_s3_access_key_id=backups.mirror_access_key_id,
         mirror_s3_secret_access_key=backups.mirror_secret_access_key,
         autolock=backups.autolock,
+        data_volumes=data_volumes,
     )
 
 

@@ -10,9 +10,12 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pulumi
+
+if TYPE_CHECKING:
+    from components.settings.data import DataVolume
 
 NAMESPACE = "swarm"
 
@@ -62,6 +65,7 @@ EC2_ONLY_KEYS = (
     "rootVolumeSize",
     "sshAllowedCidrs",
     "sshPublicKey",
+    "dataVolumes",
 )
 HOST_KEYS = ("name", "address", "role", "privateAddress", "user", "port")
 # Every key of the namespace the program reads: those with a default, and those without
@@ -73,7 +77,7 @@ KNOWN_KEYS = frozenset(
         *("instanceType", "sshAllowedCidrs", "sshPublicKey", "sshPrivateKey", "amiId", "vpcId", "subnetIds"),
         *("stateBucketName", "existingStateBucket", "s3Endpoint", "s3AccessKeyId", "s3SecretAccessKey"),
         *("mirrorS3AccessKeyId", "mirrorS3SecretAccessKey", "ecrEndpoint", "ecrRefresh"),
-        *("tags", "hosts"),
+        *("tags", "hosts", "dataVolumes"),
     ]
 )
 BACKUP_TARGETS = ("s3", "local", "none")
@@ -184,6 +188,7 @@ class Settings:
     containerd_image_store: bool = False  # swarm:containerdImageStore
     ecr_refresh: bool = False  # swarm:ecrRefresh, where the nodes hold AWS rights to use it
     ecr_endpoint: str | None = None  # swarm:ecrEndpoint
+    data_volumes: list[DataVolume] = field(default_factory=list)  # swarm:dataVolumes
 
     @property
     def mirror_storage(self) -> str:

@@ -122,6 +122,14 @@ class _Mocks(pulumi.runtime.Mocks):
         if args.token == "aws:ec2/getEips:getEips":  # the bed's region, every stack's addresses
             found = self.bed.addresses.describe(args.args.get("tags") or {}, args.args.get("filters") or [])
             return {"allocationIds": [e.allocation_id for e in found], "publicIps": [e.public_ip for e in found]}
+        if args.token == "aws:ebs/getEbsVolumes:getEbsVolumes":  # every stack's volumes on the bed
+            return {"ids": [v.volume_id for v in self.bed.volumes.describe(args.args.get("tags") or {})]}
+        if args.token == "aws:ebs/getVolume:getVolume":
+            volume = self.bed.volumes.volumes[args.args["filters"][0]["values"][0]]
+            return {
+                **{"id": volume.volume_id, "volumeId": volume.volume_id, "availabilityZone": volume.zone},
+                **{"size": volume.size_gib, "volumeType": volume.volume_type, "tags": volume.tags, "encrypted": True},
+            }
         if args.token == "aws:servicequotas/getServiceQuota:getServiceQuota":
             quota = float(self.bed.addresses.quota)
             return {"quotaCode": args.args.get("quotaCode"), "serviceCode": "ec2", "value": quota}

@@ -244,6 +244,7 @@ class Resources:
             inputs["availabilityZone"], int(inputs.get("size") or 1), inputs.get("snapshotId") or "",
             inputs.get("tags") or {}, name=new.name,
         )  # fmt: skip
+        volume.volume_type = inputs.get("type") or volume.volume_type
         arn = f"arn:aws:ec2:{BED_REGION}:123456789012:volume/{volume.volume_id}"
         return {**inputs, "id": volume.volume_id, "arn": arn, "encrypted": bool(inputs.get("encrypted"))}
 

@@ -52,6 +52,7 @@ class Volume:
     host_key: str | None = None  # attached to
     loop: str | None = None  # /dev/loopN on this machine, while attached
     device: str | None = None  # /dev/nvmeXn1 in the host
+    volume_type: str = "gp2"  # EC2's default when CreateVolume names none
 
 
 class BlockVolumes:
@@ -78,6 +79,11 @@ class BlockVolumes:
         with self._lock:
             self.volumes[volume_id] = volume
         return volume
+
+    def describe(self, tags: dict[str, str]) -> list[Volume]:
+        """DescribeVolumes with tag filters (exact values), as the provider's lookups ask."""
+        with self._lock:
+            return [v for v in self.volumes.values() if all(v.tags.get(k) == want for k, want in tags.items())]
 
     def delete(self, volume_id: str) -> None:
         volume = self._get(volume_id)

@@ -115,9 +115,12 @@ class SwarmMocks(pulumi.runtime.Mocks):
         zones: list[str] | None = None,
         addresses: dict[str, dict[str, str]] | None = None,
         address_quota: float | None = 20.0,  # raised: a 7-manager stack fits; quota tests set their own
+        volumes: dict[str, dict] | None = None,
     ):
         """`addresses`: Elastic IPs the region already holds, by allocation id, with their
-        tags; `address_quota`: what Service Quotas answers (None: it refuses)."""
+        tags; `address_quota`: what Service Quotas answers (None: it refuses); `volumes`:
+        EBS volumes the region holds, by volume id, as DescribeVolumes describes them."""
+        self.volumes = dict(volumes or {})
         self.subnets = subnets or {}
         self.addresses = dict(addresses or {})
         self.address_quota = address_quota
@@ -196,6 +199,13 @@ class SwarmMocks(pulumi.runtime.Mocks):
             if self.address_quota is None:  # as a provider reports a failed call
                 return {}, [("quotaCode", "AccessDeniedException: not authorized to call GetServiceQuota")]
             return {"quotaCode": args.args["quotaCode"], "serviceCode": "ec2", "value": self.address_quota}
+        if args.token == "aws:ebs/getEbsVolumes:getEbsVolumes":
+            wanted = args.args.get("tags") or {}
+            found = [v for v, d in self.volumes.items() if tags_match(d.get("tags") or {}, wanted, [])]
+            return {"ids": found}
+        if args.token == "aws:ebs/getVolume:getVolume":
+            volume_id = args.args["filters"][0]["values"][0]
+            return {"id": volume_id, "volumeId": volume_id, **self.volumes[volume_id]}
         if args.token == "aws:ec2/getSubnet:getSubnet":
             subnet = self.subnets[args.args["id"]]
             return {"id": args.args["id"], **subnet}
