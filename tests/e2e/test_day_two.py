@@ -22,7 +22,7 @@ from testbed.bed import LOCAL_BUSYBOX, wait_until
 from testbed.engine import EngineError, generate_key, scenario_engine
 from testbed.providers import INSTANCE
 from testbed.ssh import release, ssh_connect
-from testbed.verify import fp, nodes, wait_service
+from testbed.verify import BedStack, fp, nodes, wait_service
 
 from swarmcli import roll
 
@@ -223,27 +223,6 @@ def test_a_newer_ami_waits_until_adopted_and_then_replaces_no_machine(engine, be
 
 
 # -- the rolling upgrade -----------------------------------------------------------------------
-class BedStack:
-    """`scripts/swarm roll`'s view of the stack on the bed: the engine's state and `up(replace=...)`."""
-
-    def __init__(self, engine):
-        self.engine = engine
-
-    def machines(self):
-        return [
-            roll.Machine(s.urn, s.inputs["tags"]["Name"], s.inputs["tags"]["swarm:role"])
-            for s in self.engine.state.values()
-            if s.type == INSTANCE
-        ]
-
-    def replace(self, urn: str) -> None:
-        self.engine.up(replace=[urn])
-
-    def converge(self, timeout: int) -> str:
-        host = self.engine.host_of("manager-0")
-        return host.run(["swarm-node", "converge", "--timeout", str(timeout)], timeout=timeout + 30).stdout.decode()
-
-
 class Prober(threading.Thread):
     """A client of the probe service, as a load balancer would be: every 0.3 s, every node
     is asked; a probe fails when none answers. It also counts how many replicas answered."""

@@ -34,6 +34,7 @@ from testbed.addresses import DEFAULT_QUOTA, PublicAddresses
 from testbed.ecr import ECR_HOST, REGISTRY_PID, Ecr, push_image
 from testbed.host import BedError, Host, Surroundings, cgroup_left, remove_cgroups, sh, taken_networks, wait_until
 from testbed.image import HOST_PATH, LOCAL_BUSYBOX, Image
+from testbed.lifecycle import Lifecycle
 from testbed.volumes import BlockVolumes
 from testbed.volumes import reap as reap_volumes
 
@@ -125,6 +126,8 @@ class Bed:
         self.imds = None  # the metadata stand-in (testbed/imds.py), once started
         self.ecr: Ecr | None = None  # ECR's stand-in, once started
         self.volumes = BlockVolumes(self.root)  # EBS: volumes kept apart from the machines
+        self.iam_roles: set[str] = set()  # IAM: the account's role names (getRoles)
+        self.lifecycle = Lifecycle(self.volumes)  # DLM: snapshot policies, run when a test says
         self.newest_ami = "ami-0bed0bed0bed0bed0"  # what SSM says is the newest AL2023 AMI
         self.addresses = PublicAddresses(self.bridge, lambda message: self.log(message), address_quota)
         self.log = log or (lambda message: None)

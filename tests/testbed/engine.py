@@ -39,6 +39,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import re
 import runpy
 import sys
 import threading
@@ -122,6 +123,10 @@ class _Mocks(pulumi.runtime.Mocks):
         if args.token == "aws:ec2/getEips:getEips":  # the bed's region, every stack's addresses
             found = self.bed.addresses.describe(args.args.get("tags") or {}, args.args.get("filters") or [])
             return {"allocationIds": [e.allocation_id for e in found], "publicIps": [e.public_ip for e in found]}
+        if args.token == "aws:iam/getRoles:getRoles":  # the account's roles, every stack's
+            pattern = re.compile(args.args.get("nameRegex") or ".*")
+            names = sorted(n for n in self.bed.iam_roles if pattern.search(n))
+            return {"names": names, "arns": [f"arn:aws:iam::123456789012:role/{n}" for n in names]}
         if args.token == "aws:ebs/getEbsVolumes:getEbsVolumes":  # every stack's volumes on the bed
             return {"ids": [v.volume_id for v in self.bed.volumes.describe(args.args.get("tags") or {})]}
         if args.token == "aws:ebs/getVolume:getVolume":
@@ -130,6 +135,9 @@ class _Mocks(pulumi.runtime.Mocks):
                 **{"id": volume.volume_id, "volumeId": volume.volume_id, "availabilityZone": volume.zone},
                 **{"size": volume.size_gib, "volumeType": volume.volume_type, "tags": volume.tags, "encrypted": True},
             }
+        if args.token == "aws:efs/getFileSystem:getFileSystem":
+            # No EFS on the bed (its kernel has no NFS client): none is ever found, as the provider says it.
+            return {}, [("tags", "no matching EFS File System found")]
         if args.token == "aws:servicequotas/getServiceQuota:getServiceQuota":
             quota = float(self.bed.addresses.quota)
             return {"quotaCode": args.args.get("quotaCode"), "serviceCode": "ec2", "value": quota}

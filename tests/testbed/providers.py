@@ -73,6 +73,9 @@ REPLACE_KEYS: dict[str, set[str]] = {
     "aws:iam/rolePolicy:RolePolicy": {"name", "namePrefix", "role"},
     "aws:iam/userPolicy:UserPolicy": {"name", "namePrefix", "user"},
     "aws:iam/accessKey:AccessKey": {"user", "pgpKey"},
+    "aws:iam/rolePolicyAttachment:RolePolicyAttachment": {"role", "policyArn"},
+    # aws_dlm_lifecycle_policy: everything changes in place (UpdateLifecyclePolicy).
+    "aws:dlm/lifecyclePolicy:LifecyclePolicy": set(),
 }
 
 # Changes an instance takes in place only by being stopped and started (the provider does it).

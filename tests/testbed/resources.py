@@ -34,6 +34,7 @@ EIP = "aws:ec2/eip:Eip"
 EIP_ASSOCIATION = "aws:ec2/eipAssociation:EipAssociation"
 VOLUME = "aws:ebs/volume:Volume"
 VOLUME_ATTACHMENT = "aws:ec2/volumeAttachment:VolumeAttachment"
+DLM_POLICY = "aws:dlm/lifecyclePolicy:LifecyclePolicy"
 LOCAL_TIMEOUT = 900
 
 
@@ -180,7 +181,12 @@ class Resources:
             return {"secret": previous.get("secret") or secrets.token_urlsafe(30), "status": "Active"}
         if type_ in ("aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile"):
             iam_name = previous.get("name") or inputs.get("name") or f"{name}-{secrets.token_hex(4)[:7]}"
+            if type_ == "aws:iam/role:Role":
+                self.bed.iam_roles.add(iam_name)  # what a later morning's getRoles finds
             return {"name": iam_name, "arn": f"arn:aws:iam::123456789012:{type_.split(':')[-1].lower()}/{iam_name}"}
+        if type_ == DLM_POLICY:  # the bed's DLM runs it when a test says its hour has come
+            self.bed.lifecycle.put(new.id, inputs)
+            return {"arn": previous.get("arn") or f"arn:aws:dlm:{BED_REGION}:123456789012:policy/{new.id}"}
         return {"arn": previous.get("arn") or f"arn:aws:bed:::{name}"}
 
     def _create_instance(self, new: State) -> dict:
@@ -379,6 +385,10 @@ class Resources:
             self._detach(state)
         elif state.type == VOLUME:
             self._ebs(self.bed.volumes.delete, state.id, name=state.name)
+        elif state.type == DLM_POLICY:
+            self.bed.lifecycle.delete(state.id)
+        elif state.type == "aws:iam/role:Role":
+            self.bed.iam_roles.discard(state.outputs.get("name", ""))
         elif state.type == BUCKET:
             raise EngineError(f"{state.name}: deleting the bucket is not something the bed's engine does")
 

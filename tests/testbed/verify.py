@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from testbed.bed import BedError, wait_until
+from testbed.providers import INSTANCE
 
 
 def fp(value: str) -> str:
@@ -137,3 +138,26 @@ def docker_client(outputs: dict, client: Path) -> Callable[..., str]:
         return run.stdout
 
     return cli
+
+
+class BedStack:
+    """`scripts/swarm roll`'s view of a stack on the bed: the engine's state and `up(replace=...)`."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def machines(self):
+        from swarmcli import roll
+
+        return [
+            roll.Machine(s.urn, s.inputs["tags"]["Name"], s.inputs["tags"]["swarm:role"])
+            for s in self.engine.state.values()
+            if s.type == INSTANCE
+        ]
+
+    def replace(self, urn: str) -> None:
+        self.engine.up(replace=[urn])
+
+    def converge(self, timeout: int) -> str:
+        host = self.engine.host_of("manager-0")
+        return host.run(["swarm-node", "converge", "--timeout", str(timeout)], timeout=timeout + 30).stdout.decode()

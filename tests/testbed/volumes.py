@@ -55,13 +55,21 @@ class Volume:
     volume_type: str = "gp2"  # EC2's default when CreateVolume names none
 
 
+@dataclass
+class Snapshot:
+    snapshot_id: str
+    volume_id: str
+    path: Path
+    tags: dict[str, str] = field(default_factory=dict)
+
+
 class BlockVolumes:
     """The bed's EBS: volumes, their attachments to hosts, and snapshots."""
 
     def __init__(self, root: Path):
         self.root = root / "ebs"
         self.volumes: dict[str, Volume] = {}
-        self.snapshots: dict[str, Path] = {}
+        self.snapshots: dict[str, Snapshot] = {}  # in the order they were taken
         self._lock = threading.Lock()
 
     def create(self, zone: str, size_gib: int, snapshot_id: str = "", tags: dict | None = None) -> Volume:
@@ -72,7 +80,7 @@ class BlockVolumes:
         if snapshot_id:
             if snapshot_id not in self.snapshots:
                 raise VolumeError(f"InvalidSnapshot.NotFound: the snapshot '{snapshot_id}' does not exist")
-            sh("cp", "--sparse=always", str(self.snapshots[snapshot_id]), str(path))
+            sh("cp", "--sparse=always", str(self.snapshots[snapshot_id].path), str(path))
         with open(path, "ab") as disk:
             disk.truncate(max(size_gib * GIB, path.stat().st_size))
         volume = Volume(volume_id, zone, size_gib, path, dict(tags or {}))
@@ -142,14 +150,20 @@ class BlockVolumes:
                 if volume.host_key == host.key:
                     self._release(volume)
 
-    def snapshot(self, volume_id: str) -> str:
+    def snapshot(self, volume_id: str, tags: dict[str, str] | None = None) -> str:
         """CreateSnapshot: what the disk holds now (a write in flight may or may not be in it)."""
         volume = self._get(volume_id)
         snapshot_id = "snap-" + secrets.token_hex(8)
         target = self.root / f"{snapshot_id}.img"
         sh("cp", "--sparse=always", str(volume.path), str(target))
-        self.snapshots[snapshot_id] = target
+        with self._lock:
+            self.snapshots[snapshot_id] = Snapshot(snapshot_id, volume_id, target, dict(tags or {}))
         return snapshot_id
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        with self._lock:
+            snapshot = self.snapshots.pop(snapshot_id)
+        snapshot.path.unlink(missing_ok=True)
 
     def close(self) -> None:
         for volume in list(self.volumes.values()):
