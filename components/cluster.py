@@ -17,12 +17,13 @@ from typing import Any
 import pulumi
 
 from components.addresses import plan_addresses
-from components.data import DataVolumes, plan_kept_volumes
+from components.data import DataVolumes, partition_of, plan_kept_volumes, snapshot_role_exists
 from components.hosts import Hosts
 from components.mirror import RegistryMirror
 from components.network import Network
 from components.nodes import Nodes, NodesArgs
 from components.settings import Settings
+from components.shared_files import SharedFilesArgs, plan_file_system, shared_files
 from components.state import NodeRole, StateStore
 from components.swarm import SwarmFormation, SwarmFormationArgs
 
@@ -39,6 +40,8 @@ class SwarmCluster(pulumi.ComponentResource):
         # addresses stops here, with nothing created.
         kept_addresses = set() if settings.hosts_mode else plan_addresses(settings)
         kept_volumes = plan_kept_volumes(settings)
+        kept_file_system = plan_file_system(settings)
+        has_snapshot_role = not settings.hosts_mode and snapshot_role_exists(settings)
 
         # A root resource, not a child: it is the one part that outlives the cluster, and
         # its protection should not hinge on this component staying in the state.
@@ -49,13 +52,27 @@ class SwarmCluster(pulumi.ComponentResource):
             bucket_name, bucket_arn = state.bucket_name, state.bucket_arn
 
         network: Network | None = None
+        data: DataVolumes | None = None
+        shared: pulumi.Input[str] = ""
         machines: Nodes | Hosts
         if settings.hosts_mode:
             machines = Hosts(f"{name}-hosts", settings, bucket_name, opts=child)
         else:
             network = Network(f"{name}-network", settings, opts=child)
             role = NodeRole(f"{name}-node", settings, bucket_arn, opts=child)
-            data = DataVolumes(name, settings, kept_volumes)
+            files = shared_files(
+                name,
+                settings,
+                kept_file_system,
+                SharedFilesArgs(
+                    vpc_id=network.vpc_id,
+                    subnet_ids=[network.subnet_ids[i] for i in range(len(settings.subnets))],
+                    cluster_security_group_id=network.cluster_security_group_id,
+                ),
+                opts=child,
+            )
+            shared = files.file_system_id if files else ""
+            data = DataVolumes(name, settings, kept_volumes, has_snapshot_role)
             machines = Nodes(
                 f"{name}-nodes",
                 settings,
@@ -89,6 +106,8 @@ class SwarmCluster(pulumi.ComponentResource):
                 leave_on_destroy=settings.hosts_mode,
                 autolock=settings.autolock,
                 ecr_refresh=settings.ecr_refresh,
+                shared_files=shared if settings.shared_files else None,
+                region=settings.region,
             ),
             opts=child,
         )
@@ -116,10 +135,13 @@ class SwarmCluster(pulumi.ComponentResource):
             "vpcId": network.vpc_id if network else "",
             "subnetIds": network.subnet_ids if network else [],
             "clusterSecurityGroupId": network.cluster_security_group_id if network else "",
+            # swarm:sharedFiles: the EFS file system mounted at /var/data/shared ("" when off).
+            "sharedFileSystemId": shared,
             # The AMI new machines boot (the stack's pin), and SSM's newest beside it.
             "amiId": machines.image.ami if isinstance(machines, Nodes) else "",
             "amiNewest": machines.image.newest if isinstance(machines, Nodes) else "",
             **machines_outputs(settings, machines),
+            "dataVolumes": data_outputs(settings, data),
         }
         if machines.ssh_key_generated:
             self.outputs["sshPrivateKey"] = machines.ssh_private_key
@@ -130,8 +152,25 @@ def bucket_arn_of(bucket: str, region: str | None) -> str:
     """The ARN of a bucket the program does not create (its partition follows the region)."""
     if not bucket:
         return ""
-    partition = "aws-cn" if (region or "").startswith("cn-") else "aws-us-gov" if "-gov-" in (region or "") else "aws"
-    return f"arn:{partition}:s3:::{bucket}"
+    return f"arn:{partition_of(region)}:s3:::{bucket}"
+
+
+def data_outputs(settings: Settings, data: DataVolumes | None) -> list[Any]:
+    """Which node holds which data: a stack pins a service with node.labels.swarm.data == name."""
+    if data is None:  # machines you bring: the data they hold themselves
+        held = [p for p in settings.nodes if p.data]
+        return [{"name": p.data, "node": p.name, "volumeId": "", "availabilityZone": ""} for p in held]
+    return [
+        pulumi.Output.all(volume.id, volume.availability_zone).apply(
+            lambda v, entry=entry: {
+                "name": entry.name,
+                "node": f"{settings.cluster_name}-{entry.node}",
+                "volumeId": v[0],
+                "availabilityZone": v[1],
+            }
+        )
+        for entry, volume in data.by_node.values()
+    ]
 
 
 def machines_outputs(settings: Settings, machines: Nodes | Hosts) -> dict[str, Any]:

@@ -13,10 +13,22 @@ night"): a volume whose entry left `swarm:dataVolumes` is found by its
 `swarm:data-of` tag and kept registered, unattached, as AWS describes it, with a warning
 at every `up`; one whose node is not in today's counts is kept the same way. Deleting
 data takes two deliberate commands (README, "Data through the night").
+
+Snapshots are Data Lifecycle Manager's, not the nodes': a policy with its own service
+role takes one of every volume tagged with this stack's `swarm:data-of` each day at
+`swarm:dataSnapshotTime` (after the nightly teardown, so of an unmounted, detached disk)
+and deletes the oldest beyond `swarm:dataSnapshotKeep`. `pulumi destroy` cannot create a
+snapshot, and the nodes hold no EC2 rights: the policy, kept through the night
+(protected), does it while no machine is there. It is registered as long as the stack
+has a volume or the policy's role exists (found by name), so dropping the last volume
+never drops a protected resource; a deleted policy would leave its snapshots unpruned.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from dataclasses import dataclass
 
 import pulumi
@@ -26,6 +38,9 @@ from components.settings import DataVolume, Settings
 
 DATA_OF_TAG = "swarm:data-of"  # <project>/<stack>: which stack's volume
 DATA_TAG = "swarm:data"  # the volume's name, also the node label's value
+SNAPSHOT_OF_TAG = "swarm:snapshot-of"  # added to every snapshot the policy takes
+# AWS's managed policy for DLM's service role: create, tag and delete snapshots.
+DLM_MANAGED_POLICY = "arn:{partition}:iam::aws:policy/service-role/AWSDataLifecycleManagerServiceRole"
 DEVICE_NAME = "/dev/sdf"  # a label only on Nitro: the node finds the disk by volume ID
 
 
@@ -59,11 +74,33 @@ def plan_kept_volumes(settings: Settings) -> list[KeptVolume]:
     return kept
 
 
+def snapshot_role_name(settings: Settings) -> str:
+    """Deterministic, so a morning finds it (IAM role names: at most 64 characters)."""
+    name = f"{settings.cluster_name}-data-snapshots"
+    if len(name) <= 64:
+        return name
+    digest = hashlib.sha256(data_of(settings).encode()).hexdigest()[:8]
+    return f"{name[:47]}-{digest}-snapshots"
+
+
+def snapshot_role_exists(settings: Settings) -> bool:
+    found = aws.iam.get_roles(name_regex=f"^{re.escape(snapshot_role_name(settings))}$")
+    return bool(found.names)
+
+
+def partition_of(region: str | None) -> str:
+    region = region or ""
+    return "aws-cn" if region.startswith("cn-") else "aws-us-gov" if "-gov-" in region else "aws"
+
+
 class DataVolumes:
     """The stack's volumes: root resources, so their protection never hinges on a component."""
 
-    def __init__(self, name: str, settings: Settings, kept: list[KeptVolume]):
+    def __init__(self, name: str, settings: Settings, kept: list[KeptVolume], has_snapshot_role: bool = False):
         self.by_node: dict[str, tuple[DataVolume, aws.ebs.Volume]] = {}
+        self.snapshot_policy: aws.dlm.LifecyclePolicy | None = None
+        if settings.data_volumes or kept or has_snapshot_role:
+            self.snapshot_policy = _snapshot_policy(name, settings)
         planned = {f"{n.role}-{n.index}" for n in settings.nodes}
         for entry in settings.data_volumes:
             # The node's subnet is its index modulo the subnets, whatever the counts (plan_nodes).
@@ -109,3 +146,57 @@ class DataVolumes:
             # protected, refuse) the volume that holds today's data.
             opts=pulumi.ResourceOptions(protect=True, ignore_changes=["snapshotId"]),
         )
+
+
+def _snapshot_policy(name: str, settings: Settings) -> aws.dlm.LifecyclePolicy:
+    """DLM's daily snapshot of the stack's volumes, with the service role it acts as. Both
+    protected and taking no input from anything unprotected: the policy must be there at
+    night, when it runs, and a dropped one would leave its snapshots unpruned."""
+    kept = pulumi.ResourceOptions(protect=True)
+    role = aws.iam.Role(
+        f"{name}-data-snapshots",
+        name=snapshot_role_name(settings),
+        assume_role_policy=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {"Effect": "Allow", "Principal": {"Service": "dlm.amazonaws.com"}, "Action": "sts:AssumeRole"}
+                ],
+            }
+        ),
+        tags=settings.tags,
+        opts=kept,
+    )
+    attached = aws.iam.RolePolicyAttachment(
+        f"{name}-data-snapshots",
+        role=role.name,
+        policy_arn=DLM_MANAGED_POLICY.format(partition=partition_of(settings.region)),
+        opts=kept,
+    )
+    schedule = settings.data_snapshots
+    keep = schedule.keep if schedule else 0
+    return aws.dlm.LifecyclePolicy(
+        f"{name}-data-snapshots",
+        description=f"swarm {data_of(settings)}: daily snapshots of its data volumes",
+        execution_role_arn=role.arn,
+        # Disabled, never deleted, when no snapshots are wanted: its earlier ones stay pruned
+        # by nobody, but switching back on needs no new resource.
+        state="ENABLED" if keep else "DISABLED",
+        policy_details=aws.dlm.LifecyclePolicyPolicyDetailsArgs(
+            resource_types=["VOLUME"],
+            target_tags={DATA_OF_TAG: data_of(settings)},
+            schedules=[
+                aws.dlm.LifecyclePolicyPolicyDetailsScheduleArgs(
+                    name="nightly",
+                    copy_tags=True,
+                    tags_to_add={SNAPSHOT_OF_TAG: data_of(settings)},
+                    create_rule=aws.dlm.LifecyclePolicyPolicyDetailsScheduleCreateRuleArgs(
+                        interval=24, interval_unit="HOURS", times=schedule.time if schedule else "20:00"
+                    ),
+                    retain_rule=aws.dlm.LifecyclePolicyPolicyDetailsScheduleRetainRuleArgs(count=max(keep, 1)),
+                )
+            ],
+        ),
+        tags=settings.tags,
+        opts=pulumi.ResourceOptions(protect=True, depends_on=[attached]),
+    )

@@ -20,7 +20,7 @@ import pulumi
 
 from components.payload import node_environment, render_user_data
 from components.settings import Settings
-from components.swarm import PROVISION, SwarmNode
+from components.swarm import PROVISION, NodeData, SwarmNode
 
 __all__ = ["PROVISION", "Hosts"]
 
@@ -74,6 +74,8 @@ class Hosts(pulumi.ComponentResource):
                 pinned=True,
                 # The formation runs it (after the host's leave: see swarm.py).
                 provision=pulumi.Output.secret(values),
+                # Data it already holds at /var/data: labelled, never mounted by the program.
+                data=NodeData(label=plan.data) if plan.data else None,
             )
             (self.managers if plan.role == "manager" else self.workers).append(handle)
 

@@ -102,11 +102,12 @@ def ssh_connection(
 
 @dataclass
 class NodeData:
-    """A kept volume attached to the node's machine (EC2: components/data.py)."""
+    """The node's data at /var/data: a kept volume attached to its machine (EC2:
+    components/data.py), or what a host the user brings already holds there (no volume)."""
 
     label: str  # the node's swarm.data label: what a stack pins a service to
-    volume_id: pulumi.Input[str]  # how the node finds the disk (device names are not stable)
-    attachment: pulumi.Resource  # replaced with the machine: the mount's trigger
+    volume_id: pulumi.Input[str] | None = None  # how the node finds the disk (device names are not stable)
+    attachment: pulumi.Resource | None = None  # replaced with the machine: the mount's trigger
 
 
 @dataclass
@@ -162,6 +163,10 @@ class SwarmFormationArgs:
     autolock: bool = False
     # swarm:ecrRefresh: fresh ECR credentials in the services at the end of each formation.
     ecr_refresh: bool = False
+    # swarm:sharedFiles: the EFS file system every node mounts at /var/data/shared (its ID
+    # carries the mount targets and the NFS rule as dependencies), and the stack's region.
+    shared_files: pulumi.Input[str] | None = None
+    region: str | None = None
 
 
 class SwarmFormation(pulumi.ComponentResource):
@@ -185,7 +190,9 @@ class SwarmFormation(pulumi.ComponentResource):
         self._pin_host_keys(name, nodes)
         self.leaves = self._leaves(name) if args.leave_on_destroy else {}
         self.provisions = {node.name: self._provision(name, node) for node in nodes if node.provision is not None}
-        ready = {node.name: self._data(name, node, self._ready(name, node)) for node in nodes}
+        # Each node's chain before it bootstraps or joins: ready, then its data volume, then
+        # the shared files (they sit on /var/data).
+        ready = {node.name: self._shared(name, node, self._data(name, node, self._ready(name, node))) for node in nodes}
         self.retires = self._retires(name, ready)
         self.signing = self._signing_keys(name, ready)
         self.known_hosts = self._host_keys()
@@ -218,24 +225,7 @@ class SwarmFormation(pulumi.ComponentResource):
         for node in args.workers:
             self.joins.append(self._join(name, node, "worker", [tokens, ready[node.name], *self._retired(node)]))
 
-        data_labels = ",".join(f"{n.name}={n.data.label}" for n in nodes if n.data is not None)
-        self.reconcile = self._command(
-            f"{name}-reconcile",
-            leader,
-            create=node_cli(
-                "reconcile",
-                "--managers",
-                ",".join(n.name for n in args.managers),
-                "--workers",
-                ",".join(n.name for n in args.workers),
-                "--data",
-                data_labels,
-            ),
-            depends_on=[self.bootstrap, *self.joins],
-            # Rerun whenever any machine is new (yesterday's nodes must be removed) and
-            # whenever a data volume moves to another node (its label with it).
-            triggers=[*(r for n in nodes for r in n.replaced_by), data_labels],
-        )
+        self.reconcile = self._reconcile(name, nodes)
 
         self._night_hooks(name)
         if args.ecr_refresh:
@@ -254,6 +244,29 @@ class SwarmFormation(pulumi.ComponentResource):
                 "unlock_key": self.unlock_key,
                 "known_hosts": self.known_hosts,
             }
+        )
+
+    def _reconcile(self, name: str, nodes: list[SwarmNode]) -> remote.Command:
+        """After every join: each named node Ready in its role, yesterday's removed, and the
+        data nodes labelled swarm.data=<name> (no other node keeps that label)."""
+        args = self._args
+        data_labels = ",".join(f"{n.name}={n.data.label}" for n in nodes if n.data is not None)
+        return self._command(
+            f"{name}-reconcile",
+            self.leader,
+            create=node_cli(
+                "reconcile",
+                "--managers",
+                ",".join(n.name for n in args.managers),
+                "--workers",
+                ",".join(n.name for n in args.workers),
+                *(["--data", data_labels] if data_labels else []),
+            ),
+            depends_on=[self.bootstrap, *self.joins],
+            # Rerun whenever any machine is new (yesterday's nodes must be removed) and
+            # whenever a data volume moves to another node (its label with it). A stack
+            # without data keeps the triggers it had: no replacement on upgrade.
+            triggers=[*(r for n in nodes for r in n.replaced_by), *([data_labels] if data_labels else [])],
         )
 
     def _night_hooks(self, name: str) -> None:
@@ -344,20 +357,54 @@ class SwarmFormation(pulumi.ComponentResource):
         there) and unmounts, before the attachment is detached and the machine goes: at
         night, after the backup and the retires; during the day, after the node's retire
         has drained it. The trigger is the attachment, which every new machine replaces, so
-        Pulumi deletes this first in the machine's delete-before-replace chain."""
-        if node.data is None:
+        Pulumi deletes this first in the machine's delete-before-replace chain. A host the
+        user brings only has its /var/data checked: the program mounts nothing there."""
+        data = node.data
+        if data is None:
             return ready
+        if data.attachment is None or data.volume_id is None:
+            return self._command(
+                f"{name}-data-{node.name}",
+                node,
+                create=node_cli("data-mount", "--existing", "--name", data.label),
+                depends_on=[ready],
+                triggers=list(node.replaced_by),
+            )
         return self._command(
             f"{name}-data-{node.name}",
             node,
-            create=pulumi.Output.concat(
-                node_cli("data-mount", "--name", node.data.label, "--volume"), " ", node.data.volume_id
-            ),
+            create=pulumi.Output.concat(node_cli("data-mount", "--name", data.label, "--volume"), " ", data.volume_id),
             delete=node_cli("data-release"),
-            depends_on=[ready, node.data.attachment],
+            depends_on=[ready, data.attachment],
             dial_error_limit=BACKUP_DIAL_ERROR_LIMIT,
-            triggers=[node.data.attachment.id],
+            triggers=[data.attachment.id],
             delete_before_replace=True,
+        )
+
+    def _releases_storage(self, node: SwarmNode) -> bool:
+        """Whether the node's chain ends in a command whose `delete` stops its dockerd."""
+        has_volume = node.data is not None and node.data.attachment is not None
+        return has_volume or self._args.shared_files is not None
+
+    def _shared(self, name: str, node: SwarmNode, ready: remote.Command) -> remote.Command:
+        """The stack's EFS file system at /var/data/shared (swarm:sharedFiles), after the node's
+        data volume (it sits on /var/data) and before the node bootstraps or joins. The ID it
+        mounts carries the mount targets and the NFS rule, so each morning it waits for them,
+        and its `delete` (dockerd stopped, the client's writes flushed, unmounted, dockerd
+        started again) runs before they go: at night after the backup and the node's
+        retire; during the day after the retire has drained the node."""
+        args = self._args
+        if args.shared_files is None:
+            return ready
+        return self._command(
+            f"{name}-shared-{node.name}",
+            node,
+            create=pulumi.Output.concat(
+                node_cli("shared-mount", "--region", args.region or ""), " --fs ", args.shared_files
+            ),
+            delete=node_cli("shared-release"),
+            depends_on=[ready],
+            dial_error_limit=BACKUP_DIAL_ERROR_LIMIT,
         )
 
     def _provisioned(self, node: SwarmNode) -> list[pulumi.Resource]:
@@ -417,7 +464,13 @@ class SwarmFormation(pulumi.ComponentResource):
                 # drops them beyond 10 unauthenticated) and one more step before the joins.
                 create=None,
                 delete=pulumi.Output.concat(node_cli("retire", "--name", node.name, "--addr"), " ", node.private_ip),
-                depends_on=[ready[node.name], *([leave] if leave is not None else [])],
+                # A steward with a data volume or the shared files stops its dockerd when it
+                # releases them (data-release, shared-release): every retire it runs goes first.
+                depends_on=[
+                    ready[node.name],
+                    *([leave] if leave is not None else []),
+                    *([ready[steward.name]] if self._releases_storage(steward) else []),
+                ],
                 dial_error_limit=BACKUP_DIAL_ERROR_LIMIT,
                 triggers=triggers,
                 delete_before_replace=node.pinned,

@@ -16,6 +16,14 @@ OPERATOR_KEY = "tls:index/privateKey:PrivateKey"
 SEED = "random:index/randomBytes:RandomBytes"
 ADDRESS = "aws:ec2/eip:Eip"
 AMI_RECORD = "random:index/randomShuffle:RandomShuffle"
+# swarm:dataVolumes and swarm:sharedFiles: EC2's data, its snapshot policy and their role.
+DATA_TYPES = (
+    "aws:ebs/volume:Volume",
+    "aws:dlm/lifecyclePolicy:LifecyclePolicy",
+    "aws:iam/rolePolicyAttachment:RolePolicyAttachment",
+    "aws:iam/role:Role",
+    "aws:efs/fileSystem:FileSystem",
+)
 
 
 @dataclass(frozen=True)
@@ -55,7 +63,22 @@ def dropped(resources: list[dict], config: dict[str, str]) -> list[Dropped]:
         if ec2:
             what = "the EC2 nodes' operator SSH key, host-key seed, AMI record and Elastic IPs"
             found.append(Dropped("swarm:hosts", what, [r["urn"] for r in ec2], _addresses_step(ec2)))
+        data = [r for r in protected if r["type"] in DATA_TYPES]
+        if data:
+            what = "the EC2 stack's data volumes and shared files"
+            found.append(Dropped("swarm:hosts", what, [r["urn"] for r in data], _data_step(data)))
     return found
+
+
+def _data_step(resources: list[dict]) -> str:
+    """The data stays in AWS once forgotten: copy it to the machines you bring first."""
+    volumes = [r.get("id", "") for r in resources if r["type"] == "aws:ebs/volume:Volume"]
+    systems = [r.get("id", "") for r in resources if r["type"] == "aws:efs/fileSystem:FileSystem"]
+    held = ", ".join([*volumes, *systems])
+    return (
+        f"Copy the data your hosts need first (it stays in AWS, and billed, until you delete {held} there; "
+        f"a last snapshot: aws ec2 create-snapshot --volume-id <id>)."
+    )
 
 
 def _addresses_step(resources: list[dict]) -> str:

@@ -25,7 +25,7 @@ import re
 from swarm_agent import dockerd, env, lock, paths, run
 from swarm_agent.run import AgentError
 
-MOUNT_POINT = "/var/data"
+MOUNT_POINT = "/var/data"  # the seeds' convention; paths.DATA_MOUNT (tests move it)
 BY_ID = "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_"
 VOLUME_ID_RE = re.compile(r"^vol-[0-9a-f]{8,17}$")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
@@ -50,15 +50,18 @@ DROP_IN_TEXT = f"""[Unit]
 # swarm:dataVolumes: no task starts before its data is mounted (agent/swarm_agent/data.py).
 Requires={UNIT}
 After={UNIT}
-RequiresMountsFor={MOUNT_POINT}
 """
 
 
 def data_mount(args) -> None:
     """Mount this node's volume at /var/data; with --boot, the one data-mount recorded.
     At boot nothing else runs yet, so no lock: Pulumi's run holds it while it starts
-    swarm-data.service, whose --boot run would otherwise wait for it."""
+    swarm-data.service, whose --boot run would otherwise wait for it. With --existing (a
+    host the user brings), only check that its data is there: nothing is mounted."""
     env.load()
+    if getattr(args, "existing", False):
+        _check_existing(args.name or "")
+        return
     volume_id, name = _which_volume(args)
     if args.boot:
         _mount(volume_id, name, args.timeout)
@@ -69,16 +72,28 @@ def data_mount(args) -> None:
     _every_boot()
 
 
+def _check_existing(name: str) -> None:
+    if not NAME_RE.match(name):
+        raise AgentError(f"data-mount: '{name}' is not a data name (swarm:hosts[].data)")
+    if not os.path.isdir(paths.DATA_MOUNT):
+        raise AgentError(
+            f"data-mount: swarm:hosts[].data names '{name}' for this host, but {paths.DATA_MOUNT} is not a directory "
+            f"here; mount its disk there, or link it to the data's directory (ln -s /srv/{name} {paths.DATA_MOUNT}), "
+            "or drop the host's data field"
+        )
+    print(f"data: {name} is this host's own {paths.DATA_MOUNT} (nothing mounted by the program)", flush=True)
+
+
 def _mount(volume_id: str, name: str, timeout: float) -> None:
     device = wait_for_device(volume_id, timeout)
     if _mounted_device() is None:
         _format_if_empty(device, name)
-        os.makedirs(MOUNT_POINT, mode=0o755, exist_ok=True)
-        run.call("mount", "-t", FSTYPE, "-o", "noatime", device, MOUNT_POINT)
+        os.makedirs(paths.DATA_MOUNT, mode=0o755, exist_ok=True)
+        run.call("mount", "-t", FSTYPE, "-o", "noatime", device, paths.DATA_MOUNT)
         run.call("resize2fs", device)  # a volume made larger since: online, a no-op otherwise
-        print(f"data: mounted {volume_id} ({device}) at {MOUNT_POINT}", flush=True)
+        print(f"data: mounted {volume_id} ({device}) at {paths.DATA_MOUNT}", flush=True)
     else:
-        print(f"data: {volume_id} ({device}) is mounted at {MOUNT_POINT}", flush=True)
+        print(f"data: {volume_id} ({device}) is mounted at {paths.DATA_MOUNT}", flush=True)
 
 
 def _which_volume(args) -> tuple[str, str]:
@@ -177,7 +192,7 @@ def _write(path: str, text: str) -> bool:
 def _holders() -> str:
     """Who keeps the mount busy, if psmisc's fuser is there to say."""
     try:
-        found = run.call("fuser", "-vm", MOUNT_POINT, check=False)
+        found = run.call("fuser", "-vm", paths.DATA_MOUNT, check=False)
     except AgentError:
         return "unknown (no fuser on this node)"
     return (found.stderr + found.stdout).strip()[:300] or "unknown"
@@ -188,7 +203,7 @@ def _mounted_device() -> str | None:
     with open(os.path.join(paths.PROC, "self", "mounts")) as handle:
         for line in handle:
             fields = line.split()
-            if len(fields) > 1 and fields[1] == MOUNT_POINT:
+            if len(fields) > 1 and fields[1] == paths.DATA_MOUNT:
                 return fields[0]
     return None
 
@@ -199,16 +214,16 @@ def data_release(args) -> None:
     env.load()
     device = _mounted_device()
     if device is None:
-        print(f"data: nothing is mounted at {MOUNT_POINT}; nothing to release", flush=True)
+        print(f"data: nothing is mounted at {paths.DATA_MOUNT}; nothing to release", flush=True)
         return
     if not dockerd.is_down():
         dockerd.stop()
         print("data: dockerd stopped (its tasks with it)", flush=True)
     run.call("sync")
-    unmounted = run.call("umount", MOUNT_POINT, check=False)
+    unmounted = run.call("umount", paths.DATA_MOUNT, check=False)
     if unmounted.returncode != 0:
         raise AgentError(
-            f"data-release: {MOUNT_POINT} did not unmount ({unmounted.stderr.strip()[:200]}); still using it: "
+            f"data-release: {paths.DATA_MOUNT} did not unmount ({unmounted.stderr.strip()[:200]}); still using it: "
             f"{_holders()}. Nothing was detached; stop those, then run the update again"
         )
-    print(f"data: unmounted {MOUNT_POINT} ({device})", flush=True)
+    print(f"data: unmounted {paths.DATA_MOUNT} ({device})", flush=True)

@@ -20,6 +20,7 @@ from swarm_agent.run import AgentError, CallFailed
 
 NODE_ID_RE = re.compile(r"^[a-z0-9]+$")
 NAME_RE = re.compile(r"^[A-Za-z0-9.-]+$")
+SERVICE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 IPV4_RE = re.compile(r"^[0-9.]+$")
 TEARDOWN_LABEL = "swarm.teardown"
 DATA_LABEL = "swarm.data"  # the name of the data volume mounted at /var/data (data.py)
@@ -243,12 +244,13 @@ def check_quorum_without(node_id: str, name: str) -> None:
 
 
 def wait_drained(node_id: str, name: str, timeout: int) -> None:
-    """Until no task runs on the node and every service is at its replicas; at the bound,
-    a note and on (the node goes anyway)."""
+    """Until no task runs on the node and every service that has somewhere else to go is
+    at its replicas (one pinned to this node's data waits for its new machine: waiting
+    for it would only spend the bound); at the bound, a note and on (the node goes anyway)."""
     deadline = run.now() + timeout
     while True:
         running = tasks_running(node_id)
-        late = unconverged_services()
+        late = unconverged_services(placeable_only=True)
         if running == 0 and not late:
             return
         if run.now() >= deadline:
@@ -282,16 +284,32 @@ def wait_role(node_id: str, name: str, role: str) -> None:
 
 
 # -- services ---------------------------------------------------------------------------
-def unconverged_services() -> str:
-    """Services whose running replicas are not their desired count (" name 2/3 ...")."""
+def unconverged_services(placeable_only: bool = False) -> str:
+    """Services whose running replicas are not their desired count (" name 2/3 ..."); with
+    `placeable_only`, not those whose missing tasks no node can take now."""
     late = ""
     for service in json_lines(run.docker("service", "ls", "--format", "{{json .}}").stdout):
         # "2/3", or "0/1 (1/1 completed)" for a job: the count is the first word.
         replicas = (str(service.get("Replicas") or "").split() or [""])[0]
         running, _, desired = replicas.partition("/")
-        if running != desired:
-            late += f" {service.get('Name', '')} {replicas}"
+        name = str(service.get("Name", ""))
+        if running != desired and not (placeable_only and unplaceable(name)):
+            late += f" {name} {replicas}"
     return late
+
+
+def unplaceable(service: str) -> bool:
+    """Whether every task the service still wants running waits for a node that does not
+    exist yet (the scheduler's "no suitable node": a constraint such as the node label of
+    a data volume whose machine is being replaced)."""
+    if not SERVICE_NAME_RE.match(service):
+        return False
+    listing = run.docker(
+        "service", "ps", "--filter", "desired-state=running", "--format", "{{.CurrentState}}|{{.Error}}", service,
+        check=False,
+    )  # fmt: skip
+    waiting = [line for line in listing.stdout.splitlines() if not line.startswith("Running")]
+    return listing.returncode == 0 and bool(waiting) and all("no suitable node" in line for line in waiting)
 
 
 def converge(args) -> None:

@@ -19,8 +19,14 @@ NODE_LOCK = "/run/swarm-node.lock"
 # The last ECR refresh this node did (registry_auth.py): when, and what it said; read by
 # `scripts/swarm status` on the leader.
 REGISTRY_AUTH_RECORD = "/run/swarm-registry-auth.json"
+DATA_MOUNT = "/var/data"  # swarm:dataVolumes (data.py): where a node's kept volume is mounted
 DATA_RECORD = "/etc/swarm/data.json"  # this node's data volume (data.py): its ID and name, for each boot
 SYS_BLOCK = "/sys/block"  # the kernel's disks (an EBS volume's NVMe serial is its ID)
 UNIT_DIR = "/etc/systemd/system"
 SYSTEMD_RUN = "/run/systemd/system"  # exists when systemd is PID 1
 PROC = "/proc"
+# swarm:sharedFiles (shared.py): where the stack's EFS file system is mounted, the table
+# every boot mounts it from, and what says which distribution (so which NFS client) this is.
+SHARED_MOUNT = "/var/data/shared"
+FSTAB = "/etc/fstab"
+OS_RELEASE = "/etc/os-release"

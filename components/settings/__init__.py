@@ -35,7 +35,7 @@ from components.settings.base import (
     namespace_keys,
     refuse_unknown_keys,
 )
-from components.settings.data import DataVolume, read_data_volumes
+from components.settings.data import DataVolume, SnapshotSchedule, read_data_volumes, read_snapshot_schedule
 from components.settings.ec2 import (
     architecture_of_instance_type,
     check_subnet_room,
@@ -47,6 +47,7 @@ from components.settings.ec2 import (
 )
 from components.settings.hosts import read_hosts
 from components.settings.mirror import read_mirror
+from components.settings.shared import read_shared_files
 
 __all__ = [
     "AL2023_SSM_PARAMETER",
@@ -59,6 +60,7 @@ __all__ = [
     "DataVolume",
     "NodePlan",
     "Settings",
+    "SnapshotSchedule",
     "SubnetPlan",
     "architecture_of_instance_type",
     "load_settings",
@@ -97,6 +99,8 @@ def load_settings(
     network = read_network(r)
     ecr_refresh = _ecr_refresh(r, mirror.ecr_refresh, hosts_mode, backup_target)
     data_volumes = [] if hosts_mode else read_data_volumes(r)
+    shared_files = read_shared_files(r, hosts_mode)
+    snapshots = read_snapshot_schedule(r)
 
     cluster_name = f"swarm-{_sanitize(stack)}"
     managers, workers = machines.managers, machines.workers
@@ -165,6 +169,8 @@ def load_settings(
         mirror_s3_secret_access_key=backups.mirror_secret_access_key,
         autolock=backups.autolock,
         data_volumes=data_volumes,
+        shared_files=shared_files,
+        data_snapshots=snapshots,
     )
 
 

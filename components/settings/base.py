@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pulumi
 
 if TYPE_CHECKING:
-    from components.settings.data import DataVolume
+    from components.settings.data import DataVolume, SnapshotSchedule
 
 NAMESPACE = "swarm"
 
@@ -46,6 +46,10 @@ DEFAULTS: dict[str, Any] = {
     "restoreUnsigned": False,
     "backupTarget": "s3",
     "backupDirectory": "~/.swarm/backups",
+    # swarm:dataVolumes' snapshots (Data Lifecycle Manager): when, in UTC, and how many per volume.
+    "dataSnapshotTime": "20:00",
+    "dataSnapshotKeep": 7,
+    "sharedFiles": False,  # one kept EFS file system at /var/data/shared on every node
 }
 
 # Keys that only mean something when the program creates EC2 machines; with swarm:hosts a
@@ -66,8 +70,11 @@ EC2_ONLY_KEYS = (
     "sshAllowedCidrs",
     "sshPublicKey",
     "dataVolumes",
+    "dataSnapshotTime",
+    "dataSnapshotKeep",
+    "sharedFiles",
 )
-HOST_KEYS = ("name", "address", "role", "privateAddress", "user", "port")
+HOST_KEYS = ("name", "address", "role", "privateAddress", "user", "port", "data")
 # Every key of the namespace the program reads: those with a default, and those without
 # one (a unit test checks each settings module reads only these, and Pulumi.yaml declares
 # only these). Any other `swarm:` key is a typo, refused with the closest of these.
@@ -138,6 +145,9 @@ class NodePlan:
     address: str | None = None
     user: str | None = None
     port: int = 22
+    # swarm:hosts[].data: the name of the data this host already holds at /var/data (its
+    # swarm.data label); the program mounts nothing there.
+    data: str | None = None
 
 
 @dataclass(frozen=True)
@@ -189,6 +199,8 @@ class Settings:
     ecr_refresh: bool = False  # swarm:ecrRefresh, where the nodes hold AWS rights to use it
     ecr_endpoint: str | None = None  # swarm:ecrEndpoint
     data_volumes: list[DataVolume] = field(default_factory=list)  # swarm:dataVolumes
+    data_snapshots: SnapshotSchedule | None = None  # swarm:dataSnapshotTime / dataSnapshotKeep
+    shared_files: bool = False  # swarm:sharedFiles: the stack's EFS file system at /var/data/shared
 
     @property
     def mirror_storage(self) -> str:

@@ -20,10 +20,30 @@ DEFAULT_SIZE = 20  # GiB
 # Single-attach types; io1/io2 need an IOPS figure this setting does not take yet.
 VOLUME_TYPES = {"gp3": 1, "gp2": 1, "st1": 125, "sc1": 125}  # type -> smallest size (GiB)
 MAX_SIZE = 16384
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 _NODE = re.compile(r"^(manager|worker)-(0|[1-9][0-9]{0,3})$")
 _SNAPSHOT = re.compile(r"^snap-[0-9a-f]{8,17}$")
 EXAMPLE = '\'{"name":"postgres","node":"worker-0","size":50}\''
+
+
+_TIME = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+MAX_SNAPSHOTS = 1000  # DLM's largest retain count
+
+
+@dataclass(frozen=True)
+class SnapshotSchedule:
+    """swarm:dataSnapshotTime / dataSnapshotKeep: Data Lifecycle Manager's daily rule."""
+
+    time: str  # HH:MM, UTC
+    keep: int  # per volume; 0: the policy is disabled (never deleted: it is kept)
+
+
+def read_snapshot_schedule(r: Reader) -> SnapshotSchedule:
+    time = r.string("dataSnapshotTime") or ""
+    if not _TIME.match(time):
+        r.problem("dataSnapshotTime", f"must be a UTC time HH:MM, after your nightly teardown (got {time!r})", "20:00")
+    keep = r.integer("dataSnapshotKeep", "7", lambda n: 0 <= n <= MAX_SNAPSHOTS, f"from 0 (none) to {MAX_SNAPSHOTS}")
+    return SnapshotSchedule(time, keep)
 
 
 @dataclass(frozen=True)
@@ -81,7 +101,7 @@ def _read_entry(r: Reader, i: int, entry: object) -> DataVolume | None:
     snapshot = str(entry.get("snapshotId") or "").strip() or None
     size = entry.get("size", DEFAULT_SIZE)
     ok = True
-    if not _NAME.match(name):
+    if not NAME_RE.match(name):
         ok = _bad(r, i, "name", f"must be 1-32 lowercase letters, digits and '-' (got {name!r})", "postgres")
     found = _NODE.match(node)
     if not found:

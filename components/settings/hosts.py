@@ -10,6 +10,7 @@ import json
 import re
 
 from components.settings.base import HOST_KEYS, MAX_MANAGERS, NAMESPACE, SSH_USER, NodePlan, Reader, fix
+from components.settings.data import NAME_RE as DATA_NAME
 
 _HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -43,6 +44,7 @@ def read_hosts(r: Reader, default_user: str) -> list[NodePlan]:
     seen_names: dict[str, int] = {}
     seen_logins: dict[tuple[str, int], int] = {}
     seen_advertised: dict[str, int] = {}
+    seen_data: dict[str, int] = {}
     counters = {"manager": 0, "worker": 0}
     for i, host in enumerate(hosts):
         at = f"[{i}]"
@@ -109,8 +111,9 @@ def read_hosts(r: Reader, default_user: str) -> list[NodePlan]:
             bad("address", f"{address}:{port} is also hosts[{seen_logins[login]}]'s SSH address", "192.168.1.12")
         elif address:
             seen_logins[login] = i
+        data = _data_name(host, bad, seen_data, i)
         if role in counters:
-            plans.append(NodePlan(name, role, counters[role], 0, advertised or None, address, user, port))
+            plans.append(NodePlan(name, role, counters[role], 0, advertised or None, address, user, port, data))
             counters[role] += 1
 
     managers = counters["manager"]
@@ -122,3 +125,19 @@ def read_hosts(r: Reader, default_user: str) -> list[NodePlan]:
             f"[{len(hosts) - 1}].role",
         )
     return sorted(plans, key=lambda p: p.role != "manager")
+
+
+def _data_name(host: dict, bad, seen: dict[str, int], i: int) -> str | None:
+    """hosts[].data: the name its data goes by (node.labels.swarm.data), as swarm:dataVolumes names a volume."""
+    raw = host.get("data")
+    if raw is None:
+        return None
+    name = str(raw).strip()
+    if not DATA_NAME.match(name):
+        bad("data", f"must be 1-32 lowercase letters, digits and '-': the node's swarm.data label (got {raw!r})", "pg")
+        return None
+    if name in seen:
+        bad("data", f"repeats {name!r} from hosts[{seen[name]}]: one host per data name", "uploads")
+        return None
+    seen[name] = i
+    return name

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import runpy
 import shutil
 from dataclasses import dataclass, field
@@ -116,11 +117,15 @@ class SwarmMocks(pulumi.runtime.Mocks):
         addresses: dict[str, dict[str, str]] | None = None,
         address_quota: float | None = 20.0,  # raised: a 7-manager stack fits; quota tests set their own
         volumes: dict[str, dict] | None = None,
+        roles: list[str] | None = None,
+        file_systems: dict[str, dict[str, str]] | None = None,
     ):
         """`addresses`: Elastic IPs the region already holds, by allocation id, with their
         tags; `address_quota`: what Service Quotas answers (None: it refuses); `volumes`:
         EBS volumes the region holds, by volume id, as DescribeVolumes describes them."""
         self.volumes = dict(volumes or {})
+        self.roles = list(roles or [])  # IAM roles the account holds, by name
+        self.file_systems = dict(file_systems or {})  # EFS file systems the region holds: id -> tags
         self.subnets = subnets or {}
         self.addresses = dict(addresses or {})
         self.address_quota = address_quota
@@ -141,6 +146,8 @@ class SwarmMocks(pulumi.runtime.Mocks):
             return state["allocationId"], state
         elif args.typ == "aws:ec2/eipAssociation:EipAssociation":
             state["publicIp"] = "198.51.100.250"  # what AWS reads back (the program uses the Eip's)
+        elif args.typ == "aws:efs/fileSystem:FileSystem":
+            return args.resource_id or "fs-0a1b2c3d4e5f6a7b8", state  # an import keeps the ID it names
         elif args.typ == "aws:s3/bucket:Bucket":
             state["bucket"] = state.get("bucket") or f"{args.name}-0a1b2c3"
             state["arn"] = f"arn:aws:s3:::{state['bucket']}"
@@ -199,6 +206,16 @@ class SwarmMocks(pulumi.runtime.Mocks):
             if self.address_quota is None:  # as a provider reports a failed call
                 return {}, [("quotaCode", "AccessDeniedException: not authorized to call GetServiceQuota")]
             return {"quotaCode": args.args["quotaCode"], "serviceCode": "ec2", "value": self.address_quota}
+        if args.token == "aws:iam/getRoles:getRoles":
+            pattern = re.compile(args.args.get("nameRegex") or ".*")
+            names = [n for n in self.roles if pattern.search(n)]
+            return {"names": names, "arns": [f"arn:aws:iam::123456789012:role/{n}" for n in names]}
+        if args.token == "aws:efs/getFileSystem:getFileSystem":  # as the provider answers, one or an error
+            found = [f for f, tags in self.file_systems.items() if tags_match(tags, args.args.get("tags") or {}, [])]
+            if len(found) != 1:
+                several = "multiple EFS File Systems matched; use additional constraints to reduce matches"
+                return {}, [("tags", several if found else "no matching EFS File System found")]
+            return {"id": found[0], "fileSystemId": found[0], "tags": self.file_systems[found[0]]}
         if args.token == "aws:ebs/getEbsVolumes:getEbsVolumes":
             wanted = args.args.get("tags") or {}
             found = [v for v, d in self.volumes.items() if tags_match(d.get("tags") or {}, wanted, [])]

@@ -85,7 +85,7 @@ def test_verbs_and_their_arguments(run):
     )
     assert run.command("-reconcile").inputs["create"] == (
         "sudo /usr/local/sbin/swarm-node reconcile --managers swarm-dev-manager-0,swarm-dev-manager-1,"
-        "swarm-dev-manager-2 --workers swarm-dev-worker-0,swarm-dev-worker-1,swarm-dev-worker-2 --data ''"
+        "swarm-dev-manager-2 --workers swarm-dev-worker-0,swarm-dev-worker-1,swarm-dev-worker-2"
     )
     assert run.command("-probe-swarm-dev-manager-1").inputs["create"] == "sudo /usr/local/sbin/swarm-node probe"
     assert run.command("-retire-swarm-dev-manager-1").inputs["delete"] == (

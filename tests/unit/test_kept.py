@@ -58,6 +58,18 @@ def test_moving_to_your_own_machines_is_refused_with_the_steps():
     assert "aws ec2 release-address --allocation-id eipalloc-0a1b2c3d4e5f60718" in problems[0].message("dev")
 
 
+def test_moving_to_your_own_machines_names_the_data_volumes_and_their_snapshot_policy():
+    volume = resource(f"{ROOT_URN}$aws:ebs/volume:Volume::swarm-dev-data-pg")
+    volume["id"] = "vol-0123456789abcdef0"
+    policy = resource(f"{ROOT_URN}$aws:dlm/lifecyclePolicy:LifecyclePolicy::swarm-dev-data-snapshots")
+    node_role = resource(f"{ROOT_URN}$swarm:index:NodeRole$aws:iam/role:Role::swarm-dev-node-role", protect=False)
+    problems = kept.dropped([*AFTER_A_NIGHT, volume, policy, node_role], {"swarm:hosts": "[]"})
+    assert [p.setting for p in problems] == ["swarm:hosts", "swarm:hosts"]
+    data = problems[1]
+    assert data.urns == [volume["urn"], policy["urn"]]  # the night's role is not kept: not named
+    assert "vol-0123456789abcdef0" in data.message("dev") and "create-snapshot" in data.message("dev")
+
+
 def test_a_config_that_keeps_everything_passes():
     assert kept.dropped(AFTER_A_NIGHT, {"swarm:restoreFrom": "latest"}) == []
     # A first morning: nothing kept yet, nothing to drop.

@@ -76,10 +76,13 @@ def test_nothing_else_in_the_program_writes_a_policy_for_the_nodes():
         for path in (ROOT / "components").rglob("*.py")
         if re.search(r'"Statement"\s*:', path.read_text()) and path.name != "rights.py"
     ]
-    # state.py holds the bucket's TLS-only policy and the role's trust policy: neither gives a node a right.
-    assert writers == ["components/state.py"]
+    # state.py holds the bucket's TLS-only policy and the role's trust policy; data.py the trust
+    # policy of Data Lifecycle Manager's own role (dlm.amazonaws.com): none gives a node a right.
+    assert sorted(writers) == ["components/data.py", "components/state.py"]
     state = (ROOT / "components" / "state.py").read_text()
     assert state.count('"Effect": "Allow"') == 1 and '"Action": "sts:AssumeRole"' in state
+    data = (ROOT / "components" / "data.py").read_text()
+    assert data.count('"Effect": "Allow"') == 1 and '"Principal": {"Service": "dlm.amazonaws.com"}' in data
 
 
 def test_ecr_rights_are_pull_only_on_this_account_s_repositories_and_only_when_asked_for():

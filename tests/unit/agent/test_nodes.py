@@ -186,6 +186,37 @@ def test_retire_drains_and_removes_a_worker(fakes, lock_dir, capsys):
     assert 2 <= fakes.clock.slept <= 3  # waited for the tasks to move
 
 
+def test_retire_does_not_wait_for_a_service_pinned_to_the_retiring_nodes_data(fakes, lock_dir, capsys):
+    """Its task can only run on the node's next machine: waiting would spend the whole bound."""
+    manager_up(fakes)
+    fakes.on("docker", "node", "ls", "-q", stdout=f"{SELF}\n")
+    serve_nodes(fakes, [node(SELF, "m0", reach="Leader"), node("w1id", "w1", role="worker", addr="10.42.0.21")])
+    fakes.on("docker", "node", "update")
+    fakes.on("docker", "node", "ps", "w1id", stdout=json.dumps({"CurrentState": "Shutdown 1 second ago"}) + "\n")
+    serve_services(fakes, ("web", "3/3"), ("pg", "0/1"))
+    pending = "Pending 2 seconds ago|no suitable node (scheduling constraints not satisfied on 1 node)\n"
+    fakes.on("docker", "service", "ps", "--filter", "desired-state=running", stdout=pending)
+    fakes.on("docker", "node", "rm", "--force")
+    nodes.retire(retire_args())
+    assert capsys.readouterr().out == "retire: w1 (10.42.0.21) drained and removed from the swarm\n"
+    assert fakes.clock.slept < 1, "the retire waited for a service no node could take"
+    assert fakes.argvs("docker")[-2][-1] == "pg"  # it asked the scheduler why pg waits
+
+
+def test_retire_waits_for_a_service_that_can_run_elsewhere(fakes, lock_dir):
+    manager_up(fakes)
+    fakes.on("docker", "node", "ls", "-q", stdout=f"{SELF}\n")
+    serve_nodes(fakes, [node(SELF, "m0", reach="Leader"), node("w1id", "w1", role="worker", addr="10.42.0.21")])
+    fakes.on("docker", "node", "update")
+    fakes.on("docker", "node", "ps", "w1id", stdout="")
+    serve_services(fakes, ("web", "2/3"), times=3)
+    serve_services(fakes, ("web", "3/3"))
+    fakes.on("docker", "service", "ps", "--filter", "desired-state=running", stdout="Preparing 1 second ago|\n")
+    fakes.on("docker", "node", "rm", "--force")
+    nodes.retire(retire_args())
+    assert 3 <= fakes.clock.slept <= 4
+
+
 def test_retire_demotes_a_manager_within_quorum(fakes, lock_dir, capsys):
     manager_up(fakes)
     fakes.on("docker", "node", "ls", "-q", stdout=f"{SELF}\n")
