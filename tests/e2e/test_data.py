@@ -107,6 +107,7 @@ def assert_kept(engine, before: list[str]) -> None:
     (container,) = worker.docker("ps", "-q", "--filter", "label=com.docker.swarm.service.name=ledger").split()
     counted = int(worker.docker("logs", container).split("start: ")[1].split()[0])
     assert counted >= len(before), f"the task started on {counted} lines, fewer than the {len(before)} kept"
+    engine.log(f"ledger: {len(before)} lines before the step, {len(after)} now; the task started on {counted}")
 
 
 # -- 1. Morning ---------------------------------------------------------------------------
