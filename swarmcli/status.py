@@ -73,6 +73,7 @@ def _as_list(value) -> list:
 
 def _nodes(outputs: dict, raw: dict[str, object]) -> list[dict]:
     zones = {n.get("name"): n.get("availabilityZone", "") for n in outputs.get("nodes", [])}
+    volumes = {v.get("node"): v.get("volumeId", "") for v in outputs.get("dataVolumes") or []}
     nodes = []
     for node in _as_list(raw.get("nodes")):
         name = node.get("Description", {}).get("Hostname", "?")
@@ -88,9 +89,16 @@ def _nodes(outputs: dict, raw: dict[str, object]) -> list[dict]:
                 "engine": node.get("Description", {}).get("Engine", {}).get("EngineVersion", "?"),
                 "address": node.get("Status", {}).get("Addr", ""),
                 "zone": zones.get(name, ""),
+                "data": _data(node.get("Spec", {}).get("Labels") or {}, volumes.get(name, "")),
             }
         )
     return sorted(nodes, key=lambda n: (n["role"] != "manager", n["name"]))
+
+
+def _data(labels: dict, volume_id: str) -> str:
+    """What the swarm says lives on the node (its swarm.data label), and the volume the stack gave it."""
+    name = str(labels.get("swarm.data", ""))
+    return f"{name} ({volume_id})" if name and volume_id else name
 
 
 def _services(raw: dict[str, object]) -> list[dict]:
@@ -227,11 +235,11 @@ def _render_backups(view: dict, console) -> None:
 
 def render(view: dict, console) -> None:
     _render_head(view, console)
-    nodes = _table("Nodes", ("node", "role", "state", "availability", "engine", "zone", "address"))
+    nodes = _table("Nodes", ("node", "role", "state", "availability", "engine", "zone", "address", "data"))
     for n in view["nodes"]:
         role = "manager ★ leader" if n["leader"] else n["role"]
         state = f"[green]{n['state']}[/]" if n["state"] == "ready" else f"[red]{n['state']}[/]"
-        nodes.add_row(n["name"], role, state, n["availability"], n["engine"], n["zone"], n["address"])
+        nodes.add_row(n["name"], role, state, n["availability"], n["engine"], n["zone"], n["address"], n["data"])
     console.print(nodes)
     services = _table("Services", ("service", "mode", "replicas", "image", "ports"))
     for s in view["services"]:

@@ -30,14 +30,15 @@ OUTPUTS = {
     "bootstrapResult": "bootstrap: restored from backups/20261125T190000Z.tar.gz",
     "statePrefix": "swarm/dev/",
     "nodes": [{"name": "swarm-dev-manager-0", "availabilityZone": "eu-west-1a"}],
+    "dataVolumes": [{"name": "pg", "node": "swarm-dev-worker-0", "volumeId": "vol-0a1b2c3d4e5f60718"}],
 }
 NOW = dt.datetime(2026, 11, 26, 7, 0, tzinfo=dt.UTC)
 
 
-def node(name: str, role: str, leader: bool = False, state: str = "ready") -> str:
+def node(name: str, role: str, leader: bool = False, state: str = "ready", labels: dict | None = None) -> str:
     return json.dumps({
         "Description": {"Hostname": name, "Engine": {"EngineVersion": "26.1.5"}},
-        "Spec": {"Role": role, "Availability": "active"},
+        "Spec": {"Role": role, "Availability": "active", "Labels": labels or {}},
         "Status": {"State": state, "Addr": "10.42.0.10"},
         "ManagerStatus": {"Leader": leader, "Reachability": "reachable"} if role == "manager" else None,
     })  # fmt: skip
@@ -45,7 +46,8 @@ def node(name: str, role: str, leader: bool = False, state: str = "ready") -> st
 
 COLLECTED = "\n".join([
     "== swarm", json.dumps({"Cluster": {"ID": "abcdef1234567890"}}),
-    "== nodes", node("swarm-dev-worker-0", "worker", state="down"), node("swarm-dev-manager-0", "manager", True),
+    "== nodes", node("swarm-dev-worker-0", "worker", state="down", labels={"swarm.data": "pg"}),
+    node("swarm-dev-manager-0", "manager", True),
     "== services",
     json.dumps({"Name": "web", "Mode": "replicated", "Replicas": "2/3", "Image": "nginx:1", "Ports": "*:8080->80/tcp"}),
     "== ports",
@@ -72,6 +74,7 @@ def test_the_view_says_what_the_leader_reported():
     assert [n["name"] for n in view["nodes"]] == ["swarm-dev-manager-0", "swarm-dev-worker-0"]
     manager = view["nodes"][0]
     assert manager["leader"] and manager["engine"] == "26.1.5" and manager["zone"] == "eu-west-1a"
+    assert manager["data"] == "" and view["nodes"][1]["data"] == "pg (vol-0a1b2c3d4e5f60718)"
     assert view["services"] == [
         {
             "name": "web",
@@ -96,7 +99,8 @@ def test_the_terminal_and_the_page_show_the_same_view(tmp_path):
     text = console.export_text()
     for expected in ("swarm-dev-manager-0", "manager ★ leader", "down", "2/3", "nginx:1", "12 h", "8080->80/tcp",
                      "latest · sha256 ✓ · signature ✓", "5.0 MiB in 12 objects", "restored from backups/",
-                     "ECR refresh", "2 of 2 services on", "(2026-11-26 06:04:11 UTC)"):  # fmt: skip
+                     "ECR refresh", "2 of 2 services on", "(2026-11-26 06:04:11 UTC)",
+                     "pg (vol-0a1b2c3d4e5f60718)"):  # fmt: skip
         assert expected in text, expected
     page = tmp_path / "status.html"
     status.write_html(view, str(page))
