@@ -16,6 +16,7 @@ import contextlib
 import json
 
 import pytest
+from swarm_agent.data import UNIT as DATA_UNIT
 from testbed.bed import LOCAL_BUSYBOX, wait_until
 from testbed.engine import EngineError, scenario_engine
 from testbed.lifecycle import TAKEN_BY
@@ -174,6 +175,26 @@ def test_a_roll_keeps_the_data(engine):
     before = ledger(engine)
     done = roll.roll(BedStack(engine), only="workers", log=engine.log)
     assert [d["name"] for d in done] == [f"swarm-{STACK}-worker-0"]
+    assert_kept(engine, before)
+
+
+def test_a_reboot_mounts_the_volume_before_dockerd_starts(engine, bed):
+    """What each boot does by itself, with no Pulumi there: swarm-data.service mounts the
+    volume it recorded (`data-mount --boot`), and dockerd, which requires it, starts after."""
+    before = ledger(engine)
+    worker = engine.host_of("worker-0")
+    worker.reboot()
+    worker.wait_docker(180)
+
+    def at(unit: str, moment: str) -> int:
+        return int(worker.run(["systemctl", "show", "-P", moment, unit]).stdout.decode().strip() or 0)
+
+    mounted = at(DATA_UNIT, "ExecMainExitTimestampMonotonic")
+    docker = at("docker.service", "ExecMainStartTimestampMonotonic")
+    assert 0 < mounted <= docker, f"dockerd started at {docker} µs, the volume's mount ended at {mounted} µs"
+    engine.log(f"reboot: {DATA_UNIT} done {mounted / 1e6:.2f} s after boot, dockerd started {docker / 1e6:.2f} s")
+    source = worker.run(["findmnt", "-n", "-o", "SOURCE", "/var/data"]).stdout.decode().strip()
+    assert source == bed.volumes.volumes[volume_of(engine).id].device
     assert_kept(engine, before)
 
 
