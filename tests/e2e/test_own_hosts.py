@@ -73,6 +73,15 @@ def ready_nodes(host) -> list[str]:
     return sorted(n["Hostname"] for n in map(json.loads, lines) if n["Status"] == "Ready")
 
 
+def data_labels(leader) -> dict[str, str | None]:
+    """Each node's swarm.data label, as a stack's placement constraint reads it."""
+    labels = {}
+    for name in ready_nodes(leader):
+        spec = json.loads(leader.docker("node", "inspect", "--format", "{{json .Spec.Labels}}", name)) or {}
+        labels[name] = spec.get("swarm.data")
+    return labels
+
+
 def leave_yesterdays_service(leader) -> None:
     leader.run(["sh", "-c", "printf day1 | docker secret create own-secret -"])
     leader.docker("service", "create", "--detach", "--name", "own-yesterday", "--replicas", "2",
@@ -108,6 +117,9 @@ def wipe(bed, hosts) -> None:
 
 def test_own_hosts_back_up_to_an_existing_bucket_leave_and_come_back(bed, log_dir):
     hosts, key = own_machines(bed, ["own-s3-0", "own-s3-1"], 200)
+    # The worker's own data, where the user keeps it: the program mounts nothing, only labels it.
+    hosts[1]["data"] = "pg"
+    bed.hosts["own-s3-1"].run(["mkdir", "-p", "/var/data"])
     bucket = "team-backups"
     bed.s3().create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": BED_REGION})
     engine = Engine(
@@ -131,6 +143,10 @@ def test_own_hosts_back_up_to_an_existing_bucket_leave_and_come_back(bed, log_di
         assert first.outputs["mode"] == "hosts" and first.outputs["stateBucket"] == bucket
         leader, worker = (bed.hosts[h["name"]] for h in hosts)
         assert ready_nodes(leader) == ["own-s3-0", "own-s3-1"]
+        assert data_labels(leader) == {"own-s3-0": None, "own-s3-1": "pg"}
+        assert first.outputs["dataVolumes"] == [
+            {"name": "pg", "node": "own-s3-1", "volumeId": "", "availabilityZone": ""}
+        ]
         # The hosts' keys: a root-only file, not the world-readable env file.
         mode = leader.run(["stat", "-c", "%a %U", "/etc/swarm/aws-credentials"]).stdout.decode().strip()
         assert mode == "600 root"
@@ -153,6 +169,7 @@ def test_own_hosts_back_up_to_an_existing_bucket_leave_and_come_back(bed, log_di
 
         second = engine.up()
         check_restored(bed, hosts, first, second)
+        assert data_labels(leader) == {"own-s3-0": None, "own-s3-1": "pg"}  # the rejoined node, labelled again
 
         engine.destroy()
         check_left_clean(bed, hosts)
