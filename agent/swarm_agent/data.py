@@ -31,6 +31,7 @@ VOLUME_ID_RE = re.compile(r"^vol-[0-9a-f]{8,17}$")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 FSTYPE = "ext4"  # in every image (e2fsprogs); AL2023 has xfsprogs, Debian does not
 DEVICE_WAIT = 300  # seconds: an attachment can take a minute or two to show
+RELEASE_STOP_WAIT = 150  # seconds for dockerd and its tasks to stop before the unmount
 UNIT = "swarm-data.service"
 UNIT_TEXT = f"""[Unit]
 Description=The node's kept data volume at {MOUNT_POINT} (swarm:dataVolumes), before dockerd
@@ -217,7 +218,9 @@ def data_release(args) -> None:
         print(f"data: nothing is mounted at {paths.DATA_MOUNT}; nothing to release", flush=True)
         return
     if not dockerd.is_down():
-        dockerd.stop()
+        # dockerd gives each task its stop grace period (a database's may be long) plus 5 s;
+        # systemd's stop job for docker.service ends it at its own timeout (90 s by default).
+        dockerd.stop(timeout=RELEASE_STOP_WAIT)
         print("data: dockerd stopped (its tasks with it)", flush=True)
     run.call("sync")
     unmounted = run.call("umount", paths.DATA_MOUNT, check=False)

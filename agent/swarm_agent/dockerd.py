@@ -100,9 +100,9 @@ def wait_down(timeout: float = 60) -> None:
     wait_until(is_down, timeout, why, interval=0.5)
 
 
-def stop() -> None:
+def stop(timeout: float = 60) -> None:
     service("stop")
-    wait_down()
+    wait_down(timeout)
 
 
 def start(timeout: float = 120) -> None:

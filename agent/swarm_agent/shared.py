@@ -291,7 +291,7 @@ def shared_release(args) -> None:
         print(f"shared: nothing is mounted at {paths.SHARED_MOUNT}", flush=True)
     else:
         if not dockerd.is_down():
-            dockerd.stop()
+            dockerd.stop(timeout=data.RELEASE_STOP_WAIT)  # each task's stop grace period, as data-release
             stopped = True
             print("shared: dockerd stopped (its tasks with it)", flush=True)
         run.call("sync")  # NFS writes back what the client still holds, and commits it
