@@ -174,14 +174,13 @@ def _snapshot_policy(name: str, settings: Settings) -> aws.dlm.LifecyclePolicy:
         opts=kept,
     )
     schedule = settings.data_snapshots
-    keep = schedule.keep if schedule else 0
     return aws.dlm.LifecyclePolicy(
         f"{name}-data-snapshots",
         description=f"swarm {data_of(settings)}: daily snapshots of its data volumes",
         execution_role_arn=role.arn,
         # Disabled, never deleted, when no snapshots are wanted: its earlier ones stay pruned
         # by nobody, but switching back on needs no new resource.
-        state="ENABLED" if keep else "DISABLED",
+        state="ENABLED" if schedule.keep else "DISABLED",
         policy_details=aws.dlm.LifecyclePolicyPolicyDetailsArgs(
             resource_types=["VOLUME"],
             target_tags={DATA_OF_TAG: data_of(settings)},
@@ -191,9 +190,10 @@ def _snapshot_policy(name: str, settings: Settings) -> aws.dlm.LifecyclePolicy:
                     copy_tags=True,
                     tags_to_add={SNAPSHOT_OF_TAG: data_of(settings)},
                     create_rule=aws.dlm.LifecyclePolicyPolicyDetailsScheduleCreateRuleArgs(
-                        interval=24, interval_unit="HOURS", times=schedule.time if schedule else "20:00"
+                        interval=24, interval_unit="HOURS", times=schedule.time
                     ),
-                    retain_rule=aws.dlm.LifecyclePolicyPolicyDetailsScheduleRetainRuleArgs(count=max(keep, 1)),
+                    # DLM takes no count of 0, even for a disabled policy.
+                    retain_rule=aws.dlm.LifecyclePolicyPolicyDetailsScheduleRetainRuleArgs(count=max(schedule.keep, 1)),
                 )
             ],
         ),

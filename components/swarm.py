@@ -362,7 +362,7 @@ class SwarmFormation(pulumi.ComponentResource):
         data = node.data
         if data is None:
             return ready
-        if data.attachment is None or data.volume_id is None:
+        if data.attachment is None:
             return self._command(
                 f"{name}-data-{node.name}",
                 node,

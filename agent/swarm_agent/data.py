@@ -22,19 +22,19 @@ import json
 import os
 import re
 
-from swarm_agent import dockerd, env, lock, paths, run
+from swarm_agent import dockerd, env, lock, nodefs, paths, run
 from swarm_agent.run import AgentError
 
-MOUNT_POINT = "/var/data"  # the seeds' convention; paths.DATA_MOUNT (tests move it)
 BY_ID = "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_"
 VOLUME_ID_RE = re.compile(r"^vol-[0-9a-f]{8,17}$")
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")  # the volume's name, its node's swarm.data label
+LABEL = "swarm.data"  # the node label that says which data is mounted at /var/data
 FSTYPE = "ext4"  # in every image (e2fsprogs); AL2023 has xfsprogs, Debian does not
 DEVICE_WAIT = 300  # seconds: an attachment can take a minute or two to show
 RELEASE_STOP_WAIT = 150  # seconds for dockerd and its tasks to stop before the unmount
 UNIT = "swarm-data.service"
 UNIT_TEXT = f"""[Unit]
-Description=The node's kept data volume at {MOUNT_POINT} (swarm:dataVolumes), before dockerd
+Description=The node's kept data volume at {paths.DATA_MOUNT} (swarm:dataVolumes), before dockerd
 After=local-fs.target
 Before=docker.service
 
@@ -157,10 +157,7 @@ def _format_if_empty(device: str, name: str) -> None:
 
 
 def _record(volume_id: str, name: str) -> None:
-    os.makedirs(os.path.dirname(paths.DATA_RECORD), exist_ok=True)
-    with open(paths.DATA_RECORD + ".new", "w") as out:
-        json.dump({"volume": volume_id, "name": name}, out)
-    os.replace(paths.DATA_RECORD + ".new", paths.DATA_RECORD)
+    nodefs.replace(paths.DATA_RECORD, json.dumps({"volume": volume_id, "name": name}))
 
 
 def _every_boot() -> None:
@@ -168,26 +165,13 @@ def _every_boot() -> None:
     if not dockerd.has_systemd():
         run.note("data-mount: no systemd here; after a reboot, run 'swarm-node data-mount --boot' before dockerd")
         return
-    changed = _write(os.path.join(paths.UNIT_DIR, UNIT), UNIT_TEXT)
-    changed |= _write(os.path.join(paths.UNIT_DIR, "docker.service.d", "swarm-data.conf"), DROP_IN_TEXT)
+    drop_in = os.path.join(paths.UNIT_DIR, "docker.service.d", "swarm-data.conf")
+    changed = nodefs.write_if_changed(os.path.join(paths.UNIT_DIR, UNIT), UNIT_TEXT)
+    changed |= nodefs.write_if_changed(drop_in, DROP_IN_TEXT)
     if changed:
         run.systemctl("daemon-reload")
     # Started now (a no-op: mounted) so docker.service's Requires= holds from here on.
     run.systemctl("enable", "--now", UNIT)
-
-
-def _write(path: str, text: str) -> bool:
-    try:
-        with open(path) as handle:
-            if handle.read() == text:
-                return False
-    except OSError:
-        pass
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".swarm-new", "w") as out:
-        out.write(text)
-    os.replace(path + ".swarm-new", path)
-    return True
 
 
 def _holders() -> str:
@@ -200,13 +184,9 @@ def _holders() -> str:
 
 
 def _mounted_device() -> str | None:
-    """What is mounted at /var/data now (its source), from the kernel's table."""
-    with open(os.path.join(paths.PROC, "self", "mounts")) as handle:
-        for line in handle:
-            fields = line.split()
-            if len(fields) > 1 and fields[1] == paths.DATA_MOUNT:
-                return fields[0]
-    return None
+    """What is mounted at /var/data now (its source)."""
+    mounted = nodefs.mount_at(paths.DATA_MOUNT)
+    return mounted[0] if mounted else None
 
 
 @lock.exclusive(120)

@@ -15,7 +15,7 @@ import json
 import re
 from typing import NamedTuple
 
-from swarm_agent import dockerd, env, lock, run
+from swarm_agent import data, dockerd, env, lock, run
 from swarm_agent.run import AgentError, CallFailed
 
 NODE_ID_RE = re.compile(r"^[a-z0-9]+$")
@@ -23,8 +23,6 @@ NAME_RE = re.compile(r"^[A-Za-z0-9.-]+$")
 SERVICE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 IPV4_RE = re.compile(r"^[0-9.]+$")
 TEARDOWN_LABEL = "swarm.teardown"
-DATA_LABEL = "swarm.data"  # the name of the data volume mounted at /var/data (data.py)
-DATA_LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 RETIRE_LOCK_WAIT = 600
 
 
@@ -99,7 +97,7 @@ def reconcile(args) -> None:
     managers, workers = args.managers, args.workers or ""
     if not managers:
         raise AgentError("reconcile: --managers names,... is required")
-    data = _data_labels(getattr(args, "data", "") or "")
+    labels = _data_labels(getattr(args, "data", "") or "")
     env.load()
     self_id = checked_id(dockerd.require_manager("reconcile").get("NodeID"))
     wanted = set(_names(managers) + _names(workers))
@@ -114,7 +112,7 @@ def reconcile(args) -> None:
             raise AgentError(f"reconcile: timed out after {args.timeout}s; not Ready in their role:{missing}")
         # A node that has just joined reads Ready a moment later: look again soon.
         run.pause(0.5)
-    label_data_nodes(table, data)
+    label_data_nodes(table, labels)
     extra = "".join(f" {n.host}" for n in table if n.status == "ready" and n.host not in wanted)
     named = managers.replace(",", " ") + (" " + workers.replace(",", " ") if workers else "")
     print(
@@ -129,7 +127,7 @@ def _data_labels(csv: str) -> dict[str, str]:
     labels = {}
     for pair in _names(csv):
         host, _, label = pair.partition("=")
-        if not NAME_RE.match(host) or not DATA_LABEL_RE.match(label):
+        if not NAME_RE.match(host) or not data.NAME_RE.match(label):
             raise AgentError(f"reconcile: --data wants host=label,..., got '{pair}'")
         labels[host] = label
     return labels
@@ -142,13 +140,13 @@ def label_data_nodes(table: list[Node], labels: dict[str, str]) -> None:
     for node in table:
         if node.status != "ready":
             continue
-        want, have = labels.get(node.host), node.labels.get(DATA_LABEL)
+        want, have = labels.get(node.host), node.labels.get(data.LABEL)
         if want == have:
             continue
-        change = ["--label-add", f"{DATA_LABEL}={want}"] if want else ["--label-rm", DATA_LABEL]
+        change = ["--label-add", f"{data.LABEL}={want}"] if want else ["--label-rm", data.LABEL]
         run.docker("node", "update", *change, checked_id(node.id))
-        print(f"reconcile: {node.host} labelled {DATA_LABEL}={want}" if want else
-              f"reconcile: {node.host} no longer carries {DATA_LABEL} ({have})", flush=True)  # fmt: skip
+        print(f"reconcile: {node.host} labelled {data.LABEL}={want}" if want else
+              f"reconcile: {node.host} no longer carries {data.LABEL} ({have})", flush=True)  # fmt: skip
 
 
 def remove_stale_nodes(wanted: set[str], self_id: str) -> None:

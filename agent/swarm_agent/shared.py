@@ -26,7 +26,7 @@ import re
 import shlex
 from typing import NamedTuple
 
-from swarm_agent import data, dockerd, lock, paths, run
+from swarm_agent import data, dockerd, lock, nodefs, paths, run
 from swarm_agent.run import AgentError
 
 FILE_SYSTEM_RE = re.compile(r"^fs-[0-9a-f]{8,17}$")
@@ -165,7 +165,7 @@ def write_fstab(line: str) -> bool:
             wanted.append(line)
     if line not in wanted:
         wanted.append(line)
-    _replace(paths.FSTAB, "".join(f"{kept}\n" for kept in wanted), mode=0o644)
+    nodefs.replace(paths.FSTAB, "".join(f"{kept}\n" for kept in wanted), mode=0o644)
     print(f"shared: {paths.FSTAB}: {line}", flush=True)
     return True
 
@@ -179,17 +179,8 @@ def forget_fstab() -> bool:
     kept = [existing for existing in lines if not _mounts_here(existing)]
     if kept == lines:
         return False
-    _replace(paths.FSTAB, "".join(f"{existing}\n" for existing in kept), mode=0o644)
+    nodefs.replace(paths.FSTAB, "".join(f"{existing}\n" for existing in kept), mode=0o644)
     return True
-
-
-def _replace(path: str, text: str, mode: int) -> None:
-    """Write `path` whole, by rename: a crash leaves the old file or the new one, never half."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".swarm-new", "w") as out:
-        out.write(text)
-    os.chmod(path + ".swarm-new", mode)
-    os.replace(path + ".swarm-new", path)
 
 
 def mount_unit(path: str) -> str:
@@ -228,26 +219,17 @@ def _write_drop_ins() -> bool:
         return False
     changed = False
     for path, text in drop_ins().items():
-        try:
-            with open(path) as handle:
-                if handle.read() == text:
-                    continue
-        except OSError:
-            pass
-        _replace(path, text, mode=0o644)
-        changed = True
+        changed |= nodefs.write_if_changed(path, text)
     return changed
 
 
 def mounted_source() -> str | None:
-    """What is mounted at the mount point now (its source), from the kernel's table."""
-    source = None
-    with open(os.path.join(paths.PROC, "self", "mounts")) as handle:
-        for line in handle:
-            fields = line.split()
-            if len(fields) > 2 and fields[1] == paths.SHARED_MOUNT:
-                source = fields[0] if fields[2].startswith("nfs") else f"{fields[0]} ({fields[2]})"
-    return source
+    """What is mounted at the mount point now (its source; its type too when not NFS)."""
+    mounted = nodefs.mount_at(paths.SHARED_MOUNT)
+    if mounted is None:
+        return None
+    source, fstype = mounted
+    return source if fstype.startswith("nfs") else f"{source} ({fstype})"
 
 
 def _refuse_another(mounted: str | None, line: str) -> None:

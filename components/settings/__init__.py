@@ -31,11 +31,12 @@ from components.settings.base import (
     NodePlan,
     Reader,
     Settings,
+    SnapshotSchedule,
     SubnetPlan,
     namespace_keys,
     refuse_unknown_keys,
 )
-from components.settings.data import DataVolume, SnapshotSchedule, read_data_volumes, read_snapshot_schedule
+from components.settings.data import DataVolume, read_data_volumes, read_snapshot_schedule
 from components.settings.ec2 import (
     architecture_of_instance_type,
     check_subnet_room,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pulumi
 
 if TYPE_CHECKING:
-    from components.settings.data import DataVolume, SnapshotSchedule
+    from components.settings.data import DataVolume
 
 NAMESPACE = "swarm"
 
@@ -133,6 +133,14 @@ class SubnetPlan:
 
 
 @dataclass(frozen=True)
+class SnapshotSchedule:
+    """swarm:dataSnapshotTime / dataSnapshotKeep: Data Lifecycle Manager's daily rule."""
+
+    time: str = DEFAULTS["dataSnapshotTime"]  # HH:MM, UTC
+    keep: int = DEFAULTS["dataSnapshotKeep"]  # per volume; 0: the policy is disabled (never deleted: it is kept)
+
+
+@dataclass(frozen=True)
 class NodePlan:
     """One machine of the swarm, decided before anything is created."""
 
@@ -199,7 +207,7 @@ class Settings:
     ecr_refresh: bool = False  # swarm:ecrRefresh, where the nodes hold AWS rights to use it
     ecr_endpoint: str | None = None  # swarm:ecrEndpoint
     data_volumes: list[DataVolume] = field(default_factory=list)  # swarm:dataVolumes
-    data_snapshots: SnapshotSchedule | None = None  # swarm:dataSnapshotTime / dataSnapshotKeep
+    data_snapshots: SnapshotSchedule = field(default_factory=SnapshotSchedule)  # swarm:dataSnapshotTime/Keep
     shared_files: bool = False  # swarm:sharedFiles: the stack's EFS file system at /var/data/shared
 
     @property

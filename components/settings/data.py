@@ -13,7 +13,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from components.settings.base import NAMESPACE, Reader, fix
+from components.settings.base import NAMESPACE, Reader, SnapshotSchedule, fix
 
 DATA_KEYS = ("name", "node", "size", "type", "snapshotId")
 DEFAULT_SIZE = 20  # GiB
@@ -24,18 +24,8 @@ NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 _NODE = re.compile(r"^(manager|worker)-(0|[1-9][0-9]{0,3})$")
 _SNAPSHOT = re.compile(r"^snap-[0-9a-f]{8,17}$")
 EXAMPLE = '\'{"name":"postgres","node":"worker-0","size":50}\''
-
-
 _TIME = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
 MAX_SNAPSHOTS = 1000  # DLM's largest retain count
-
-
-@dataclass(frozen=True)
-class SnapshotSchedule:
-    """swarm:dataSnapshotTime / dataSnapshotKeep: Data Lifecycle Manager's daily rule."""
-
-    time: str  # HH:MM, UTC
-    keep: int  # per volume; 0: the policy is disabled (never deleted: it is kept)
 
 
 def read_snapshot_schedule(r: Reader) -> SnapshotSchedule:

@@ -168,11 +168,16 @@ def retire_args(name="w1", addr="10.42.0.21", timeout=120):
     return ns(name=name, addr=addr, timeout=timeout)
 
 
-def test_retire_drains_and_removes_a_worker(fakes, lock_dir, capsys):
+def retiring_w1(fakes) -> None:
+    """Manager m0, the leader, about to retire worker w1 (10.42.0.21): drains are accepted."""
     manager_up(fakes)
     fakes.on("docker", "node", "ls", "-q", stdout=f"{SELF}\n")
     serve_nodes(fakes, [node(SELF, "m0", reach="Leader"), node("w1id", "w1", role="worker", addr="10.42.0.21")])
     fakes.on("docker", "node", "update")
+
+
+def test_retire_drains_and_removes_a_worker(fakes, lock_dir, capsys):
+    retiring_w1(fakes)
     fakes.on("docker", "node", "ps", "w1id", stdout=json.dumps({"CurrentState": "Running 2 hours ago"}) + "\n", times=2)
     fakes.on("docker", "node", "ps", "w1id", stdout=json.dumps({"CurrentState": "Shutdown 1 second ago"}) + "\n")
     serve_services(fakes, ("web", "2/3"), times=2)
@@ -188,10 +193,7 @@ def test_retire_drains_and_removes_a_worker(fakes, lock_dir, capsys):
 
 def test_retire_does_not_wait_for_a_service_pinned_to_the_retiring_nodes_data(fakes, lock_dir, capsys):
     """Its task can only run on the node's next machine: waiting would spend the whole bound."""
-    manager_up(fakes)
-    fakes.on("docker", "node", "ls", "-q", stdout=f"{SELF}\n")
-    serve_nodes(fakes, [node(SELF, "m0", reach="Leader"), node("w1id", "w1", role="worker", addr="10.42.0.21")])
-    fakes.on("docker", "node", "update")
+    retiring_w1(fakes)
     fakes.on("docker", "node", "ps", "w1id", stdout=json.dumps({"CurrentState": "Shutdown 1 second ago"}) + "\n")
     serve_services(fakes, ("web", "3/3"), ("pg", "0/1"))
     pending = "Pending 2 seconds ago|no suitable node (scheduling constraints not satisfied on 1 node)\n"
@@ -204,10 +206,7 @@ def test_retire_does_not_wait_for_a_service_pinned_to_the_retiring_nodes_data(fa
 
 
 def test_retire_waits_for_a_service_that_can_run_elsewhere(fakes, lock_dir):
-    manager_up(fakes)
-    fakes.on("docker", "node", "ls", "-q", stdout=f"{SELF}\n")
-    serve_nodes(fakes, [node(SELF, "m0", reach="Leader"), node("w1id", "w1", role="worker", addr="10.42.0.21")])
-    fakes.on("docker", "node", "update")
+    retiring_w1(fakes)
     fakes.on("docker", "node", "ps", "w1id", stdout="")
     serve_services(fakes, ("web", "2/3"), times=3)
     serve_services(fakes, ("web", "3/3"))
@@ -318,10 +317,7 @@ def test_retire_needs_a_leader(fakes, lock_dir, long_pauses):
 
 
 def test_a_drain_that_does_not_finish_is_a_note_and_retire_goes_on(fakes, lock_dir, capsys):
-    manager_up(fakes)
-    fakes.on("docker", "node", "ls", "-q", stdout=f"{SELF}\n")
-    serve_nodes(fakes, [node(SELF, "m0", reach="Leader"), node("w1id", "w1", role="worker", addr="10.42.0.21")])
-    fakes.on("docker", "node", "update")
+    retiring_w1(fakes)
     fakes.on("docker", "node", "ps", "w1id", stdout=json.dumps({"CurrentState": "Running 2 hours ago"}) + "\n")
     serve_services(fakes, ("web", "2/3"), ("db", "1/1"))
     fakes.on("docker", "node", "rm", "--force")
