@@ -18,6 +18,7 @@ import pulumi
 
 from components.addresses import plan_addresses
 from components.data import DataVolumes, partition_of, plan_kept_volumes, snapshot_role_exists
+from components.groups import WorkerGroups, WorkerGroupsArgs, groups_outputs, watch_config
 from components.hosts import Hosts
 from components.mirror import RegistryMirror
 from components.network import Network
@@ -87,6 +88,28 @@ class SwarmCluster(pulumi.ComponentResource):
                 ),
                 opts=child,
             )
+        groups: list[WorkerGroups] = []
+
+        def worker_groups(token: pulumi.Output[str]) -> list[pulumi.Resource]:
+            assert isinstance(machines, Nodes) and network is not None
+            made = WorkerGroups(
+                f"{name}-groups",
+                settings,
+                WorkerGroupsArgs(
+                    subnet_ids=[network.subnet_ids[i] for i in range(len(settings.subnets))],
+                    security_group_ids=[network.cluster_security_group_id, network.ssh_security_group_id],
+                    ami=machines.image.ami,
+                    key_name=machines.key_name,
+                    bucket_name=bucket_name,
+                    bucket_arn=bucket_arn,
+                    operator_public_key=machines.operator_public_key,
+                ),
+                token,
+                opts=child,
+            )
+            groups.append(made)
+            return list(made.groups.values())
+
         formation = SwarmFormation(
             f"{name}-swarm",
             SwarmFormationArgs(
@@ -108,6 +131,9 @@ class SwarmCluster(pulumi.ComponentResource):
                 ecr_refresh=settings.ecr_refresh,
                 shared_files=shared if settings.shared_files else None,
                 region=settings.region,
+                worker_groups=worker_groups if settings.worker_groups else None,
+                groups_config=watch_config(settings) if settings.worker_groups else "",
+                group_names=[g.name for g in settings.worker_groups],
             ),
             opts=child,
         )
@@ -142,6 +168,8 @@ class SwarmCluster(pulumi.ComponentResource):
             "amiNewest": machines.image.newest if isinstance(machines, Nodes) else "",
             **machines_outputs(settings, machines),
             "dataVolumes": data_outputs(settings, data),
+            # swarm:workerGroups: each group's Auto Scaling group and the placement that pins to it.
+            "workerGroups": groups_outputs(settings, groups[0] if groups else None),
         }
         if machines.ssh_key_generated:
             self.outputs["sshPrivateKey"] = machines.ssh_private_key

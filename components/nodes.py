@@ -85,6 +85,9 @@ class Nodes(pulumi.ComponentResource):
             self.ssh_private_key = pulumi.Output.secret(settings.ssh_private_key)
             self.authorized_key = settings.ssh_public_key
         key_pair = aws.ec2.KeyPair(f"{name}-key", public_key=public_key, tags=settings.tags, opts=child)
+        # What worker groups' launch templates take from here (components/groups.py).
+        self.key_name = key_pair.key_name
+        self.operator_public_key = operator.public_key_openssh
 
         self.image = machine_image(name, settings, self)
         ami = self.image.ami

@@ -29,9 +29,11 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 STACK_FILES = ROOT / "scripts" / "stacks"
 USER_DATA_TEMPLATE = ROOT / "components" / "user-data.sh"
+GROUP_JOIN = ROOT / "components" / "group-join.sh"
 # The backups' cryptography: part of the agent, and shipped alone to a drill host.
 KEYTOOL = ROOT / "agent" / "swarm_agent" / "keytool.py"
 SETTINGS_MARKER = "# @SWARM_SETTINGS@"
+GROUP_MARKER = "# @SWARM_GROUP_JOIN@"
 # EC2 refuses user-data above 16 KiB; the program refuses above 8 KiB, so that what has
 # to happen before the first SSH stays small and the agent is never pushed back into it.
 USER_DATA_LIMIT = 16384
@@ -117,13 +119,22 @@ def node_environment(settings: Settings, node: NodePlan, bucket_name: str) -> di
         "SWARM_CONTAINERD_STORE": "true" if settings.containerd_image_store else "false",
         "SWARM_ECR_REFRESH": "true" if settings.ecr_refresh else "false",
         "SWARM_ECR_ENDPOINT": settings.ecr_endpoint or "",
+        # The managers' group watcher (swarm:workerGroups) asks Auto Scaling here.
+        "SWARM_AUTOSCALING_ENDPOINT": getattr(settings.group_endpoints, "autoscaling", None) or "",
     }
 
 
-def render_user_data(values: Mapping[str, str | None]) -> str:
-    """user-data.sh with `SWARM_*` assignments in place of its marker."""
+def render_user_data(values: Mapping[str, str | None], group_join: bool = False) -> str:
+    """user-data.sh with `SWARM_*` assignments in place of its marker; for a worker group's
+    machines (`group_join`) also group-join.sh in place of the other: they fetch the agent
+    and join by themselves. Every other machine's user-data never calls the agent."""
     lines = [f"{key}={shlex.quote('' if value is None else str(value))}" for key, value in values.items()]
-    return _user_data_template().replace(SETTINGS_MARKER, "\n".join(lines), 1)
+    template = _user_data_template()
+    if GROUP_MARKER not in template:
+        raise RuntimeError(f"{USER_DATA_TEMPLATE} lost its marker {GROUP_MARKER!r}")
+    joining = "".join(line for line in GROUP_JOIN.read_text().splitlines(True) if not line.startswith("# shellcheck"))
+    template = template.replace(GROUP_MARKER, joining if group_join else "", 1)
+    return template.replace(SETTINGS_MARKER, "\n".join(lines), 1)
 
 
 def with_host_key(script: str, private_key: str, public_key: str) -> str:

@@ -19,6 +19,14 @@ The ECR rights (with swarm:ecrRefresh) are pull only, on this account's reposito
 the stack's region; `ecr:GetAuthorizationToken` has no resource to scope to (AWS takes
 only `*` for it). The token it returns can do no more than the role may: a stolen one
 pulls images for 12 hours, and pushes or deletes nothing. No backup is reachable with it.
+
+Worker groups (swarm:workerGroups) add a third holder, the groups' instance role: it reads
+the worker join token (one SSM parameter) and the agent's tarball (`agent/` under the
+stack's prefix), and nothing else: no backup, no other stack, no Auto Scaling call. The
+tarball's sha256 is pinned in the launch template, so whoever can write the bucket cannot
+hand a group worker another agent. The managers, with groups only, may describe the Auto
+Scaling groups (AWS takes only `*` for Describe calls) and complete the lifecycle actions
+of this stack's groups (`<cluster>-*`), which is how a scaled-in worker is let go once drained.
 """
 
 from __future__ import annotations
@@ -32,15 +40,18 @@ class Right:
     sid: str
     actions: tuple[str, ...]
     # "bucket" | "prefix": the bucket's ARN, or the objects under the stack's prefix;
-    # "ecr-token": "*" (the only resource AWS takes); "ecr-repositories": this account's, in the region
+    # "ecr-token": "*" (the only resource AWS takes); "ecr-repositories": this account's, in the region;
+    # "join-token": the SSM parameter; "any": "*" (Describe calls); "stack-groups": <cluster>-* groups
     on: str
     why: str  # the README table's last column
     prefix_condition: bool = False  # only for keys under the stack's prefix (s3:prefix)
-    holder: str = "managers"  # "managers" (the EC2 role, own hosts' keys) | "mirror" (its key)
+    # "managers" (the EC2 role, own hosts' keys) | "mirror" (its key) | "groups" (the groups' role)
+    holder: str = "managers"
     under: str = ""  # below the stack's prefix: "mirror/" for the mirror's cache
 
 
 MIRROR_CACHE = "mirror/"  # the registry's rootdirectory, under the stack's prefix
+AGENT_OBJECTS = "agent/"  # the agent's tarballs for group workers, under the stack's prefix
 
 
 RIGHTS = (
@@ -93,9 +104,55 @@ RIGHTS = (
         "ecr-repositories",
         "what those credentials let every node's Docker do: pull, and nothing else",
     ),
+    Right(
+        "GroupsDescribed",
+        ("autoscaling:DescribeAutoScalingGroups",),
+        "any",
+        "the leader's group watcher sees each group's instances and their lifecycle states",
+    ),
+    Right(
+        "GroupWorkersLetGo",
+        ("autoscaling:CompleteLifecycleAction",),
+        "stack-groups",
+        "a scaled-in or reclaimed worker is let go once the leader has drained it",
+    ),
+    Right(
+        "GroupJoinToken",
+        ("ssm:GetParameter",),
+        "join-token",
+        "a group worker reads the worker join token at boot",
+        holder="groups",
+    ),
+    Right(
+        "GroupAgentTarball",
+        ("s3:GetObject",),
+        "prefix",
+        "a group worker fetches the agent (its sha256 pinned in the launch template)",
+        holder="groups",
+        under=AGENT_OBJECTS,
+    ),
 )
-HOLDERS = ("managers", "mirror")
+HOLDERS = ("managers", "mirror", "groups")
 ECR_RIGHTS = ("ecr-token", "ecr-repositories")
+GROUP_RIGHTS = ("any", "stack-groups", "join-token")
+
+
+@dataclass(frozen=True)
+class GroupScope:
+    """The ARNs the group rights are scoped to (components/groups.py)."""
+
+    join_token: str  # arn:<partition>:ssm:<region>:<account>:parameter/<name>
+    # arn:<partition>:autoscaling:<region>:<account>:autoScalingGroup:*:autoScalingGroupName/<cluster>-*
+    stack_groups: str
+
+
+def group_scope(role_arn: str, region: str, parameter: str, cluster: str) -> GroupScope:
+    """The account and partition read off a role's ARN, as for ECR."""
+    partition, account = role_arn.split(":")[1], role_arn.split(":")[4]
+    return GroupScope(
+        f"arn:{partition}:ssm:{region}:{account}:parameter/{parameter.lstrip('/')}",
+        f"arn:{partition}:autoscaling:{region}:{account}:autoScalingGroup:*:autoScalingGroupName/{cluster}-*",
+    )
 
 
 def ecr_repositories(role_arn: str, region: str) -> str:
@@ -104,17 +161,28 @@ def ecr_repositories(role_arn: str, region: str) -> str:
     return f"arn:{partition}:ecr:{region}:{account}:repository/*"
 
 
-def node_policy(bucket_arn: str, prefix: str, holder: str = "managers", ecr_repositories: str | None = None) -> str:
-    """The policy of one holder (the managers' role, the mirror's key): its RIGHTS, on this
-    bucket and this stack's prefix only; the ECR rights only given `ecr_repositories`."""
+def node_policy(
+    bucket_arn: str,
+    prefix: str,
+    holder: str = "managers",
+    ecr_repositories: str | None = None,
+    groups: GroupScope | None = None,
+) -> str:
+    """The policy of one holder (the managers' role, the mirror's key, the groups' role): its
+    RIGHTS, on this bucket and this stack's prefix only; the ECR rights only given
+    `ecr_repositories`, the group rights only given `groups`."""
     if holder not in HOLDERS:
         raise ValueError(f"no such holder of rights: {holder!r}")
     statements = []
     for right in RIGHTS:
         if right.holder != holder or (right.on in ECR_RIGHTS and not ecr_repositories):
             continue
+        if right.on in GROUP_RIGHTS and groups is None:
+            continue
         scope = prefix + right.under
-        resource = {"bucket": bucket_arn, "ecr-token": "*", "ecr-repositories": ecr_repositories}
+        resource = {"bucket": bucket_arn, "ecr-token": "*", "ecr-repositories": ecr_repositories, "any": "*"}
+        if groups is not None:
+            resource.update({"join-token": groups.join_token, "stack-groups": groups.stack_groups})
         statement = {
             "Sid": right.sid,
             "Effect": "Allow",

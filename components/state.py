@@ -17,7 +17,7 @@ import json
 import pulumi
 import pulumi_aws as aws
 
-from components.rights import ecr_repositories, node_policy
+from components.rights import ecr_repositories, group_scope, node_policy
 from components.settings import Settings
 
 
@@ -138,6 +138,10 @@ class NodeRole(pulumi.ComponentResource):
                     arns[0],
                     settings.state_prefix,
                     ecr_repositories=ecr_repositories(arns[1], settings.region) if settings.ecr_refresh else None,
+                    # swarm:workerGroups: the leader's watcher describes them and lets drained machines go.
+                    groups=group_scope(arns[1], settings.region, settings.join_token_parameter, settings.cluster_name)
+                    if settings.worker_groups
+                    else None,
                 )
             ),
             opts=pulumi.ResourceOptions(parent=role),

@@ -9,7 +9,9 @@ in this order:
     -> [data: the node's kept volume mounted at /var/data]
     -> probe (the other managers) -> [stage: a local backup pushed]
     -> bootstrap (manager 0: nothing | join the live swarm | restore | init) -> tokens
-    -> manager joins, one at a time -> worker joins, in parallel -> reconcile
+    -> manager joins, one at a time -> worker joins, in parallel
+    -> [groups: the worker join token to SSM, the Auto Scaling groups, the managers' watcher]
+    -> reconcile (pinned nodes by name, group nodes by label)
     -> teardown marker -> backup -> [registry-auth: fresh ECR credentials in the services]
 
 Beside that chain, every node has a `retire` command on a manager that stays (manager 0,
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pulumi
@@ -167,6 +170,12 @@ class SwarmFormationArgs:
     # carries the mount targets and the NFS rule as dependencies), and the stack's region.
     shared_files: pulumi.Input[str] | None = None
     region: str | None = None
+    # swarm:workerGroups (components/groups.py): made from the worker join token once it is
+    # read (the token to SSM, then the Auto Scaling groups); what the managers' watcher is
+    # told (`groups-watch --configure`), and the groups' names reconcile counts by label.
+    worker_groups: Callable[[pulumi.Output[str]], list[pulumi.Resource]] | None = None
+    groups_config: str = ""
+    group_names: list[str] = field(default_factory=list)
 
 
 class SwarmFormation(pulumi.ComponentResource):
@@ -225,6 +234,7 @@ class SwarmFormation(pulumi.ComponentResource):
         for node in args.workers:
             self.joins.append(self._join(name, node, "worker", [tokens, ready[node.name], *self._retired(node)]))
 
+        self.groups = self._groups(name, ready)
         self.reconcile = self._reconcile(name, nodes)
 
         self._night_hooks(name)
@@ -246,6 +256,25 @@ class SwarmFormation(pulumi.ComponentResource):
             }
         )
 
+    def _groups(self, name: str, ready: dict[str, remote.Command]) -> list[pulumi.Resource]:
+        """The worker groups, once the token is known, and on every manager the watcher that
+        labels their nodes and drains those AWS takes away (whichever manager leads acts)."""
+        args = self._args
+        if args.worker_groups is None:
+            return []
+        watchers = [
+            self._command(
+                f"{name}-groups-watch-{i}",
+                manager,
+                create=node_cli("groups-watch", "--configure", args.groups_config),
+                delete=node_cli("groups-watch", "--unconfigure"),
+                depends_on=[ready[manager.name]],
+                triggers=[*manager.replaced_by, args.groups_config],
+            )
+            for i, manager in enumerate(args.managers)
+        ]
+        return [*args.worker_groups(self.worker_join_token), *watchers]
+
     def _reconcile(self, name: str, nodes: list[SwarmNode]) -> remote.Command:
         """After every join: each named node Ready in its role, yesterday's removed, and the
         data nodes labelled swarm.data=<name> (no other node keeps that label)."""
@@ -261,12 +290,18 @@ class SwarmFormation(pulumi.ComponentResource):
                 "--workers",
                 ",".join(n.name for n in args.workers),
                 *(["--data", data_labels] if data_labels else []),
+                *(["--groups", ",".join(args.group_names)] if args.group_names else []),
             ),
-            depends_on=[self.bootstrap, *self.joins],
-            # Rerun whenever any machine is new (yesterday's nodes must be removed) and
-            # whenever a data volume moves to another node (its label with it). A stack
-            # without data keeps the triggers it had: no replacement on upgrade.
-            triggers=[*(r for n in nodes for r in n.replaced_by), *([data_labels] if data_labels else [])],
+            depends_on=[self.bootstrap, *self.joins, *self.groups],
+            # Rerun whenever any machine is new (yesterday's nodes must be removed),
+            # whenever a data volume moves to another node (its label with it), and whenever
+            # the groups change (reconcile waits for theirs). A stack without data or groups
+            # keeps the triggers it had: no replacement on upgrade.
+            triggers=[
+                *(r for n in nodes for r in n.replaced_by),
+                *([data_labels] if data_labels else []),
+                *([",".join(args.group_names)] if args.group_names else []),
+            ],
         )
 
     def _night_hooks(self, name: str) -> None:

@@ -17,6 +17,9 @@ set -euo pipefail
 : "${SWARM_BACKUP_TARGET:=s3}" "${SWARM_MIRROR_STORAGE:=s3}" "${SWARM_CONTAINERD_STORE:=false}"
 : "${SWARM_ECR_REFRESH:=true}" "${SWARM_ECR_ENDPOINT=}"
 : "${SWARM_AWS_ACCESS_KEY_ID=}" "${SWARM_AWS_SECRET_ACCESS_KEY=}" "${SWARM_OPERATOR_KEY=}"
+# Worker groups (components/groups.py): the machine joins by itself, with no Pulumi there.
+: "${SWARM_GROUP=}" "${SWARM_MANAGER_ADDRS=}" "${SWARM_JOIN_TOKEN_PARAMETER=}" "${SWARM_SSM_ENDPOINT=}"
+: "${SWARM_AUTOSCALING_ENDPOINT=}" "${SWARM_AGENT_SHA256=}" "${SWARM_AGENT_DIGEST=}"
 
 PATH=$PATH:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 umask 022
@@ -50,6 +53,18 @@ else
 fi
 unset SWARM_AWS_ACCESS_KEY_ID SWARM_AWS_SECRET_ACCESS_KEY
 
+# A group's machines share one launch template: each is named by its instance id.
+imds() { curl -sf --max-time 2 --retry 5 --retry-connrefused -H "X-aws-ec2-metadata-token: $imds_token" \
+  "http://169.254.169.254/latest/meta-data/$1"; }
+if [[ -n $SWARM_GROUP ]]; then
+  imds_token=$(curl -sf --max-time 2 --retry 5 --retry-connrefused -X PUT \
+    -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' http://169.254.169.254/latest/api/token) ||
+    fail "the metadata service gave no token"
+  instance_id=$(imds instance-id) || fail "the metadata service gave no instance id"
+  [[ $instance_id =~ ^i-[0-9a-f]{8,17}$ ]] || fail "bad instance id '$instance_id'"
+  SWARM_NODE_NAME="$SWARM_GROUP-$instance_id"
+  SWARM_ADVERTISE_ADDR=$(imds local-ipv4) || fail "the metadata service gave no address"
+fi
 if ! hostnamectl set-hostname "$SWARM_NODE_NAME" 2>/dev/null; then
   hostname "$SWARM_NODE_NAME"
   echo "$SWARM_NODE_NAME" >/etc/hostname
@@ -121,7 +136,8 @@ fi
     SWARM_BUCKET SWARM_PREFIX SWARM_REGION SWARM_S3_ENDPOINT SWARM_REGISTRY_MIRRORS \
     SWARM_MIRROR_PORT SWARM_MIRROR_UPSTREAM SWARM_BACKUP_KEEP SWARM_SSH_USER \
     SWARM_BACKUP_TARGET SWARM_MIRROR_STORAGE SWARM_CONTAINERD_STORE SWARM_ECR_REFRESH \
-    SWARM_ECR_ENDPOINT; do
+    SWARM_ECR_ENDPOINT SWARM_GROUP SWARM_MANAGER_ADDRS SWARM_JOIN_TOKEN_PARAMETER \
+    SWARM_SSM_ENDPOINT SWARM_AUTOSCALING_ENDPOINT; do
     printf '%s=%q\n' "$var" "${!var}"
   done
 } >/etc/swarm/env.new
@@ -159,6 +175,8 @@ if [[ -d /run/systemd/system ]]; then
 else
   service docker "$( ((daemon_changed)) && echo restart || echo start)"
 fi
+
+# @SWARM_GROUP_JOIN@
 
 rm -f /etc/swarm/failed
 touch /etc/swarm/ready

@@ -46,6 +46,7 @@ from components.settings.ec2 import (
     read_network,
     refuse_ec2_only_keys,
 )
+from components.settings.groups import GroupEndpoints, WorkerGroup, read_group_endpoints, read_worker_groups
 from components.settings.hosts import read_hosts
 from components.settings.mirror import read_mirror
 from components.settings.shared import read_shared_files
@@ -59,10 +60,12 @@ __all__ = [
     "PER_DIAL_TIMEOUT",
     "ConfigError",
     "DataVolume",
+    "GroupEndpoints",
     "NodePlan",
     "Settings",
     "SnapshotSchedule",
     "SubnetPlan",
+    "WorkerGroup",
     "architecture_of_instance_type",
     "load_settings",
     "plan_nodes",
@@ -102,6 +105,8 @@ def load_settings(
     data_volumes = [] if hosts_mode else read_data_volumes(r)
     shared_files = read_shared_files(r, hosts_mode)
     snapshots = read_snapshot_schedule(r)
+    groups = [] if hosts_mode else read_worker_groups(r, machines.instance_type, machines.architecture)
+    endpoints = read_group_endpoints(r)
 
     cluster_name = f"swarm-{_sanitize(stack)}"
     managers, workers = machines.managers, machines.workers
@@ -172,6 +177,8 @@ def load_settings(
         data_volumes=data_volumes,
         shared_files=shared_files,
         data_snapshots=snapshots,
+        worker_groups=groups,
+        group_endpoints=endpoints,
     )
 
 

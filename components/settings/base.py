@@ -16,6 +16,7 @@ import pulumi
 
 if TYPE_CHECKING:
     from components.settings.data import DataVolume
+    from components.settings.groups import GroupEndpoints, WorkerGroup
 
 NAMESPACE = "swarm"
 
@@ -73,6 +74,7 @@ EC2_ONLY_KEYS = (
     "dataSnapshotTime",
     "dataSnapshotKeep",
     "sharedFiles",
+    "workerGroups",
 )
 HOST_KEYS = ("name", "address", "role", "privateAddress", "user", "port", "data")
 # Every key of the namespace the program reads: those with a default, and those without
@@ -84,7 +86,7 @@ KNOWN_KEYS = frozenset(
         *("instanceType", "sshAllowedCidrs", "sshPublicKey", "sshPrivateKey", "amiId", "vpcId", "subnetIds"),
         *("stateBucketName", "existingStateBucket", "s3Endpoint", "s3AccessKeyId", "s3SecretAccessKey"),
         *("mirrorS3AccessKeyId", "mirrorS3SecretAccessKey", "ecrEndpoint", "ecrRefresh"),
-        *("tags", "hosts", "dataVolumes"),
+        *("tags", "hosts", "dataVolumes", "workerGroups", "ssmEndpoint", "autoscalingEndpoint"),
     ]
 )
 BACKUP_TARGETS = ("s3", "local", "none")
@@ -209,6 +211,8 @@ class Settings:
     data_volumes: list[DataVolume] = field(default_factory=list)  # swarm:dataVolumes
     data_snapshots: SnapshotSchedule = field(default_factory=SnapshotSchedule)  # swarm:dataSnapshotTime/Keep
     shared_files: bool = False  # swarm:sharedFiles: the stack's EFS file system at /var/data/shared
+    worker_groups: list[WorkerGroup] = field(default_factory=list)  # swarm:workerGroups
+    group_endpoints: GroupEndpoints | None = None  # swarm:ssmEndpoint, swarm:autoscalingEndpoint
 
     @property
     def mirror_storage(self) -> str:
@@ -223,6 +227,11 @@ class Settings:
     def state_prefix(self) -> str:
         """Key prefix of this stack inside the state bucket (stacks may share a bucket)."""
         return f"{NAMESPACE}/{self.stack}/"
+
+    @property
+    def join_token_parameter(self) -> str:
+        """The SSM parameter worker groups' machines read the worker join token from."""
+        return f"/{NAMESPACE}/{self.project}/{self.stack}/worker-join-token"
 
     @property
     def managers(self) -> list[NodePlan]:

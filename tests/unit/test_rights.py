@@ -8,13 +8,15 @@ import re
 
 from harness import ROOT
 
-from components.rights import ECR_RIGHTS, HOLDERS, RIGHTS, ecr_repositories, node_policy
+from components.rights import ECR_RIGHTS, GROUP_RIGHTS, HOLDERS, RIGHTS, ecr_repositories, group_scope, node_policy
 
 BUCKET_ARN = "arn:aws:s3:::swarm-dev-state-bucket-0a1b2c3"
 REPOSITORIES = "arn:aws:ecr:eu-west-1:123456789012:repository/*"
+ROLE_ARN = "arn:aws:iam::123456789012:role/swarm-dev-groups"
+GROUPS = group_scope(ROLE_ARN, "eu-west-1", "/swarm/swarm/dev/worker-join-token", "swarm-dev")
 
 
-HOLDER_CELLS = {"managers": "managers", "the mirror": "mirror"}
+HOLDER_CELLS = {"managers": "managers", "the mirror": "mirror", "group workers": "groups"}
 
 
 def readme_rights() -> dict[str, tuple[list[str], str]]:
@@ -39,13 +41,14 @@ def test_the_readme_table_and_the_rights_module_name_the_same_rights():
 def test_each_policy_is_its_holder_s_rights_and_nothing_else():
     for holder in HOLDERS:
         rights = [r for r in RIGHTS if r.holder == holder]
-        policy = json.loads(node_policy(BUCKET_ARN, "swarm/dev/", holder, ecr_repositories=REPOSITORIES))
+        policy = json.loads(node_policy(BUCKET_ARN, "swarm/dev/", holder, ecr_repositories=REPOSITORIES, groups=GROUPS))
         assert rights and [s["Sid"] for s in policy["Statement"]] == [r.sid for r in rights]
         for statement, right in zip(policy["Statement"], rights, strict=True):
             assert statement["Effect"] == "Allow" and statement["Action"] == list(right.actions)
             assert not any("*" in action for action in statement["Action"])
             scope = "swarm/dev/" + right.under
-            want = {"bucket": BUCKET_ARN, "ecr-token": "*", "ecr-repositories": REPOSITORIES}
+            want = {"bucket": BUCKET_ARN, "ecr-token": "*", "ecr-repositories": REPOSITORIES, "any": "*",
+                    "join-token": GROUPS.join_token, "stack-groups": GROUPS.stack_groups}  # fmt: skip
             assert statement["Resource"] == [want.get(right.on, f"{BUCKET_ARN}/{scope}*")]
             condition = statement.get("Condition")
             assert (condition == {"StringLike": {"s3:prefix": [scope, f"{scope}*"]}}) == right.prefix_condition
@@ -103,3 +106,21 @@ def test_ecr_rights_are_pull_only_on_this_account_s_repositories_and_only_when_a
     without = json.loads(node_policy(BUCKET_ARN, "swarm/dev/"))
     assert not [s for s in without["Statement"] if any(a.startswith("ecr:") for a in s["Action"])]
     assert all(r.holder == "managers" for r in RIGHTS if r.on in ECR_RIGHTS)  # never the mirror's key
+
+
+def test_group_rights_read_one_token_and_the_agent_and_the_managers_let_go_only_this_stack_s_groups():
+    """A group worker's role reaches the join token and agent/ and nothing else: no backup,
+    no listing, no Auto Scaling call. The managers' group rights exist only with groups."""
+    workers = json.loads(node_policy(BUCKET_ARN, "swarm/dev/", "groups", groups=GROUPS))
+    assert {(a, r) for s in workers["Statement"] for a in s["Action"] for r in s["Resource"]} == {
+        ("ssm:GetParameter", "arn:aws:ssm:eu-west-1:123456789012:parameter/swarm/swarm/dev/worker-join-token"),
+        ("s3:GetObject", f"{BUCKET_ARN}/swarm/dev/agent/*"),
+    }
+    managers = json.loads(node_policy(BUCKET_ARN, "swarm/dev/", groups=GROUPS))
+    let_go = [s for s in managers["Statement"] if "autoscaling:CompleteLifecycleAction" in s["Action"]]
+    assert let_go[0]["Resource"] == [
+        "arn:aws:autoscaling:eu-west-1:123456789012:autoScalingGroup:*:autoScalingGroupName/swarm-dev-*"
+    ]
+    without = json.loads(node_policy(BUCKET_ARN, "swarm/dev/"))
+    assert not [s for s in without["Statement"] if any(a.startswith(("autoscaling:", "ssm:")) for a in s["Action"])]
+    assert all(r.holder != "mirror" for r in RIGHTS if r.on in GROUP_RIGHTS)
