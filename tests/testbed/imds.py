@@ -9,6 +9,14 @@ leaves with an IP TTL of the instance's hop limit, so with a limit of 1 it reach
 host but dies at the first forwarding (a container behind Docker's bridge: the host
 masquerades the request, then cannot forward the answer back); with tokens required a
 request without one gets 401; an instance without a profile has no credentials (404).
+
+It also tells each instance about itself under /latest/meta-data/: what EC2 knows from
+the start (`instance-id`, `instance-life-cycle`, `placement/availability-zone`,
+`local-ipv4`, `instance-type`) and what appears later, for an Auto Scaling group's
+instances, from the bed's Auto Scaling (`dynamic`, asked at every request):
+`spot/instance-action`, `events/recommendations/rebalance`,
+`autoscaling/target-lifecycle-state`. A path that does not exist (yet) is a 404, as
+on EC2. Directory listings are not served.
 """
 
 from __future__ import annotations
@@ -18,9 +26,11 @@ import json
 import secrets
 import socket
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ROLE = "swarm-bed-node-role"
+META_DATA = "/latest/meta-data/"
 
 
 class MetadataServer(ThreadingHTTPServer):
@@ -28,13 +38,31 @@ class MetadataServer(ThreadingHTTPServer):
 
     def __init__(self, address, handler):
         super().__init__(address, handler)
-        self.instances: dict[str, dict] = {}  # ip -> {"hop_limit", "tokens_required", "role"}
+        # ip -> {"hop_limit", "tokens_required", "role", "meta_data", "dynamic"}
+        self.instances: dict[str, dict] = {}
         self.tokens: set[str] = set()
         self.lock = threading.Lock()
 
-    def register(self, ip: str, *, hop_limit: int, tokens_required: bool, role: bool) -> None:
+    def register(
+        self,
+        ip: str,
+        *,
+        hop_limit: int,
+        tokens_required: bool,
+        role: bool,
+        meta_data: dict[str, str] | None = None,
+        dynamic: Callable[[], dict[str, str]] | None = None,
+    ) -> None:
+        """An instance at `ip`: `meta_data` maps paths under /latest/meta-data/ to answers;
+        `dynamic()` adds the ones that change (called at each request, outside this lock)."""
         with self.lock:
-            self.instances[ip] = {"hop_limit": hop_limit, "tokens_required": tokens_required, "role": role}
+            self.instances[ip] = {
+                "hop_limit": hop_limit,
+                "tokens_required": tokens_required,
+                "role": role,
+                "meta_data": dict(meta_data or {}),
+                "dynamic": dynamic,
+            }
 
     def forget(self, ip: str) -> None:
         with self.lock:
@@ -95,6 +123,10 @@ def serve(address: str, port: int, region: str, credentials: dict) -> MetadataSe
                 return self._send(200, region)
             if path == "/latest/dynamic/instance-identity/document":
                 return self._send(200, json.dumps({"region": region}), "application/json")
+            if path.startswith(META_DATA):
+                answer = _about(instance).get(path.removeprefix(META_DATA))
+                if answer is not None:
+                    return self._send(200, answer)
             return self._send(404, "")
 
         def log_message(self, *args):
@@ -103,3 +135,9 @@ def serve(address: str, port: int, region: str, credentials: dict) -> MetadataSe
     server = MetadataServer((address, port), Handler)
     threading.Thread(target=server.serve_forever, name="bed-imds", daemon=True).start()
     return server
+
+
+def _about(instance: dict) -> dict[str, str]:
+    """What the instance may learn about itself now: its fixed meta-data and the dynamic part."""
+    dynamic = instance.get("dynamic")
+    return {**instance.get("meta_data", {}), **(dynamic() if dynamic else {})}
