@@ -1,8 +1,9 @@
 """The test bed: real machines for the program, on this one machine, without a cloud.
 
 A `Bed` owns a private bridge with its own /16, a moto S3 server and an instance-metadata
-stand-in on the bridge's address, an upstream registry that plays Docker Hub, and ECR's
-stand-in (`ecr.py`: a private registry with rotating credentials and its token API). Its
+stand-in on the bridge's address, an upstream registry that plays Docker Hub, ECR's
+stand-in (`ecr.py`: a private registry with rotating credentials and its token API), and
+Auto Scaling's (`autoscaling.py`: groups that launch and drain hosts, and their API). Its
 `Host`s (`host.py`) are the machines: Debian images (`image.py`) booted with real
 systemd by systemd-nspawn, each in its own network namespace on the bridge, with sshd,
 Docker behind its `docker.socket`, and cloud-init, which runs an instance's user-data
@@ -31,6 +32,7 @@ from pathlib import Path
 
 from testbed import image as images
 from testbed.addresses import DEFAULT_QUOTA, PublicAddresses
+from testbed.autoscaling import AutoScaling
 from testbed.ecr import ECR_HOST, REGISTRY_PID, Ecr, push_image
 from testbed.host import BedError, Host, Surroundings, cgroup_left, remove_cgroups, sh, taken_networks, wait_until
 from testbed.image import HOST_PATH, LOCAL_BUSYBOX, Image
@@ -43,6 +45,7 @@ __all__ = ["BED_REGION", "ECR_HOST", "LOCAL_BUSYBOX", "UPSTREAM_PORT", "Bed", "B
 S3_PORT = 9000
 UPSTREAM_PORT = 5001
 IMDS_PORT = 8169
+AUTOSCALING_PORT = 8171  # beside ECR's API (8170)
 BED_REGION = "eu-west-1"
 # Fake credentials for moto; the IMDS stand-in hands the same ones to the hosts.
 S3_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
@@ -131,6 +134,8 @@ class Bed:
         self.newest_ami = "ami-0bed0bed0bed0bed0"  # what SSM says is the newest AL2023 AMI
         self.addresses = PublicAddresses(self.bridge, lambda message: self.log(message), address_quota)
         self.log = log or (lambda message: None)
+        # Auto Scaling: groups, and their API once started (autoscaling.py)
+        self.autoscaling = AutoScaling(lambda message: self.log(message))
         self._lock = threading.Lock()
         self._image_lock = threading.Lock()
 
@@ -172,6 +177,7 @@ class Bed:
         self._start_upstream()
         self.push_upstream()
         self._start_ecr()
+        self.autoscaling.serve(self.gateway, AUTOSCALING_PORT)
         self.log(f"bed {self.run_id}: {self.network} on {self.bridge}, ready in {time.monotonic() - started:.1f}s")
         return self
 
@@ -188,6 +194,10 @@ class Bed:
 
     def close(self) -> None:
         errors = []
+        try:  # first: its launches under way end, so no machine starts after the wipe below
+            self.autoscaling.close()
+        except Exception as error:
+            errors.append(f"autoscaling: {error}")
         for host in list(self.hosts.values()):
             try:
                 host.wipe(self.log_dir)
@@ -218,6 +228,11 @@ class Bed:
         return f"http://{self.gateway}:{S3_PORT}"
 
     @property
+    def autoscaling_endpoint(self) -> str:
+        """Auto Scaling's API, for `aws autoscaling --endpoint-url` (SSM's is moto's, `s3_endpoint`)."""
+        return f"http://{self.gateway}:{AUTOSCALING_PORT}"
+
+    @property
     def upstream_url(self) -> str:
         return f"http://{self.gateway}:{UPSTREAM_PORT}"
 
@@ -245,6 +260,8 @@ class Bed:
             "swarm:s3Endpoint": self.s3_endpoint,
             "swarm:mirrorUpstream": self.upstream_url,
             "swarm:ecrEndpoint": self.ecr_endpoint,
+            "swarm:ssmEndpoint": self.s3_endpoint,  # moto answers every service on one endpoint
+            "swarm:autoscalingEndpoint": self.autoscaling_endpoint,
             # The images hold registry:2 imported from Debian's binary: no Docker Hub digest.
             "swarm:mirrorImage": "registry:2",
             "swarm:managerCount": managers,
@@ -255,6 +272,11 @@ class Bed:
         import boto3
 
         return boto3.client("s3", endpoint_url=self.s3_endpoint, region_name=BED_REGION, **S3_CREDENTIALS)
+
+    def ssm(self):
+        import boto3
+
+        return boto3.client("ssm", endpoint_url=self.s3_endpoint, region_name=BED_REGION, **S3_CREDENTIALS)
 
     def _start_s3(self) -> None:
         import logging
@@ -378,6 +400,13 @@ class Bed:
         sh("ip", "neigh", "flush", "to", ip, "dev", self.bridge, check=False)
         for other in list(self.hosts.values()):
             sh("ip", "-n", other.netns, "neigh", "flush", "to", ip, check=False)
+
+    def group_host(self, instance_id: str) -> Host:
+        """The machine of an instance an Auto Scaling group launched."""
+        key = self.autoscaling.instance(instance_id).host
+        if key not in self.hosts:
+            raise BedError(f"instance {instance_id} has no machine (now)")
+        return self.hosts[key]
 
     def host_at(self, ip: str) -> Host:
         for host in self.hosts.values():

@@ -61,7 +61,7 @@ from pulumi.runtime.sync_await import _ensure_event_loop, _sync_await
 
 from testbed import providers
 from testbed.bed import BED_REGION, Bed, BedError
-from testbed.providers import COMMAND, INSTANCE, LOCAL
+from testbed.providers import INSTANCE
 from testbed.records import (
     EngineError,
     Result,
@@ -469,7 +469,8 @@ class Engine:
         outputs = dict(new.raw_inputs)
         inputs = plain(new.raw_inputs)
         for key in providers.computed_keys(new.type, inputs):
-            if op == "update" and new.type not in (COMMAND, LOCAL) and old is not None and key in old.outputs:
+            recomputed = providers.recomputed_keys(new.type)
+            if op == "update" and key not in recomputed and old is not None and key in old.outputs:
                 outputs[key] = old.outputs[key]
             else:
                 outputs[key] = Unknown()

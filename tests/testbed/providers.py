@@ -22,6 +22,10 @@ LOCAL = "command:local:Command"
 COPY = "command:remote:CopyToRemote"
 INSTANCE = "aws:ec2/instance:Instance"
 BUCKET = "aws:s3/bucket:Bucket"
+LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
+GROUP = "aws:autoscaling/group:Group"
+PARAMETER = "aws:ssm/parameter:Parameter"
+OBJECT = "aws:s3/bucketObjectv2:BucketObjectv2"
 
 # Input properties whose change replaces the resource (ForceNew / replaceOnChanges).
 REPLACE_KEYS: dict[str, set[str]] = {
@@ -76,6 +80,14 @@ REPLACE_KEYS: dict[str, set[str]] = {
     "aws:iam/rolePolicyAttachment:RolePolicyAttachment": {"role", "policyArn"},
     # aws_dlm_lifecycle_policy: everything changes in place (UpdateLifecyclePolicy).
     "aws:dlm/lifecyclePolicy:LifecyclePolicy": set(),
+    # aws_launch_template: any other change is a new version of the same template.
+    LAUNCH_TEMPLATE: {"name", "namePrefix"},
+    # aws_autoscaling_group: sizes, subnets, template, hooks (ignored after creation) in place.
+    GROUP: {"name", "namePrefix"},
+    # aws_ssm_parameter: a new value (or type) is PutParameter with Overwrite, a new version.
+    PARAMETER: {"name"},
+    # aws_s3_object: new content is a PutObject of the same key.
+    OBJECT: {"bucket", "key"},
 }
 
 # Changes an instance takes in place only by being stopped and started (the provider does it).
@@ -99,8 +111,22 @@ COMPUTED: dict[str, set[str]] = {
     "aws:iam/instanceProfile:InstanceProfile": {"name", "arn"},
     "aws:iam/user:User": {"name", "arn", "uniqueId"},
     "aws:iam/accessKey:AccessKey": {"secret", "status"},
+    LAUNCH_TEMPLATE: {"arn", "latestVersion", "defaultVersion", "name"},
+    GROUP: {"arn", "name", "availabilityZones", "desiredCapacity"},
+    PARAMETER: {"arn", "version"},
+    OBJECT: {"etag", "versionId"},
 }
 DEFAULT_COMPUTED = {"arn"}
+
+# Computed outputs that an update in place changes too (the provider plans them unknown):
+# a preview of an update hands the program unknowns for these, the old values for the rest.
+RECOMPUTED: dict[str, set[str]] = {
+    COMMAND: {"stdout", "stderr"},
+    LOCAL: {"stdout", "stderr"},
+    LAUNCH_TEMPLATE: {"latestVersion", "defaultVersion"},
+    PARAMETER: {"version"},
+    OBJECT: {"etag", "versionId"},
+}
 
 
 def replace_keys(type_: str, inputs: dict) -> set[str]:
@@ -137,4 +163,13 @@ def computed_keys(type_: str, inputs: dict) -> set[str]:
         keys.discard("privateIp")  # pinned: known before the instance exists
     if type_ == BUCKET and inputs.get("bucket"):
         keys.discard("bucket")
+    if type_ in (LAUNCH_TEMPLATE, GROUP) and inputs.get("name"):
+        keys.discard("name")
+    if type_ == GROUP and inputs.get("desiredCapacity") is not None:
+        keys.discard("desiredCapacity")
     return keys
+
+
+def recomputed_keys(type_: str) -> set[str]:
+    """Which computed outputs an update in place may change (unknown in its preview)."""
+    return RECOMPUTED.get(type_, set())

@@ -5,12 +5,17 @@ its user-data and meta-data in cloud-init's NoCloud seed), and is stopped and st
 for the updates EC2 makes that way; the bucket and its versioning are made in moto; a
 `remote.Command` runs over SSH and a `local.Command` here, as pulumi-command runs them
 (`update` if set, else `create`; `delete` when deleted); `CopyToRemote` copies over SFTP.
-Anything else echoes its inputs with the ids and computed fields AWS would add.
+An Auto Scaling group is handed to the bed's Auto Scaling (`autoscaling.py`), with this
+object as its launcher: each instance it launches boots exactly as an EC2 instance does,
+from its launch template's version (kept there too); an SSM parameter and an S3 object
+are put into moto. Anything else echoes its inputs with the ids and computed fields AWS
+would add.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import ipaddress
 import os
 import secrets
@@ -23,8 +28,10 @@ from pathlib import Path
 
 from testbed import providers
 from testbed.addresses import AddressError
+from testbed.autoscaling import GroupSpec, Instance
 from testbed.bed import BED_REGION, Bed, BedError
-from testbed.providers import BUCKET, COMMAND, COPY, INSTANCE, LOCAL
+from testbed.host import Host
+from testbed.providers import BUCKET, COMMAND, COPY, GROUP, INSTANCE, LAUNCH_TEMPLATE, LOCAL, OBJECT, PARAMETER
 from testbed.records import EngineError, State, comparable
 from testbed.ssh import SSHError, generate_key, sftp_put, ssh_run
 from testbed.volumes import VolumeError
@@ -36,6 +43,8 @@ VOLUME = "aws:ebs/volume:Volume"
 VOLUME_ATTACHMENT = "aws:ec2/volumeAttachment:VolumeAttachment"
 DLM_POLICY = "aws:dlm/lifecyclePolicy:LifecyclePolicy"
 LOCAL_TIMEOUT = 900
+ACCOUNT = "123456789012"
+GROUP_TIMEOUT = 600  # pulumi-aws's default wait_for_capacity_timeout, 10 minutes
 
 
 class Resources:
@@ -57,10 +66,19 @@ class Resources:
         self.image, self.wait_for_boot, self.log_dir = image, wait_for_boot, log_dir
         self._ips: set[str] = set()  # the addresses this stack's instances hold
         self._lock = threading.Lock()
+        # Types with a put (create or update: old is None on create) and a delete.
+        self._kinds: dict[str, tuple[Callable, Callable]] = {
+            LAUNCH_TEMPLATE: (self._put_template, self._delete_template),
+            GROUP: (self._put_group, self._delete_group),
+            PARAMETER: (self._put_parameter, self._delete_parameter),
+            OBJECT: (self._put_object, self._delete_object),
+        }
 
     def create(self, new: State) -> None:
         type_ = new.type
-        if type_ in (COMMAND, LOCAL):
+        if type_ in self._kinds:
+            new.outputs = self._kinds[type_][0](new, None)
+        elif type_ in (COMMAND, LOCAL):
             new.id = f"{new.name}-{secrets.token_hex(4)}"
             # pulumi-command: no `create`, nothing runs and nothing is dialled (its Create
             # returns before the connection is opened); the resource only holds a `delete`.
@@ -99,7 +117,9 @@ class Resources:
     def update(self, old: State, new: State) -> None:
         type_ = new.type
         new.id, new.host = old.id, old.host
-        if type_ in (COMMAND, LOCAL):
+        if type_ in self._kinds:
+            new.outputs = self._kinds[type_][0](new, old)
+        elif type_ in (COMMAND, LOCAL):
             # pulumi-command: `update` if set, else `create`; neither: nothing runs.
             script = new.inputs.get("update") or new.inputs.get("create")
             run = self._run_command if type_ == COMMAND else self._run_local
@@ -191,43 +211,18 @@ class Resources:
 
     def _create_instance(self, new: State) -> dict:
         inputs = new.inputs
-        subnet = self.find(lambda s: s.type == "aws:ec2/subnet:Subnet" and s.id == inputs.get("subnetId"))
-        if subnet is None:
-            raise EngineError(f"{new.name}: subnet {inputs.get('subnetId')} is not in the state")
-        cidr = ipaddress.ip_network(subnet.inputs["cidrBlock"])
-        with self._lock:
-            ip = inputs.get("privateIp") or next(
-                str(a) for a in list(cidr.hosts())[99:] if str(a) not in self._ips and str(a) != self.bed.gateway
-            )
-            if ip in self._ips:
-                # What EC2 answers while another instance (the one being replaced) holds it.
-                raise EngineError(f"{new.name}: InvalidIPAddress.InUse: address {ip} is in use")
-            self._ips.add(ip)
-        options = inputs.get("metadataOptions") or {}
-        self.bed.imds.register(
-            ip,
-            hop_limit=int(options.get("httpPutResponseHopLimit") or 1),
-            tokens_required=options.get("httpTokens") == "required",
-            role=bool(inputs.get("iamInstanceProfile")),
-        )
+        subnet = self._subnet(inputs.get("subnetId"), new.name)
         name = (inputs.get("tags") or {}).get("Name") or new.name
-        key = self.find(
-            lambda s: s.type == "aws:ec2/keyPair:KeyPair" and s.outputs.get("keyName") == inputs.get("keyName")
+        host, ip = self._boot(
+            name,
+            new.id,
+            subnet,
+            inputs,
+            private_ip=inputs.get("privateIp"),
+            user_data=base64.b64decode(inputs.get("userDataBase64") or ""),
+            meta={"instance-type": inputs.get("instanceType") or "", "instance-life-cycle": "on-demand"},
         )
-        try:
-            host = self.bed.create_host(
-                name,
-                ip,
-                image=self.image,
-                user_data=base64.b64decode(inputs.get("userDataBase64") or ""),
-                meta_data=_meta_data(new.id, ip, key.inputs["publicKey"] if key else None),
-            )
-        except BedError:
-            with self._lock:
-                self._ips.discard(ip)
-            raise
         new.host = host.key
-        host.zone = subnet.inputs.get("availabilityZone", f"{BED_REGION}a")  # where its volumes must be
         if self.wait_for_boot:
             host.wait_cloud_init(600)
         self.log(f"instance {name} ({host.key}) at {ip} booted; cloud-init runs its user-data")
@@ -238,10 +233,80 @@ class Resources:
             "privateIp": ip,
             "publicIp": public,
             "privateDns": f"ip-{ip.replace('.', '-')}.{BED_REGION}.compute.internal",
-            "availabilityZone": subnet.inputs.get("availabilityZone", f"{BED_REGION}a"),
-            "arn": f"arn:aws:ec2:{BED_REGION}:123456789012:instance/{new.id}",
+            "availabilityZone": host.zone,
+            "arn": f"arn:aws:ec2:{BED_REGION}:{ACCOUNT}:instance/{new.id}",
             "instanceState": "running",
         }
+
+    def _subnet(self, subnet_id: str | None, name: str) -> State:
+        subnet = self.find(lambda s: s.type == "aws:ec2/subnet:Subnet" and s.id == subnet_id)
+        if subnet is None:
+            raise EngineError(f"{name}: subnet {subnet_id} is not in the state")
+        return subnet
+
+    def _boot(
+        self,
+        name: str,
+        instance_id: str,
+        subnet: State,
+        machine: dict,
+        *,
+        private_ip: str | None,
+        user_data: bytes,
+        meta: dict[str, str],
+        dynamic: Callable[[], dict[str, str]] | None = None,
+    ) -> tuple[Host, str]:
+        """What EC2 does for RunInstances, from an instance's inputs or a launch template's
+        (`machine`: metadataOptions, iamInstanceProfile, keyName): an address from the
+        subnet, the metadata service told of the instance, a machine that boots with the
+        user-data. Returns once the machine runs, as RunInstances does."""
+        cidr = ipaddress.ip_network(subnet.inputs["cidrBlock"])
+        zone = subnet.inputs.get("availabilityZone", f"{BED_REGION}a")
+        with self._lock:
+            ip = private_ip or next(
+                str(a) for a in list(cidr.hosts())[99:] if str(a) not in self._ips and str(a) != self.bed.gateway
+            )
+            if ip in self._ips:
+                # What EC2 answers while another instance (the one being replaced) holds it.
+                raise EngineError(f"{name}: InvalidIPAddress.InUse: address {ip} is in use")
+            self._ips.add(ip)
+        options = machine.get("metadataOptions") or {}
+        self.bed.imds.register(
+            ip,
+            hop_limit=int(options.get("httpPutResponseHopLimit") or 1),
+            tokens_required=options.get("httpTokens") == "required",
+            role=bool(machine.get("iamInstanceProfile")),
+            meta_data={"instance-id": instance_id, "local-ipv4": ip, "placement/availability-zone": zone, **meta},
+            dynamic=dynamic,
+        )
+        key = self.find(
+            lambda s: s.type == "aws:ec2/keyPair:KeyPair" and s.outputs.get("keyName") == machine.get("keyName")
+        )
+        try:
+            host = self.bed.create_host(
+                name,
+                ip,
+                image=self.image,
+                user_data=user_data,
+                meta_data=_meta_data(instance_id, ip, key.inputs["publicKey"] if key else None),
+            )
+        except BedError:
+            with self._lock:
+                self._ips.discard(ip)
+            self.bed.imds.forget(ip)
+            raise
+        host.zone = zone  # where its volumes must be
+        return host, ip
+
+    def _terminate_machine(self, host_key: str | None, ip: str | None, instance_id: str) -> None:
+        """TerminateInstances: the machine wiped, its address and metadata free again."""
+        self.log(f"terminate {host_key}")
+        if host_key in self.bed.hosts:
+            self.bed.wipe_host(host_key)
+        with self._lock:
+            self._ips.discard(ip)
+        self.bed.imds.forget(ip)
+        self.bed.addresses.terminated(instance_id)
 
     def _create_volume(self, new: State) -> dict:
         inputs = new.inputs
@@ -307,6 +372,137 @@ class Resources:
         except AddressError as error:
             raise EngineError(f"{name}: {error}") from None
 
+    # -- worker groups -------------------------------------------------------------------
+    def _put_template(self, new: State, old: State | None) -> dict:
+        """CreateLaunchTemplate, then a new version at each update that changes its content."""
+        if old is None:
+            new.id = f"lt-{secrets.token_hex(8)}0"
+        latest, default = self.bed.autoscaling.templates.put(new.id, new.inputs)
+        name = (old.outputs.get("name") if old else None) or new.inputs.get("name")
+        return {
+            **new.inputs,
+            "id": new.id,
+            "name": name or f"{new.inputs.get('namePrefix') or 'terraform-'}{secrets.token_hex(8)}",
+            "arn": f"arn:aws:ec2:{BED_REGION}:{ACCOUNT}:launch-template/{new.id}",
+            "latestVersion": latest,
+            "defaultVersion": default,
+        }
+
+    def _delete_template(self, state: State) -> None:
+        self.bed.autoscaling.templates.delete(state.id)
+
+    def _put_group(self, new: State, old: State | None) -> dict:
+        """Create or UpdateAutoScalingGroup, then wait, as pulumi-aws does, for the desired
+        capacity InService (the machines running; their user-data may still be at work).
+        A group that cannot reach it is force-deleted here (the provider would leave it
+        tainted in the state; the bed leaves nothing behind)."""
+        spec = GroupSpec.from_inputs(new.inputs, lambda subnet_id: self._zone_of(subnet_id, new.name))
+        autoscaling = self.bed.autoscaling
+        try:
+            if old is None:
+                autoscaling.create_group(spec, self)
+            else:
+                autoscaling.update_group(spec)
+            autoscaling.wait_for_capacity(spec.name, GROUP_TIMEOUT)
+        except BedError as error:
+            if old is None and spec.name in autoscaling.groups:
+                autoscaling.delete_group(spec.name)
+            raise EngineError(f"{new.name}: {error}") from None
+        new.id = spec.name
+        described = autoscaling.describe(spec.name)
+        self.log(
+            f"group {spec.name}: {sum(i['LifecycleState'] == 'InService' for i in described['Instances'])} InService"
+        )
+        return {
+            **new.inputs,
+            "id": spec.name,
+            "name": spec.name,
+            "arn": described["AutoScalingGroupARN"],
+            "availabilityZones": described["AvailabilityZones"],
+            "desiredCapacity": described["DesiredCapacity"],
+        }
+
+    def _delete_group(self, state: State) -> None:
+        """DeleteAutoScalingGroup with ForceDelete: every instance at once, no hook."""
+        try:
+            self.bed.autoscaling.delete_group(state.id)
+        except BedError as error:
+            raise EngineError(f"{state.name}: {error}") from None
+
+    def _zone_of(self, subnet_id: str, name: str) -> str:
+        return self._subnet(subnet_id, name).inputs.get("availabilityZone", f"{BED_REGION}a")
+
+    def launch(self, instance: Instance) -> None:
+        """The bed's Auto Scaling launches `instance` (autoscaling.Launcher): a machine as
+        `_create_instance` makes one, from the launch template version the group chose,
+        named `<group>-<instance id>` (the `swarm:group` tag the group propagates)."""
+        _, template = self.bed.autoscaling.templates.resolve(instance.template_id, str(instance.template_version))
+        name = f"{instance.tags.get('swarm:group') or instance.group}-{instance.instance_id}"
+        host, ip = self._boot(
+            name,
+            instance.instance_id,
+            self._subnet(instance.subnet_id, name),
+            template,
+            private_ip=None,
+            user_data=base64.b64decode(template.get("userData") or ""),
+            meta={"instance-type": instance.instance_type},
+            dynamic=lambda: self.bed.autoscaling.metadata(instance.instance_id),
+        )
+        instance.ip, instance.host = ip, host.key
+        self.bed.addresses.launched(instance.instance_id, ip, public=False)
+        self.log(f"instance {name} ({host.key}) at {ip} launched by group {instance.group}")
+
+    def terminate(self, instance: Instance) -> None:
+        """The bed's Auto Scaling terminates `instance` (autoscaling.Launcher)."""
+        self._terminate_machine(instance.host, instance.ip, instance.instance_id)
+
+    def _put_parameter(self, new: State, old: State | None) -> dict:
+        """PutParameter (Overwrite) into moto's SSM. The value is a secret: it is never
+        logged, and the engine's state holds it only as a placeholder."""
+        inputs = new.inputs
+        new.secret_outputs |= {"value", "insecureValue"}
+        arguments = {"Name": inputs["name"], "Type": inputs.get("type") or "String", "Overwrite": True}
+        if inputs.get("keyId"):
+            arguments["KeyId"] = inputs["keyId"]
+        value = inputs.get("value") if inputs.get("value") is not None else inputs.get("insecureValue")
+        try:
+            answer = self.bed.ssm().put_parameter(**arguments, Value=value or "")
+        except Exception as error:  # botocore's errors may quote the request: say only what failed
+            code = getattr(error, "response", {}).get("Error", {}).get("Code", type(error).__name__)
+            raise EngineError(f"{new.name}: PutParameter {inputs['name']} failed: {code}") from None
+        new.id = inputs["name"]
+        name = inputs["name"].lstrip("/")
+        arn = f"arn:aws:ssm:{BED_REGION}:{ACCOUNT}:parameter/{name}"
+        return {**inputs, "id": new.id, "arn": arn, "version": answer["Version"], "tier": "Standard"}
+
+    def _delete_parameter(self, state: State) -> None:
+        ssm = self.bed.ssm()
+        try:
+            ssm.delete_parameter(Name=state.id)
+        except ssm.exceptions.ParameterNotFound:
+            pass  # the provider ignores a parameter already gone
+
+    def _put_object(self, new: State, old: State | None) -> dict:
+        """PutObject into moto's S3: `contentBase64`, `content` or a file `source`."""
+        inputs = new.inputs
+        body = _object_body(inputs, new.name)
+        extra = {"ContentType": inputs["contentType"]} if inputs.get("contentType") else {}
+        answer = self.bed.s3().put_object(Bucket=inputs["bucket"], Key=inputs["key"], Body=body, **extra)
+        new.id = inputs["key"]
+        etag = answer.get("ETag", "").strip('"') or hashlib.md5(body).hexdigest()  # noqa: S324 - S3's ETag
+        self.log(f"{new.name}: s3://{inputs['bucket']}/{inputs['key']} ({len(body)} bytes)")
+        return {**inputs, "id": new.id, "etag": etag, "versionId": answer.get("VersionId", "")}
+
+    def _delete_object(self, state: State) -> None:
+        """As the provider does: every version of the key (or the object, unversioned)."""
+        s3, bucket, key = self.bed.s3(), state.inputs["bucket"], state.inputs["key"]
+        listed = s3.list_object_versions(Bucket=bucket, Prefix=key)
+        versions = [v for v in [*listed.get("Versions", []), *listed.get("DeleteMarkers", [])] if v["Key"] == key]
+        for version in versions:
+            s3.delete_object(Bucket=bucket, Key=key, VersionId=version["VersionId"])
+        if not versions:
+            s3.delete_object(Bucket=bucket, Key=key)
+
     # -- commands ------------------------------------------------------------------------
     def _run_command(self, state: State, script: str) -> dict:
         inputs = state.inputs
@@ -370,13 +566,9 @@ class Resources:
             run = self._run_command if state.type == COMMAND else self._run_local
             run(state, state.inputs["delete"])
         elif state.type == INSTANCE and state.host:
-            self.log(f"terminate {state.host}")
-            if state.host in self.bed.hosts:
-                self.bed.wipe_host(state.host)
-            with self._lock:
-                self._ips.discard(state.outputs.get("privateIp"))
-            self.bed.imds.forget(state.outputs.get("privateIp"))
-            self.bed.addresses.terminated(state.id)
+            self._terminate_machine(state.host, state.outputs.get("privateIp"), state.id)
+        elif state.type in self._kinds:
+            self._kinds[state.type][1](state)
         elif state.type == EIP_ASSOCIATION:
             self.bed.addresses.disassociate(state.id)
         elif state.type == EIP:
@@ -408,3 +600,15 @@ def _meta_data(instance_id: str, ip: str, public_key: str | None) -> dict:
     if public_key:
         meta["public-keys"] = [public_key.strip()]
     return meta
+
+
+def _object_body(inputs: dict, name: str) -> bytes:
+    if inputs.get("contentBase64") is not None:
+        return base64.b64decode(inputs["contentBase64"])
+    if inputs.get("content") is not None:
+        return inputs["content"].encode()
+    source = inputs.get("source")
+    path = getattr(source, "path", None) or (source.get("path") if isinstance(source, dict) else None)
+    if not path or not Path(path).is_file():
+        raise EngineError(f"{name}: the bed puts objects from content, contentBase64 or a file asset only")
+    return Path(path).read_bytes()
