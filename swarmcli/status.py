@@ -169,7 +169,18 @@ def summarize(stack: str, outputs: dict, raw: dict[str, object], now: dt.datetim
         "image": _image(outputs),
         # The leader's last ECR refresh: {at, ok, said}, or None before its first.
         "registryAuth": raw.get("registry-auth") if isinstance(raw.get("registry-auth"), dict) else None,
+        "groups": _groups(raw),
     }
+
+
+def _groups(raw: dict[str, object]) -> dict | None:
+    """The leader's watcher's last pass (every 10 s): {at, ok, said, groups: [{name, desired,
+    in_service, joining, draining, spot, on_demand, ...}]}, or None on a stack without groups."""
+    record = raw.get("groups")
+    if not isinstance(record, dict):
+        return None
+    groups = [g for g in record.get("groups") or [] if isinstance(g, dict)]
+    return {"at": record.get("at", ""), "ok": bool(record.get("ok")), "said": record.get("said", ""), "groups": groups}
 
 
 def _image(outputs: dict) -> dict:
@@ -233,6 +244,24 @@ def _render_backups(view: dict, console) -> None:
     console.print(backups)
 
 
+def _render_groups(view: dict, console) -> None:
+    record = view.get("groups")
+    if not record:
+        return
+    columns = ("group", "desired", "in service", "joining", "draining", "spot", "on-demand")
+    groups = _table(f"Worker groups (the watcher at {record['at']})", columns)
+    for g in record["groups"]:
+        short = g.get("in_service", 0) < g.get("desired", 0)
+        in_service = f"[{'yellow' if short else 'green'}]{g.get('in_service', 0)}[/]"
+        groups.add_row(
+            g.get("name", "?"), str(g.get("desired", "?")), in_service, str(g.get("joining", 0)),
+            str(g.get("draining", 0)), str(g.get("spot", 0)), str(g.get("on_demand", 0)),
+        )  # fmt: skip
+    if not record["ok"]:
+        groups.add_row(f"[red]{record['said']}[/]", "", "", "", "", "", "")
+    console.print(groups)
+
+
 def render(view: dict, console) -> None:
     _render_head(view, console)
     nodes = _table("Nodes", ("node", "role", "state", "availability", "engine", "zone", "address", "data"))
@@ -241,6 +270,7 @@ def render(view: dict, console) -> None:
         state = f"[green]{n['state']}[/]" if n["state"] == "ready" else f"[red]{n['state']}[/]"
         nodes.add_row(n["name"], role, state, n["availability"], n["engine"], n["zone"], n["address"], n["data"])
     console.print(nodes)
+    _render_groups(view, console)
     services = _table("Services", ("service", "mode", "replicas", "image", "ports"))
     for s in view["services"]:
         colour = "green" if s["running"] == s["desired"] else "yellow"

@@ -26,6 +26,11 @@ echo "== registry-auth"
 cat /run/swarm-registry-auth.json 2>/dev/null || echo null
 echo
 
+echo "== groups"
+# The worker groups as the leader's watcher last saw them (agent/swarm_agent/groups.py).
+cat /run/swarm-groups.json 2>/dev/null || echo null
+echo
+
 [[ ${SWARM_BACKUP_TARGET:-s3} == s3 ]] || exit 0
 args=(--region "$SWARM_REGION")
 [[ -n ${SWARM_S3_ENDPOINT:-} ]] && args+=(--endpoint-url "$SWARM_S3_ENDPOINT")

@@ -66,6 +66,10 @@ COLLECTED = "\n".join([
     json.dumps({"at": "2026-11-26 06:04:11 UTC", "ok": True,
                 "said": "registry-auth: 2 of 2 services on 123456789012.dkr.ecr.eu-west-1.amazonaws.com "
                         "have fresh credentials"}),
+    "== groups",
+    json.dumps({"at": "2026-11-26 06:10:01 UTC", "ok": True, "said": "groups-watch: 1 group",
+                "groups": [{"name": "spot", "asg": "swarm-dev-spot", "desired": 5, "min": 0, "max": 8,
+                            "in_service": 4, "joining": 1, "draining": 1, "spot": 2, "on_demand": 2}]}),
 ])  # fmt: skip
 
 
@@ -89,6 +93,10 @@ def test_the_view_says_what_the_leader_reported():
     assert view["backups"][0]["latest"] and view["backups"][0]["ageHours"] == 12.0
     assert view["latestBackup"]["verified"] and view["mirror"] == {"objects": 12, "bytes": 5242880}
     assert view["clusterId"] == "abcdef1234567890"
+    (group,) = view["groups"]["groups"]
+    assert (group["name"], group["desired"], group["in_service"], group["joining"], group["draining"]) == (
+        "spot", 5, 4, 1, 1)  # fmt: skip
+    assert status.summarize("dev", OUTPUTS, {}, now=NOW)["groups"] is None  # a stack without groups
     json.dumps(view)  # --json
 
 
@@ -100,7 +108,8 @@ def test_the_terminal_and_the_page_show_the_same_view(tmp_path):
     for expected in ("swarm-dev-manager-0", "manager ★ leader", "down", "2/3", "nginx:1", "12 h", "8080->80/tcp",
                      "latest · sha256 ✓ · signature ✓", "5.0 MiB in 12 objects", "restored from backups/",
                      "ECR refresh", "2 of 2 services on", "(2026-11-26 06:04:11 UTC)",
-                     "pg (vol-0a1b2c3d4e5f60718)"):  # fmt: skip
+                     "pg (vol-0a1b2c3d4e5f60718)",
+                     "Worker groups (the watcher at 2026-11-26 06:10:01 UTC)"):  # fmt: skip
         assert expected in text, expected
     page = tmp_path / "status.html"
     status.write_html(view, str(page))
