@@ -11,7 +11,8 @@ what arrives is byte for byte the repository's agent/), moves it to
 /usr/local/lib/swarm/releases/<digest>, points /usr/local/lib/swarm/current at it with
 one rename (a verb running meanwhile finishes on the release it started from), links
 swarm-node, swarm-keytool, the shell aliases and the completion to `current`, installs
-the image-cleanup and registry-refresh timers, and removes every other release and what an older agent left
+the image-cleanup and registry-refresh timers (and, not enabled, the worker groups'
+watcher's), and removes every other release and what an older agent left
 (the bash agent kept its files directly in /usr/local/lib/swarm): a module removed from
 the repository is gone from the node. Nothing here restarts dockerd or touches the swarm.
 
@@ -35,7 +36,10 @@ LINKS = {  # where -> what, relative to the current release
     "/usr/share/bash-completion/completions/swarm-node": "shell/swarm-node.bash-completion",
 }
 TIMERS = ("swarm-image-cleanup.timer", "swarm-registry-auth.timer")
-UNITS = (*(t.replace(".timer", ".service") for t in TIMERS), *TIMERS)
+# Installed but left as they are (not enabled): the worker groups' watcher runs only on a
+# manager that `swarm-node groups-watch --configure` told which groups to watch.
+IDLE_UNITS = ("swarm-groups.service", "swarm-groups.timer")
+UNITS = (*(t.replace(".timer", ".service") for t in TIMERS), *TIMERS, *IDLE_UNITS)
 UNIT_DIR = "/etc/systemd/system"
 SYSTEMD_RUN = "/run/systemd/system"  # exists when systemd is PID 1
 CRON_JOB = "/etc/cron.daily/swarm-image-cleanup"

@@ -23,6 +23,9 @@ NAME_RE = re.compile(r"^[A-Za-z0-9.-]+$")
 SERVICE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 IPV4_RE = re.compile(r"^[0-9.]+$")
 TEARDOWN_LABEL = "swarm.teardown"
+# A worker group's node (groups.py): its engine label claims it, the leader's node label
+# confirms it once AWS lists its instance. Reconcile leaves such nodes to the watcher.
+GROUP_LABEL = "swarm.group"
 RETIRE_LOCK_WAIT = 600
 
 
@@ -32,7 +35,9 @@ class Node(NamedTuple):
     status: str  # ready, down, unknown (Status.State)
     role: str  # manager, worker (Spec.Role)
     addr: str
-    labels: dict
+    labels: dict  # node labels (Spec.Labels): what the swarm's managers set
+    engine_labels: dict = {}  # dockerd's own labels (Description.Engine.Labels): what the node claims
+    availability: str = "active"  # active, pause, drain (Spec.Availability)
 
 
 def checked_id(value: object) -> str:
@@ -68,16 +73,17 @@ def describe(ids: list[str]) -> list[Node]:
         raise AgentError(f"docker node inspect printed something that is not JSON: {text[:200]!r}") from None
     nodes = []
     for d in described:
-        status, spec = d.get("Status") or {}, d.get("Spec") or {}
-        host = (d.get("Description") or {}).get("Hostname", "")
+        status, spec, description = d.get("Status") or {}, d.get("Spec") or {}, d.get("Description") or {}
         nodes.append(
             Node(
                 checked_id(d.get("ID")),
-                host,
+                description.get("Hostname", ""),
                 status.get("State", ""),
                 spec.get("Role", ""),
                 status.get("Addr", ""),
                 spec.get("Labels") or {},
+                (description.get("Engine") or {}).get("Labels") or {},
+                spec.get("Availability", "active"),
             )
         )
     return nodes
@@ -87,17 +93,30 @@ def _names(csv: str) -> list[str]:
     return [name for name in csv.split(",") if name]
 
 
+def is_group_node(node: Node) -> bool:
+    """A node that is, or claims to be, a worker group's: the groups' watcher adds, drains and
+    removes those (groups.py), never reconcile or the count of named nodes."""
+    return GROUP_LABEL in node.labels or GROUP_LABEL in node.engine_labels
+
+
 # -- reconcile --------------------------------------------------------------------------
 @lock.exclusive(600)
 def reconcile(args) -> None:
     """Every node named is Ready in its role. Down nodes that were replaced (a Ready node has
     the name) or are named nowhere are removed; Ready nodes named nowhere are left alone:
     Pulumi deletes removed and replaced machines at the end of the update, after their
-    retire hooks."""
+    retire hooks. With --groups, then each worker group's nodes labelled (those AWS vouches
+    for), its dead ones removed, and its ASG's current desired count of them Ready."""
     managers, workers = args.managers, args.workers or ""
     if not managers:
         raise AgentError("reconcile: --managers names,... is required")
     labels = _data_labels(getattr(args, "data", "") or "")
+    group_names = _names(getattr(args, "groups", "") or "")
+    if group_names:
+        # groups.py builds on this module: imported only when reconcile waits for groups.
+        from swarm_agent import groups
+
+        groups.configured("reconcile: --groups", group_names)  # before anything changes
     env.load()
     self_id = checked_id(dockerd.require_manager("reconcile").get("NodeID"))
     wanted = set(_names(managers) + _names(workers))
@@ -113,7 +132,11 @@ def reconcile(args) -> None:
         # A node that has just joined reads Ready a moment later: look again soon.
         run.pause(0.5)
     label_data_nodes(table, labels)
-    extra = "".join(f" {n.host}" for n in table if n.status == "ready" and n.host not in wanted)
+    if group_names:
+        groups.reconcile_groups(group_names, args.timeout, self_id)
+    extra = "".join(
+        f" {n.host}" for n in table if n.status == "ready" and n.host not in wanted and not is_group_node(n)
+    )
     named = managers.replace(",", " ") + (" " + workers.replace(",", " ") if workers else "")
     print(
         f"reconcile: every node named is Ready ({named})"
@@ -152,8 +175,9 @@ def label_data_nodes(table: list[Node], labels: dict[str, str]) -> None:
 def remove_stale_nodes(wanted: set[str], self_id: str) -> None:
     table = node_table()
     for node in table:
-        # Yesterday's nodes read "unknown" right after a restore and "down" later.
-        if node.status == "ready" or node.id == self_id:
+        # Yesterday's nodes read "unknown" right after a restore and "down" later. A group's
+        # nodes are the watcher's: it removes them once AWS no longer lists their instance.
+        if node.status == "ready" or node.id == self_id or is_group_node(node):
             continue
         twin = any(other.host == node.host and other.status == "ready" for other in table)
         if not twin and node.host in wanted:

@@ -30,3 +30,9 @@ PROC = "/proc"
 SHARED_MOUNT = "/var/data/shared"
 FSTAB = "/etc/fstab"
 OS_RELEASE = "/etc/os-release"
+# Worker groups (groups.py, group_join.py): the groups the leader watches (written by
+# `groups-watch --configure`, no secrets), its last pass for `scripts/swarm status`, and
+# dockerd's settings, where a group worker's engine labels (its claims) go.
+GROUPS_CONFIG = "/etc/swarm/groups.json"
+GROUPS_RECORD = "/run/swarm-groups.json"
+DAEMON_JSON = "/etc/docker/daemon.json"

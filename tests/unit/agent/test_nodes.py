@@ -407,3 +407,138 @@ def test_the_cli_hands_the_verbs_their_arguments(fakes, capsys):
     serve_services(fakes, ("web", "3/3"))
     assert cli.main(["converge", "--timeout", "5"]) == 0
     assert capsys.readouterr().out == "converge: every service runs its desired replicas\n"
+
+
+# -- reconcile and worker groups --------------------------------------------------------
+BATCH = {"groups": [{"name": "batch", "asg": "swarm-dev-batch", "hook": "swarm-drain", "labels": {"tier": "batch"}}]}
+ASG = "swarm-dev-batch"
+
+
+def group_node(node_id, instance, state="ready", engine=True, labelled=False, group="batch"):
+    """A worker of a group: its engine labels claim the instance; `labelled`, the leader agreed."""
+    described, reach = node(node_id, f"{group}-{instance}", state=state, role="worker", addr="10.42.1.5")
+    claim = {"swarm.group": group, "swarm.instance": instance, "swarm.capacity": "spot"}
+    described["Description"]["Engine"] = {"Labels": claim if engine else {}}
+    if labelled:
+        described["Spec"]["Labels"] = {**claim, "tier": "batch"}
+    return described, reach
+
+
+def serve_asg(fakes, desired, instances, times=None) -> None:
+    """What `aws autoscaling describe-auto-scaling-groups` answers for the batch group."""
+    asg = {
+        "AutoScalingGroupName": ASG, "DesiredCapacity": desired, "MinSize": 0, "MaxSize": 6,
+        "Instances": [{"InstanceId": i, "LifecycleState": s} for i, s in instances.items()],
+    }  # fmt: skip
+    answer = json.dumps({"AutoScalingGroups": [asg]})
+    fakes.on("aws", "autoscaling", "describe-auto-scaling-groups", stdout=answer, times=times)
+
+
+def configure_batch() -> None:
+    os.makedirs(os.path.dirname(paths.GROUPS_CONFIG), exist_ok=True)
+    with open(paths.GROUPS_CONFIG, "w") as handle:
+        json.dump(BATCH, handle)
+
+
+def test_reconcile_without_groups_makes_exactly_todays_calls(fakes, capsys):
+    manager_up(fakes)
+    serve_nodes(fakes, [node(SELF, "m0", reach="Leader"), node("w1id", "w1", role="worker")])
+    fakes.on("docker", "node", "ls", stdout="ID  HOSTNAME\n")
+    nodes.reconcile(ns(managers="m0", workers="w1", timeout=30))
+    assert fakes.argvs("docker") == [
+        ["info", "--format", "{{.ServerVersion}}"],
+        ["info", "--format", "{{json .Swarm}}"],
+        ["node", "ls", "--format", "{{json .}}"],
+        ["node", "inspect", SELF, "w1id"],
+        ["node", "ls", "--format", "{{json .}}"],
+        ["node", "inspect", SELF, "w1id"],
+        ["node", "ls"],
+    ]
+    assert fakes.calls("aws") == [] and fakes.calls("systemctl") == []
+    assert capsys.readouterr().out.splitlines()[0] == "reconcile: every node named is Ready (m0 w1)"
+
+
+def test_reconcile_never_removes_a_group_node_nor_counts_it_as_a_pinned_worker(fakes, capsys):
+    """Yesterday's group nodes, Down after a restore, are the watcher's to remove (it asks AWS)."""
+    manager_up(fakes)
+    table = [
+        node(SELF, "m0", reach="Leader"),
+        node("w1id", "w1", role="worker"),
+        group_node("claimsonly", "i-0aaa1111bbbb2222c", state="down"),  # joined, never labelled
+        group_node("labelonly", "i-0ddd3333eeee4444f", state="unknown", engine=False, labelled=True),
+        group_node("readygroup", "i-0123456789abcdef0", labelled=True),
+    ]
+    serve_nodes(fakes, table)
+    fakes.on("docker", "node", "ls", stdout="")
+    nodes.reconcile(ns(managers="m0", workers="w1", timeout=30))
+    assert calls_starting(fakes, "node", "rm") == [] and calls_starting(fakes, "node", "demote") == []
+    out = capsys.readouterr().out
+    # A Ready group node is not a pinned node Pulumi is about to delete.
+    assert "reconcile: every node named is Ready (m0 w1)\n" in out and "still here" not in out
+
+
+def test_reconcile_with_groups_labels_what_aws_backs_and_waits_for_the_asgs_desired_count(fakes, capsys):
+    manager_up(fakes)
+    configure_batch()
+    first, second = "i-0aaa1111bbbb2222c", "i-0123456789abcdef0"
+    pinned = [node(SELF, "m0", reach="Leader"), node("w1id", "w1", role="worker")]
+    # The ASG was scaled to 2 during the day (the config says nothing of it): wait for two.
+    serve_asg(fakes, 2, {first: "InService", second: "Pending"})
+    serve_nodes(fakes, [*pinned, group_node("g1", first)], times=3)  # the pinned work, then one look
+    serve_nodes(fakes, [*pinned, group_node("g1", first, labelled=True), group_node("g2", second)])
+    fakes.on("docker", "node", "update")
+    fakes.on("docker", "node", "ls", stdout="")
+    nodes.reconcile(ns(managers="m0", workers="w1", timeout=60, groups="batch"))
+    updates = calls_starting(fakes, "node", "update")
+    label = ["--label-add", "swarm.capacity=spot", "--label-add", "swarm.group=batch"]
+    assert updates[0] == ["node", "update", *label, "--label-add", f"swarm.instance={first}", "--label-add",
+                          "tier=batch", "g1"]  # fmt: skip
+    assert [u[-1] for u in updates] == ["g1", "g2"]  # g1 once: the second look sees its labels
+    assert fakes.argvs("aws")[0] == [
+        "autoscaling", "describe-auto-scaling-groups", "--auto-scaling-group-names", ASG,
+        "--region", "eu-west-1", "--output", "json",
+    ]  # fmt: skip
+    out = capsys.readouterr().out
+    assert "reconcile: worker groups at their desired count: batch 2/2 in service (2 spot)" in out
+    assert 3 <= fakes.clock.slept <= 4  # one look again
+
+
+def test_reconcile_with_groups_times_out_naming_the_group_the_count_and_the_log(fakes, long_pauses):
+    manager_up(fakes)
+    configure_batch()
+    serve_asg(fakes, 3, {"i-0aaa1111bbbb2222c": "InService", "i-0123456789abcdef0": "Pending"})
+    serve_nodes(fakes, [node(SELF, "m0", reach="Leader"), group_node("g1", "i-0aaa1111bbbb2222c", labelled=True)])
+    with pytest.raises(AgentError) as raised:
+        nodes.reconcile(ns(managers="m0", workers="", timeout=60, groups="batch"))
+    message = str(raised.value)
+    assert message.startswith("reconcile: timed out after 60s; worker group batch has 1 Ready node(s) labelled "
+                              "swarm.group=batch of 3 desired (1 instance(s) still joining)")  # fmt: skip
+    assert "/var/log/swarm-user-data.log" in message and ASG in message
+    assert 60 <= fakes.clock.slept <= 100
+
+
+def test_reconcile_with_groups_removes_yesterdays_down_group_nodes_whose_instances_are_gone(fakes, capsys):
+    manager_up(fakes)
+    configure_batch()
+    serve_asg(fakes, 1, {"i-0123456789abcdef0": "InService"})
+    table = [
+        node(SELF, "m0", reach="Leader"),
+        group_node("yesterday", "i-0aaa1111bbbb2222c", state="down", labelled=True),
+        group_node("today", "i-0123456789abcdef0", labelled=True),
+    ]
+    serve_nodes(fakes, table)
+    fakes.on("docker", "node", "rm", "--force")
+    fakes.on("docker", "node", "ls", stdout="")
+    nodes.reconcile(ns(managers="m0", workers="", timeout=60, groups="batch"))
+    assert calls_starting(fakes, "node", "rm") == [["node", "rm", "--force", "yesterday"]]
+    assert "AWS no longer has i-0aaa1111bbbb2222c in batch" in capsys.readouterr().out
+
+
+def test_reconcile_refuses_a_group_it_was_not_configured_with_before_changing_anything(fakes):
+    manager_up(fakes)
+    configure_batch()
+    with pytest.raises(AgentError, match=r"group web is not in .*groups\.json: 'swarm-node groups-watch --configure'"):
+        nodes.reconcile(ns(managers="m0", workers="", timeout=60, groups="batch,web"))
+    with pytest.raises(AgentError, match="reconcile: --groups wants group names"):
+        nodes.reconcile(ns(managers="m0", workers="", timeout=60, groups="--force"))
+    assert fakes.calls() == []
