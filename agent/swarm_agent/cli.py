@@ -82,6 +82,7 @@ def _verbs(sub) -> None:
     p.add_argument("--fs", required=True, help="the EFS file system ID (fs-...)")
     p.add_argument("--region", required=True, help="its region (eu-west-1)")
     verb("shared-release", "shared:shared_release", "stop dockerd, unmount /var/data/shared and forget it")
+    verb("group-join", "group_join:group_join", "a worker group's machine at boot: claim its instance, join")
     p = verb("groups-watch", "groups:groups_watch", "the leader: label group nodes AWS backs, drain on scale-in")
     once = p.add_mutually_exclusive_group()
     once.add_argument("--configure", metavar="JSON", help='{"groups": [{"name", "asg", "hook", "labels"}]}; timer on')

@@ -78,17 +78,36 @@ class NodeEnv:
         return {"AWS_SHARED_CREDENTIALS_FILE": paths.CREDS_FILE} if os.path.isfile(paths.CREDS_FILE) else {}
 
 
-def load(path: str = "") -> NodeEnv:
-    path = path or paths.ENV_FILE
+def _read(path: str) -> NodeEnv:
     try:
         with open(path) as handle:
-            env = NodeEnv(parse(handle.read()))
+            return NodeEnv(parse(handle.read()))
     except FileNotFoundError:
         raise AgentError(f"{path} is missing: user-data has not run on this node") from None
+
+
+def load(path: str = "") -> NodeEnv:
+    path = path or paths.ENV_FILE
+    env = _read(path)
     env.require("SWARM_PREFIX")
     if env.target not in TARGETS:
         raise AgentError(f"SWARM_BACKUP_TARGET '{env.target}' in {path} is not s3, local or none")
     if env.target == "s3":
         env.require("SWARM_BUCKET")
         env.require("SWARM_REGION")
+    return env
+
+
+# A worker of an Auto Scaling group (group_join.py) joins by itself at boot: its file names
+# its group, the managers and the SSM parameter of the join token, and it takes no backups.
+GROUP_KEYS = ("SWARM_GROUP", "SWARM_MANAGER_ADDRS", "SWARM_JOIN_TOKEN_PARAMETER")
+
+
+def load_group(path: str = "") -> NodeEnv:
+    """A group worker's settings; SWARM_REGION and SWARM_SSM_ENDPOINT may be empty."""
+    path = path or paths.ENV_FILE
+    env = _read(path)
+    for key in GROUP_KEYS:
+        if not env.get(key):
+            raise AgentError(f"{key} is missing in {path}: this is not a worker group's instance (group-join)")
     return env
