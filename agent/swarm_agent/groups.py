@@ -26,6 +26,7 @@ import json
 import os
 import re
 import time
+from collections import Counter
 from typing import NamedTuple
 
 from swarm_agent import dockerd, env, lock, nodefs, nodes, paths, run
@@ -245,8 +246,10 @@ def label_pass(
     table: list[Node], groups: list[Group], asgs: dict[str, Asg], verb: str = "groups-watch"
 ) -> tuple[list[Node], list[str]]:
     """Give each worker whose claim AWS backs its group's node labels. Returns the table as
-    labelled now and the claims AWS does not back ("host (group/instance)")."""
+    labelled now and the claims AWS does not back ("host (group/instance)"). Two Ready nodes
+    claiming one instance: a copied claim; only the one labelled first keeps it."""
     by_name = {g.name: g for g in groups}
+    claimants = Counter(claim(n)[:2] for n in table if n.status == "ready" and n.role == "worker" and claim(n))
     labelled, unbacked = [], []
     for node in table:
         claimed = claim(node)
@@ -255,8 +258,13 @@ def label_pass(
             continue
         name, instance, capacity = claimed
         group = by_name.get(name)
+        copied = claimants[(name, instance)] > 1 and node.labels.get(INSTANCE) != instance
         if group is None or node.role != "worker" or capacity not in CAPACITIES or not backed(asgs.get(name), instance):
             unbacked.append(f"{node.host} ({name[:40]}/{instance[:40]})")
+            labelled.append(node)
+            continue
+        if copied:
+            unbacked.append(f"{node.host} ({name}/{instance}, claimed by {claimants[(name, instance)]} Ready nodes)")
             labelled.append(node)
             continue
         want = {GROUP: name, INSTANCE: instance, CAPACITY: capacity, **group.labels}
@@ -288,7 +296,7 @@ def drain_pass(
         for instance, state in sorted(asgs[group.name].instances.items()):
             if state != WAITING or not INSTANCE_RE.match(instance):
                 continue
-            found = [n for n in table if n.role == "worker" and instance_of(n) == (group.name, instance)]
+            found = _nodes_of(table, group.name, instance)
             if not found:
                 leaving.append(Leaving(group, instance, None, run.now()))  # it never joined: at once
             for node in found:
@@ -310,6 +318,15 @@ def drain_pass(
         if leaving:
             run.pause(DRAIN_POLL)
     return completed, removed
+
+
+def _nodes_of(table: list[Node], name: str, instance: str) -> list[Node]:
+    """The workers the leader labelled with the instance; else the one node that claims it
+    (joined, not labelled yet). A claim two nodes make drains neither: one of them lies."""
+    workers = [n for n in table if n.role == "worker"]
+    labelled = [n for n in workers if n.labels.get(GROUP) == name and n.labels.get(INSTANCE) == instance]
+    claimants = [n for n in workers if (claim(n) or ())[:2] == (name, instance)]
+    return labelled or (claimants if len(claimants) == 1 else [])
 
 
 def _drain(node: Node) -> float:
@@ -465,7 +482,10 @@ def reconcile_groups(names: list[str], timeout: int, self_id: str) -> None:
     groups = configured("reconcile: --groups", names)
     deadline, said = run.now() + timeout, set()
     while True:
-        asgs = describe(node_env, groups)
+        try:
+            asgs = describe(node_env, groups)
+        except AgentError as error:
+            raise AgentError(f"reconcile: {error}") from None
         table, unbacked = label_pass(nodes.node_table(), groups, asgs, "reconcile")
         for line in sorted(set(unbacked) - said):
             print(f"reconcile: not labelled, AWS does not list its instance in its group: {line}", flush=True)

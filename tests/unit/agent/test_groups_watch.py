@@ -129,6 +129,29 @@ def test_a_node_already_labelled_is_not_updated_again(leader):
     assert record()["groups"][0] == {**counted, "draining": 0, "spot": 1, "on_demand": 0}
 
 
+def test_a_claim_copied_by_a_second_node_labels_neither_newcomer(leader, capsys):
+    """Anything with the worker token can claim an instance AWS lists: two Ready nodes with
+    one claim get no labels, and the one labelled first keeps its own."""
+    serve_asgs(leader, {I1: "InService", I2: "InService"})
+    serve_nodes(
+        leader,
+        [
+            described(SELF, "m0", role="manager"),
+            described(
+                "real", f"batch-{I1}", claim=("batch", I1, "spot"), labels=backed_labels("batch", I1, tier="batch")
+            ),
+            described("copy", "w7", claim=("batch", I1, "spot")),
+            described("twin1", f"batch-{I2}", claim=("batch", I2, "spot")),
+            described("twin2", "w8", claim=("batch", I2, "spot")),
+        ],
+    )
+    assert watch() == 0
+    assert docker_steps(leader) == []
+    said = next(line for line in capsys.readouterr().out.splitlines() if "not labelled" in line)
+    assert f"w7 (batch/{I1}, claimed by 2 Ready nodes)" in said and f"w8 (batch/{I2}, claimed by 2 Ready nodes)" in said
+    assert f"batch-{I1} (" not in said
+
+
 # -- scale-in ---------------------------------------------------------------------------
 def leaving_node(fakes, labels=None, availability="active", state="ready"):
     serve_asgs(fakes, {I1: "Terminating:Wait", I2: "InService"})
@@ -231,6 +254,26 @@ def test_a_manager_is_never_drained_or_removed(leader):
     leader.on("aws", "autoscaling", "complete-lifecycle-action")
     assert watch() == 0
     assert [s[:2] for s in docker_steps(leader)] == [["autoscaling", "complete-lifecycle-action"]]
+
+
+def test_a_node_that_only_claims_a_leaving_instance_another_node_holds_is_not_drained(leader):
+    """The leader's labels say whose instance it is; a copied claim is not drained or removed."""
+    leaving_node(leader)
+    leader.on("docker", "node", "ps", "going", stdout="")
+    leader.rules[:] = [r for r in leader.rules if r["args"][:2] not in (["node", "ls"], ["node", "inspect"])]
+    serve_nodes(
+        leader,
+        [
+            described(SELF, "m0", role="manager"),
+            described(
+                "going", f"batch-{I1}", claim=("batch", I1, "spot"), labels=backed_labels("batch", I1, tier="batch")
+            ),
+            described("liar", "w7", claim=("batch", I1, "spot")),
+        ],
+    )
+    assert watch() == 0
+    touched = [step[-1] for step in docker_steps(leader) if step[0] == "node"]
+    assert "liar" not in touched and touched == ["going", "going"]  # drained, then removed
 
 
 # -- dead nodes -------------------------------------------------------------------------

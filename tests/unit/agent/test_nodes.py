@@ -542,3 +542,15 @@ def test_reconcile_refuses_a_group_it_was_not_configured_with_before_changing_an
     with pytest.raises(AgentError, match="reconcile: --groups wants group names"):
         nodes.reconcile(ns(managers="m0", workers="", timeout=60, groups="--force"))
     assert fakes.calls() == []
+
+
+def test_reconcile_with_groups_fails_on_a_failed_aws_call_showing_the_cli(fakes):
+    manager_up(fakes)
+    configure_batch()
+    serve_nodes(fakes, [node(SELF, "m0", reach="Leader")])
+    fakes.on(
+        "aws", "autoscaling", rc=254, stderr="An error occurred (AccessDenied) when calling DescribeAutoScalingGroups\n"
+    )
+    with pytest.raises(AgentError, match=r"^reconcile: groups-watch: aws autoscaling describe-auto-scaling-groups "
+                                         r"failed: An error occurred \(AccessDenied\)"):  # fmt: skip
+        nodes.reconcile(ns(managers="m0", workers="", timeout=60, groups="batch"))
