@@ -192,6 +192,7 @@ class SwarmFormation(pulumi.ComponentResource):
         if not args.managers:
             raise ValueError("a swarm needs at least one manager")
         self._args = args
+        self._delivery: tuple[str, pulumi.Input[str]] | None = None
         self.leader = leader = args.managers[0]
         self.leader_address = pulumi.Output.concat(leader.private_ip, f":{SWARM_PORT}")
 
@@ -365,13 +366,7 @@ class SwarmFormation(pulumi.ComponentResource):
         line). One SSH session, so copying the agent adds no step to the formation's chain;
         an agent change is an update of this command alone (it has no delete)."""
         args = self._args
-        # After user-data: it installs python3 where the image has none.
-        steps = [install_command(agent_digest()), node_cli("wait-ready")]
-        stdin: pulumi.Input[str] = agent_bundle() + "\n"
-        if args.authorized_key is not None:
-            steps.append(node_cli("authorize-key"))
-            stdin = pulumi.Output.concat(agent_bundle(), "\n", args.authorized_key)
-        create = f"{WAIT_USER_DATA}; " + " && ".join(steps)
+        create, stdin = self._agent_delivery()
         return remote.Command(
             f"{name}-ready-{node.name}",
             # The first command on a new machine: its dials wait for the boot.
@@ -384,6 +379,19 @@ class SwarmFormation(pulumi.ComponentResource):
             add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[*node.depends_on, *self._provisioned(node)]),
         )
+
+    def _agent_delivery(self) -> tuple[str, pulumi.Input[str]]:
+        """`ready`'s command and stdin, the same on every node: made once and shared, since
+        the bundle is some 85 KB, and a copy of it per node was 85 MB more at 1000 workers."""
+        if self._delivery is None:
+            # After user-data: it installs python3 where the image has none.
+            steps = [install_command(agent_digest()), node_cli("wait-ready")]
+            stdin: pulumi.Input[str] = agent_bundle() + "\n"
+            if self._args.authorized_key is not None:
+                steps.append(node_cli("authorize-key"))
+                stdin = pulumi.Output.concat(agent_bundle(), "\n", self._args.authorized_key)
+            self._delivery = (f"{WAIT_USER_DATA}; " + " && ".join(steps), stdin)
+        return self._delivery
 
     def _data(self, name: str, node: SwarmNode, ready: remote.Command) -> remote.Command:
         """The node's kept volume, mounted at /var/data before it bootstraps or joins (so no
