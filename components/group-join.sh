@@ -8,7 +8,7 @@
 # does, and joins (the token comes from SSM, never through here).
 [[ $SWARM_AGENT_SHA256 =~ ^[0-9a-f]{64}$ ]] || fail "bad SWARM_AGENT_SHA256"
 tarball=/run/swarm-agent.tar.gz
-s3=(aws s3 cp --only-show-errors --region "$SWARM_REGION")
+s3=(env AWS_METADATA_SERVICE_TIMEOUT=5 AWS_METADATA_SERVICE_NUM_ATTEMPTS=3 aws s3 cp --only-show-errors --region "$SWARM_REGION")
 [[ -n $SWARM_S3_ENDPOINT ]] && s3+=(--endpoint-url "$SWARM_S3_ENDPOINT")
 for attempt in 1 2 3 4 5 6 7 8 9 10; do
   "${s3[@]}" "s3://$SWARM_BUCKET/${SWARM_PREFIX}agent/$SWARM_AGENT_SHA256.tar.gz" "$tarball" && break

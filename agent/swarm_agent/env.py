@@ -74,8 +74,14 @@ class NodeEnv:
         return self.advertise_addr
 
     def aws_env(self) -> dict[str, str]:
-        """What every aws call gets: machines the user brings carry their own keys."""
-        return {"AWS_SHARED_CREDENTIALS_FILE": paths.CREDS_FILE} if os.path.isfile(paths.CREDS_FILE) else {}
+        """What every aws call gets: machines the user brings carry their own keys; on EC2
+        the role's credentials come from the metadata service, which the CLI asks once with
+        a 1 s timeout by default: a busy machine (a morning of boots) then reads "Unable to
+        locate credentials". Three tries of up to 5 s each, as AWS's CLI guide suggests."""
+        patience = {"AWS_METADATA_SERVICE_TIMEOUT": "5", "AWS_METADATA_SERVICE_NUM_ATTEMPTS": "3"}
+        if os.path.isfile(paths.CREDS_FILE):
+            return {**patience, "AWS_SHARED_CREDENTIALS_FILE": paths.CREDS_FILE}
+        return patience
 
 
 def _read(path: str) -> NodeEnv:

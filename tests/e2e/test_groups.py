@@ -209,7 +209,8 @@ def reclaim_a_spot_worker(engine, bed) -> None:
     leader = engine.host_of("manager-0")
     leader.docker(
         "service", "create", "--detach", "--quiet", "--name", "victim", "--constraint",
-        "node.labels.swarm.capacity==spot", "--no-resolve-image", LOCAL_BUSYBOX, "sleep", "86400",
+        "node.labels.swarm.capacity==spot", "--no-resolve-image", LOCAL_BUSYBOX,
+        "sh", "-c", 'trap "exit 0" TERM; while :; do sleep 1; done',  # stops when asked, as a service should
     )  # fmt: skip
     wait_service(leader, "victim", 1)
     node = leader.docker("service", "ps", "victim", "--filter", "desired-state=running", "--format", "{{.Node}}")
@@ -231,6 +232,23 @@ def reclaim_a_spot_worker(engine, bed) -> None:
     assert moved_at is not None and moved_at < gone_at, "the task did not run elsewhere before its machine went"
     engine.log(f"groups: reclaim: task elsewhere {moved_at:.1f} s after the notice; machine went at {gone_at:.1f} s")
     leader.docker("service", "rm", "victim")
+
+
+def test_a_machine_that_dies_without_notice_leaves_the_swarm_once_aws_lists_it_no_more(engine, bed):
+    """No hook, no drain: the node goes Down, Auto Scaling replaces the machine, and the
+    watcher removes the node once AWS no longer lists its instance."""
+    leader = engine.host_of("manager-0")
+    (victim, *_) = [n["Spec"]["Labels"]["swarm.instance"] for n in labelled(leader)]
+    died = time.monotonic()
+    bed.autoscaling.kill(victim)
+
+    def gone() -> bool:
+        return f"fleet-{victim}" not in leader.docker("node", "ls", "--format", "{{.Hostname}}").split()
+
+    wait_until(f"fleet-{victim} removed from the swarm", gone, 180, interval=1)
+    removed = time.monotonic() - died
+    wait_group(engine, 2)
+    engine.log(f"groups: a machine lost without notice: its node removed {removed:.1f} s later, the group back at 2")
 
 
 def test_four_more_workers_a_group_against_pinned(engine, bed):
@@ -263,17 +281,23 @@ def test_four_more_workers_a_group_against_pinned(engine, bed):
 # -- three nights ---------------------------------------------------------------------------
 @pytest.mark.parametrize("night", [1, 2, 3])
 def test_each_night_the_group_goes_after_the_backup_and_comes_back_with_the_same_token(engine, bed, tokens, night):
+    """Each night: the backup first, then every group machine at once; each morning the
+    group back at `desired` with the same token, and yesterday's group nodes removed."""
     offset = engine.log_path.stat().st_size
     started = time.monotonic()
-    engine.destroy()
+    teardown = engine.destroy()
     night_took = time.monotonic() - started
+    steps = {step.name: step for step in teardown.steps if step.op == "delete"}
+    backup = next(step for name, step in steps.items() if name.endswith("-swarm-backup"))
+    group = next(step for name, step in steps.items() if name.endswith("-fleet-group"))
+    after_backup = max(step.end for step in steps.values()) - backup.end
     assert not [h for h in bed.hosts.values() if h.name.startswith("fleet-") and h.alive], (
         "a group machine outlived the night"
     )
     with open(engine.log_path) as handle:
         handle.seek(offset)
         log = handle.read()
-    backup, gone = log.find("backup:"), log.find(f"group {ASG} deleted")
+    backup, gone = log.find("backup: wrote"), log.find("terminate fleet-")
     assert 0 <= backup < gone, "the group went before the backup (or one is missing from the log)"
     started = time.monotonic()
     result = engine.up()
@@ -284,4 +308,8 @@ def test_each_night_the_group_goes_after_the_backup_and_comes_back_with_the_same
     listing = leader.docker("node", "ls", "--format", "{{.Hostname}} {{.Status}}").splitlines()
     assert len(listing) == 7 and all(line.endswith("Ready") for line in listing), listing  # yesterday's removed
     wait_service(leader, "probe", 4, timeout=180)
-    engine.log(f"groups: night {night} {night_took:.1f} s, morning {morning:.1f} s; 5 group workers back, same token")
+    engine.log(
+        f"groups: night {night} {night_took:.1f} s (its backup {backup.end - backup.start:.1f} s, then "
+        f"{after_backup:.1f} s, the group's force delete {group.end - group.start:.1f} s), morning {morning:.1f} s; "
+        "5 group workers back, same token"
+    )
