@@ -5,7 +5,8 @@ manager's Raft state only onto the address it advertised. Every instance require
 IMDSv2 with a hop limit of 1 (containers behind Docker's bridge or an overlay get no
 token, so no credentials; the registry mirror runs on the host's network), has an
 encrypted gp3 root volume, and boots `scripts/node/user-data.sh`. Only managers carry the
-instance profile: workers have no rights on the state bucket at all.
+instance profile: pinned workers have no rights on the state bucket at all (a worker
+group's machines have a role of their own: components/groups.py).
 
 `ami`, `user_data`, `instance_type` and `key_name` are ignored after creation: none of
 them may replace or restart every running machine at once mid-day (three managers

@@ -1,7 +1,7 @@
 """Every right a node holds, in one place: the IAM statements of the managers' role, and
 those of the mirror's own key.
 
-Workers hold no role at all; machines you bring hold the S3 keys you give them, and the
+Pinned workers hold no role at all; machines you bring hold the S3 keys you give them, and the
 README's table (Security: "Rights") says what those keys need: the managers' statements.
 The registry mirror, a third-party program listening unauthenticated on the managers, holds
 neither: it runs behind Docker's bridge (the metadata service's hop limit of 1 keeps the
