@@ -446,17 +446,35 @@ def _watch(node_env: env.NodeEnv, groups: list[Group]) -> None:
         return
     leader = run.docker("node", "inspect", "self", "--format", "{{.ManagerStatus.Leader}}", check=False)
     if leader.returncode != 0 or leader.stdout.strip() != "true":
-        print("groups-watch: not the swarm's leader; the leader watches the groups")
+        if not _from_timer():
+            print("groups-watch: not the swarm's leader; the leader watches the groups")
         return
     self_id = checked_id(dockerd.swarm_info().get("NodeID"))
     seen: list[dict] = []
+    before = _last_said()
     try:
         said = one_pass(node_env, groups, self_id, seen)
     except AgentError as error:
         write_record(False, str(error), seen)
         raise
     write_record(True, said, seen)
-    print(said)
+    if said != before or not _from_timer():
+        print(said)
+
+
+def _from_timer() -> bool:
+    """Run by swarm-groups.timer (systemd sets INVOCATION_ID for its units): every 10 s on
+    every manager, so a pass that changed nothing says nothing, and the journal holds the
+    changes. By hand every pass speaks. Labels, drains and removals always speak."""
+    return bool(os.environ.get("INVOCATION_ID"))
+
+
+def _last_said() -> str:
+    try:
+        with open(paths.GROUPS_RECORD) as handle:
+            return str(json.load(handle).get("said", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
 
 
 def one_pass(node_env: env.NodeEnv, groups: list[Group], self_id: str, seen: list[dict]) -> str:

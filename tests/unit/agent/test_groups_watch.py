@@ -467,3 +467,27 @@ def test_the_installer_puts_the_watcher_s_units_in_place_but_does_not_enable_the
 def test_a_node_without_systemd_is_told_the_watcher_cannot_run(fakes):
     with pytest.raises(AgentError, match=r"no systemd to run swarm-groups\.timer"):
         groups.groups_watch(argparse.Namespace(configure=json.dumps(CONFIG), unconfigure=False))
+
+
+def test_from_the_timer_a_pass_that_changed_nothing_says_nothing(leader, capsys, monkeypatch):
+    """Every 10 s on every manager: the journal keeps the changes, not a line per tick. By
+    hand (no INVOCATION_ID) every pass speaks."""
+    serve_asgs(leader, {I1: "InService"}, {})
+    serve_nodes(leader, [described(SELF, "m0", role="manager"),
+                         described("good", f"batch-{I1}", claim=("batch", I1, "spot"),
+                                   labels=backed_labels("batch", I1, tier="batch"))])  # fmt: skip
+    monkeypatch.setenv("INVOCATION_ID", "0123")
+    assert watch() == 0
+    assert "batch 1/2 in service" in capsys.readouterr().out  # the first pass: a change
+    assert watch() == 0
+    assert capsys.readouterr().out == "", "a pass that changed nothing spoke from the timer"
+    monkeypatch.delenv("INVOCATION_ID")
+    assert watch() == 0
+    assert "batch 1/2 in service" in capsys.readouterr().out
+
+
+def test_from_the_timer_a_follower_says_nothing(leader, capsys, monkeypatch):
+    monkeypatch.setenv("INVOCATION_ID", "0123")
+    leader.on("docker", "node", "inspect", "self", stdout="false\n", times=1)
+    assert watch() == 0 and capsys.readouterr().out == "", "a follower spoke every tick"
+    assert leader.calls("aws") == [], "the follower's pass asked AWS: it was taken for the leader"
