@@ -99,6 +99,12 @@ def is_group_node(node: Node) -> bool:
     return GROUP_LABEL in node.labels or GROUP_LABEL in node.engine_labels
 
 
+def of_watched_group(node: Node, watched: set[str]) -> bool:
+    """A group node whose group the watcher still watches (reconcile --groups names it). A
+    down node of a group taken out of swarm:workerGroups has no watcher left to remove it."""
+    return is_group_node(node) and (node.labels.get(GROUP_LABEL) or node.engine_labels.get(GROUP_LABEL)) in watched
+
+
 # -- reconcile --------------------------------------------------------------------------
 @lock.exclusive(600)
 def reconcile(args) -> None:
@@ -122,7 +128,7 @@ def reconcile(args) -> None:
     wanted = set(_names(managers) + _names(workers))
     deadline = run.now() + args.timeout
     while True:
-        remove_stale_nodes(wanted, self_id)
+        remove_stale_nodes(wanted, self_id, set(group_names))
         table = node_table()
         missing = missing_nodes(table, "manager", managers) + missing_nodes(table, "worker", workers)
         if not missing:
@@ -172,13 +178,16 @@ def label_data_nodes(table: list[Node], labels: dict[str, str]) -> None:
               f"reconcile: {node.host} no longer carries {data.LABEL} ({have})", flush=True)  # fmt: skip
 
 
-def remove_stale_nodes(wanted: set[str], self_id: str) -> None:
+def remove_stale_nodes(wanted: set[str], self_id: str, watched: set[str] = frozenset()) -> None:
     table = node_table()
     for node in table:
-        # Yesterday's nodes read "unknown" right after a restore and "down" later. A group's
-        # nodes are the watcher's: it removes them once AWS no longer lists their instance.
-        if node.status == "ready" or node.id == self_id or is_group_node(node):
+        # Yesterday's nodes read "unknown" right after a restore and "down" later. A watched
+        # group's nodes are the watcher's: it removes them once AWS no longer lists their
+        # instance; a Ready group node is never removed here, whatever its group.
+        if node.status == "ready" or node.id == self_id or of_watched_group(node, watched):
             continue
+        if is_group_node(node) and node.status != "down":
+            continue  # "unknown" right after a leader change: wait until the swarm says down
         twin = any(other.host == node.host and other.status == "ready" for other in table)
         if not twin and node.host in wanted:
             continue

@@ -458,8 +458,25 @@ def test_reconcile_without_groups_makes_exactly_todays_calls(fakes, capsys):
     assert capsys.readouterr().out.splitlines()[0] == "reconcile: every node named is Ready (m0 w1)"
 
 
-def test_reconcile_never_removes_a_group_node_nor_counts_it_as_a_pinned_worker(fakes, capsys):
+def test_reconcile_never_removes_a_watched_group_s_node_nor_counts_it_as_a_pinned_worker(fakes, capsys):
     """Yesterday's group nodes, Down after a restore, are the watcher's to remove (it asks AWS)."""
+    manager_up(fakes)
+    configure_batch()
+    table = [
+        node(SELF, "m0", reach="Leader"),
+        node("w1id", "w1", role="worker"),
+        group_node("claimsonly", "i-0aaa1111bbbb2222c", state="down"),  # joined, never labelled
+        group_node("readygroup", "i-0123456789abcdef0", labelled=True),
+    ]
+    serve_nodes(fakes, table)
+    fakes.on("docker", "node", "ls", stdout="")
+    nodes.remove_stale_nodes({"m0", "w1"}, SELF, {"batch"})
+    assert calls_starting(fakes, "node", "rm") == [] and calls_starting(fakes, "node", "demote") == []
+
+
+def test_reconcile_removes_the_down_nodes_of_a_group_no_longer_configured_and_no_ready_one(fakes, capsys):
+    """A group taken out of swarm:workerGroups has no watcher any more: its down nodes go
+    as yesterday's pinned ones do; a Ready one (or one 'unknown' a moment) stays."""
     manager_up(fakes)
     table = [
         node(SELF, "m0", reach="Leader"),
@@ -470,8 +487,10 @@ def test_reconcile_never_removes_a_group_node_nor_counts_it_as_a_pinned_worker(f
     ]
     serve_nodes(fakes, table)
     fakes.on("docker", "node", "ls", stdout="")
+    fakes.on("docker", "node", "rm", "--force")
     nodes.reconcile(ns(managers="m0", workers="w1", timeout=30))
-    assert calls_starting(fakes, "node", "rm") == [] and calls_starting(fakes, "node", "demote") == []
+    assert calls_starting(fakes, "node", "rm") == [["node", "rm", "--force", "claimsonly"]]
+    assert calls_starting(fakes, "node", "demote") == []
     out = capsys.readouterr().out
     # A Ready group node is not a pinned node Pulumi is about to delete.
     assert "reconcile: every node named is Ready (m0 w1)\n" in out and "still here" not in out
