@@ -32,9 +32,9 @@ pytestmark = pytest.mark.e2e
 LAST_BASH_AGENT = "1ad2c64983062fef59cf8a691c380f24aefc7d14"
 PART = (160, 19)
 SWARM_LIB = "/usr/local/lib/swarm"
-# The bed's config key the release before does not know (it refuses unknown keys); its
-# stacks run without it, on the new release too (they have no service on ECR).
-NEWER_SETTING = "swarm:ecrEndpoint"
+# The bed's config keys the release before does not know (it refuses unknown keys); its
+# stacks run without them, on the new release too (no service on ECR, no worker group).
+NEWER_SETTINGS = ("swarm:ecrEndpoint", "swarm:ssmEndpoint", "swarm:autoscalingEndpoint")
 # What the first `up` of the new release creates on a live stack (URN parts).
 NEW_IN_THIS_RELEASE = (
     "-store-check",
@@ -65,7 +65,8 @@ def old_release(tmp_path_factory):
 def live(bed, log_dir, old_release):
     for engine in scenario_engine(bed, log_dir, "upgrade", (3, 1), PART):
         engine.program = old_release
-        engine.config.pop(NEWER_SETTING)
+        for key in NEWER_SETTINGS:
+            engine.config.pop(key)
         yield engine
 
 
@@ -205,7 +206,8 @@ def morning(bed, log_dir, old_release, live):
         bed.wipe_host(host.key)
     for engine in scenario_engine(bed, log_dir, "upgrade-morning", (1, 0), PART):
         engine.program = old_release
-        engine.config.pop(NEWER_SETTING)
+        for key in NEWER_SETTINGS:
+            engine.config.pop(key)
         yield engine
 
 

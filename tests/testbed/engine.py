@@ -77,7 +77,7 @@ from testbed.records import (
     to_wire,
 )
 from testbed.resources import Resources
-from testbed.sdk import drop_pending_outputs, fresh_stack, stack_exports
+from testbed.sdk import drop_pending_outputs, fresh_stack, one_run_per_process, stack_exports
 from testbed.ssh import abort_all, generate_key
 
 __all__ = ["Engine", "EngineError", "Result", "abort_all", "files_under", "generate_key", "scan_for"]
@@ -358,7 +358,7 @@ class Engine:
         # The program's modules stay until every registration has resolved: the SDK reads a
         # resource class's annotations (get_type_hints, through sys.modules) when its
         # outputs come back, which is after the program itself has returned.
-        with program_modules(self.program):
+        with program_modules(self.program), one_run_per_process():
             try:
                 _sync_await(run_pulumi_func(program))
                 outputs, secret_names = stack_exports()

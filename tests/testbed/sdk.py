@@ -3,6 +3,8 @@ program in-process under mocks, many times in one interpreter."""
 
 from __future__ import annotations
 
+import gc
+from contextlib import contextmanager
 from typing import Any
 
 import pulumi
@@ -51,3 +53,18 @@ def drop_pending_outputs() -> None:
     SETTINGS.outputs.clear()
     for task in leftovers:
         task.cancel()
+
+
+@contextmanager
+def one_run_per_process():
+    """What the program may assume of its process, put back after each run: `__main__.py`
+    makes full garbage collections rare, which suits the one run per process of Pulumi's
+    language host; here runs follow one another, and each leaves its event loop (an epoll
+    descriptor and a socket pair) and executor in cycles only a full collection frees, so
+    a session of runs ran out of descriptors (select() refuses those above 1023)."""
+    threshold = gc.get_threshold()
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.collect()

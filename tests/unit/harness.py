@@ -24,7 +24,7 @@ from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 from testbed.addresses import tags_match
-from testbed.sdk import drop_pending_outputs, fresh_stack, stack_exports, unwrap
+from testbed.sdk import drop_pending_outputs, fresh_stack, one_run_per_process, stack_exports, unwrap
 
 from agent.swarm_agent import contract
 from components.swarm import READ_HOST_KEY
@@ -290,7 +290,8 @@ def run_program(
         run.outputs, run.secret_outputs = stack_exports()
 
     try:
-        _sync_await(run_pulumi_func(program))
+        with one_run_per_process():
+            _sync_await(run_pulumi_func(program))
     except Exception as error:
         drop_pending_outputs()
         # Let tests check what was registered before the failure (for config errors: nothing).
