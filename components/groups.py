@@ -167,11 +167,16 @@ class WorkerGroups(pulumi.ComponentResource):
             )
         )
 
+    def _machine_tags(self, group: WorkerGroup) -> dict[str, str]:
+        """What the group's machines and their volumes are tagged with."""
+        settings = self._settings
+        return {**settings.tags, "Name": f"{settings.cluster_name}-{group.name}", "swarm:group": group.name}
+
     def _template(
         self, name: str, group: WorkerGroup, profile: aws.iam.InstanceProfile, sha256: str
     ) -> aws.ec2.LaunchTemplate:
         settings, args = self._settings, self._args
-        tags = {**settings.tags, "Name": f"{settings.cluster_name}-{group.name}", "swarm:group": group.name}
+        tags = self._machine_tags(group)
         return aws.ec2.LaunchTemplate(
             f"{name}-{group.name}",
             name=group_asg_name(settings, group),
@@ -209,8 +214,7 @@ class WorkerGroups(pulumi.ComponentResource):
         self, name: str, group: WorkerGroup, template: aws.ec2.LaunchTemplate, before: list[pulumi.Resource]
     ) -> aws.autoscaling.Group:
         settings = self._settings
-        tags = {**settings.tags, "Name": f"{settings.cluster_name}-{group.name}", "swarm:group": group.name,
-                "swarm:role": "worker"}  # fmt: skip
+        tags = {**self._machine_tags(group), "swarm:role": "worker"}
         policy = aws.autoscaling.GroupMixedInstancesPolicyArgs(
             instances_distribution=aws.autoscaling.GroupMixedInstancesPolicyInstancesDistributionArgs(
                 on_demand_base_capacity=group.on_demand_base,

@@ -323,6 +323,21 @@ class Reader:
             return [v.strip() for v in value]
         return [part.strip() for part in text.split(",") if part.strip()]
 
+    def json_list(self, key: str, what: str, example: str) -> list:
+        """A list of entries given as JSON (what `pulumi config set --path` builds): [] when
+        unset or empty; a problem naming `what` it must be when it is not a list."""
+        raw = self.raw(key)
+        if raw is None or not str(raw).strip() or str(raw).strip() == "[]":
+            return []
+        try:
+            entries = json.loads(raw)
+        except json.JSONDecodeError:
+            entries = None
+        if not isinstance(entries, list):
+            self.problem(key, f"must be {what} (got {raw!r})", example, "[0]")
+            return []
+        return entries
+
     def string_map(self, key: str, example: str, path: str = ".team") -> dict[str, str]:
         raw = self.raw(key)
         if raw is None:

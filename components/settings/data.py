@@ -9,7 +9,6 @@ volume is kept, unattached, until the node comes back (components/data.py warns)
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 
@@ -51,16 +50,7 @@ class DataVolume:
 
 
 def read_data_volumes(r: Reader) -> list[DataVolume]:
-    raw = r.raw("dataVolumes")
-    if raw is None or not str(raw).strip() or str(raw).strip() == "[]":
-        return []
-    try:
-        entries = json.loads(raw)
-    except json.JSONDecodeError:
-        entries = None
-    if not isinstance(entries, list):
-        r.problem("dataVolumes", f"must be a list of volumes with name and node (got {raw!r})", EXAMPLE, "[0]")
-        return []
+    entries = r.json_list("dataVolumes", "a list of volumes with name and node", EXAMPLE)
     volumes: list[DataVolume] = []
     for i, entry in enumerate(entries):
         volume = _read_entry(r, i, entry)

@@ -12,7 +12,6 @@ those APIs (the test bed's); empty means AWS's own.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 
@@ -70,16 +69,7 @@ def read_group_endpoints(r: Reader) -> GroupEndpoints:
 
 
 def read_worker_groups(r: Reader, default_type: str, architecture: str) -> list[WorkerGroup]:
-    raw = r.raw("workerGroups")
-    if raw is None or not str(raw).strip() or str(raw).strip() == "[]":
-        return []
-    try:
-        entries = json.loads(raw)
-    except json.JSONDecodeError:
-        entries = None
-    if not isinstance(entries, list):
-        r.problem("workerGroups", f"must be a list of groups with name and desired (got {raw!r})", EXAMPLE, "[0]")
-        return []
+    entries = r.json_list("workerGroups", "a list of groups with name and desired", EXAMPLE)
     groups: list[WorkerGroup] = []
     for i, entry in enumerate(entries):
         group = _read_group(r, i, entry, default_type, architecture)
