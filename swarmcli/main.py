@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from swarmcli import addresses, ami, backups, context, cycle, roll, status
+from swarmcli import addresses, ami, backups, context, cycle, logs, roll, status
 from swarmcli.errors import SwarmCliError, UsageError
 
 PROG = "scripts/swarm"
@@ -83,6 +83,28 @@ def _drill_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--signing-key-file", metavar="FILE", help="the stack's backup signing key (hex), not --stack")
 
 
+def _logs_options(parser: argparse.ArgumentParser) -> None:
+    which = parser.add_argument_group("which streams (--node, with one of --service, --verb, --journal)")
+    which.add_argument("--node", metavar="NAME", help="only this node's, e.g. swarm-dev-manager-0")
+    which.add_argument("--service", metavar="NAME", help="only its tasks' containers (web: web.1.<task id>)")
+    # dest: args.verb is the parsed Verb itself
+    which.add_argument(
+        "--verb", dest="agent_verb", metavar="NAME", help="only the agent's verb: bootstrap, backup, ..."
+    )
+    which.add_argument("--journal", action="store_true", help="only the nodes' systemd journals")
+    when = parser.add_argument_group("which events (oldest first)")
+    when.add_argument("--since", metavar="WHEN", help="30m, 6h, 2d ago, or ISO 8601 (UTC unless given); default 24h")
+    when.add_argument("--until", metavar="WHEN", help="as --since; default now")
+    when.add_argument("--grep", metavar="TEXT", help="only events holding TEXT (a CloudWatch filter term)")
+    when.add_argument("--limit", type=int, default=logs.DEFAULT_LIMIT, metavar="N", help="at most N (default 1000)")
+    where = parser.add_argument_group(
+        "where, instead of the stack's config (with --group and --region: no Pulumi CLI needed)"
+    )
+    where.add_argument("--group", metavar="G", help="the log group (default /swarm/<project>/<stack>)")
+    where.add_argument("--region", metavar="R", help="its region (default the stack's aws:region)")
+    where.add_argument("--endpoint", metavar="URL", help="CloudWatch Logs' endpoint (default swarm:logsEndpoint)")
+
+
 def _adopt_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="say what it would adopt, change nothing")
 
@@ -114,6 +136,19 @@ VERBS = (
         ("scripts/swarm context dev && docker --context swarm-dev node ls",),
         context.command,
         _context_options,
+    ),
+    Verb(
+        "logs",
+        "the stack's logs in CloudWatch Logs (containers, journals, the agent's verbs), also after the teardown",
+        (
+            "scripts/swarm logs dev --verb bootstrap --since 6h",
+            "scripts/swarm logs --stack dev --service web --since 2026-12-07T06:00 --until 2026-12-07T07:00",
+            "scripts/swarm logs dev --node swarm-dev-manager-0 --journal --grep dockerd --json | jq -r .message",
+            "scripts/swarm logs --group /swarm/swarm/dev --region eu-west-1 --endpoint http://10.0.0.5:5000",
+        ),
+        logs.command,
+        _logs_options,
+        needs_stack=False,
     ),
     Verb(
         "roll",
@@ -230,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     examples = "\n".join(f"  {v.examples[0]}" for v in (*VERBS[:2], BACKUP_VERBS[0], *VERBS[2:]))
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="The operator CLI of a stack's swarm: see it, reach it, its backups, roll it, the daily cycle.",
+        description="The operator CLI of a stack's swarm: see it, reach it, its backups and logs, roll it, "
+        "the daily cycle.",
         epilog=f"examples:\n{examples}\n\n{EXIT_CODES}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
