@@ -27,6 +27,8 @@ It follows the Pulumi engine's rules (pulumi/pulumi `pkg/resource/deploy/`):
   before it checks for a dry run), and `destroy()` is `--exclude-protected`
   (the protected resources and everything they depend on stay).
 - `up(replace=[urn])` is `--replace`: a replacement whatever the diff.
+- A resource with `retainOnDelete` is only forgotten when it is deleted or replaced: its
+  provider is not called (`step.go`, `DeleteStep.Apply`).
 
 Across runs the engine keeps a state, as a backend does, including the old resources
 whose deletes are still due. Secret values are kept out of the recorded state
@@ -99,6 +101,7 @@ class _Goal:
     parent: str
     protect: bool
     delete_before_replace: bool
+    retain_on_delete: bool
     ignore_changes: list[str]
     additional_secret_outputs: list[str]
     custom: bool
@@ -164,6 +167,7 @@ class _Monitor(MockMonitor):
             parent=request.parent,
             protect=bool(request.protect),
             delete_before_replace=bool(request.deleteBeforeReplace),
+            retain_on_delete=bool(request.retainOnDelete),
             ignore_changes=list(request.ignoreChanges),
             additional_secret_outputs=list(request.additionalSecretOutputs),
             custom=bool(request.custom),
@@ -433,6 +437,7 @@ class Engine:
             parent=goal.parent,
             protect=goal.protect,
             delete_before_replace=goal.delete_before_replace,
+            retain_on_delete=goal.retain_on_delete,
             custom=goal.custom,
             property_dependencies=goal.property_dependencies,
             ignore_changes=goal.ignore_changes,
@@ -598,7 +603,9 @@ class Engine:
         started = time.monotonic() - self._started
         # Deleted already by a delete-before-replace whose update failed: the backend only
         # forgets it (RemovePendingReplaceStep), the provider is not called again.
-        if not state.pending_replacement:
+        if state.retain_on_delete:
+            self.log(f"{op} {state.type} {state.name}: retained (retainOnDelete), only forgotten")
+        elif not state.pending_replacement:
             self.resources.delete(state)
         self._record_step(op, state, started)
 
@@ -645,6 +652,7 @@ class Engine:
                 "protect": s.protect,
                 "delete": pending_delete,
                 "pendingReplacement": s.pending_replacement,
+                "retainOnDelete": s.retain_on_delete,
                 "inputs": redact(s.raw_inputs),
                 "outputs": redact(s.raw_outputs()),
                 "dependencies": s.dependencies,

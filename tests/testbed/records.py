@@ -94,6 +94,7 @@ class State:
     ignore_changes: list[str] = field(default_factory=list)
     host: str | None = None  # bed host key, for instances
     pending_replacement: bool = False  # deleted by a delete-before-replace, not yet created again
+    retain_on_delete: bool = False  # a delete only forgets it: the provider is not called
 
     @property
     def inputs(self) -> dict:
