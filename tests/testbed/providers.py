@@ -26,6 +26,10 @@ LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
 GROUP = "aws:autoscaling/group:Group"
 PARAMETER = "aws:ssm/parameter:Parameter"
 OBJECT = "aws:s3/bucketObjectv2:BucketObjectv2"
+LOG_GROUP = "aws:cloudwatch/logGroup:LogGroup"
+TOPIC = "aws:sns/topic:Topic"
+SUBSCRIPTION = "aws:sns/topicSubscription:TopicSubscription"
+METRIC_ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
 
 # Input properties whose change replaces the resource (ForceNew / replaceOnChanges).
 REPLACE_KEYS: dict[str, set[str]] = {
@@ -88,6 +92,14 @@ REPLACE_KEYS: dict[str, set[str]] = {
     PARAMETER: {"name"},
     # aws_s3_object: new content is a PutObject of the same key.
     OBJECT: {"bucket", "key"},
+    # aws_cloudwatch_log_group: retention, KMS key, tags change in place.
+    LOG_GROUP: {"name", "namePrefix", "logGroupClass"},
+    # aws_sns_topic: attributes (display name, policy...) change in place.
+    TOPIC: {"name", "namePrefix", "fifoTopic"},
+    # aws_sns_topic_subscription: only its attributes (filter, raw delivery...) change in place.
+    SUBSCRIPTION: {"topic", "protocol", "endpoint", "endpointAutoConfirms", "confirmationTimeoutInMinutes"},
+    # aws_cloudwatch_metric_alarm: PutMetricAlarm overwrites everything but the name.
+    METRIC_ALARM: {"name"},
 }
 
 # Changes an instance takes in place only by being stopped and started (the provider does it).

@@ -8,13 +8,15 @@ for the updates EC2 makes that way; the bucket and its versioning are made in mo
 An Auto Scaling group is handed to the bed's Auto Scaling (`autoscaling.py`), with this
 object as its launcher: each instance it launches boots exactly as an EC2 instance does,
 from its launch template's version (kept there too); an SSM parameter and an S3 object
-are put into moto. Anything else echoes its inputs with the ids and computed fields AWS
-would add.
+are put into moto, and so are the log group, the alarms' topic, its subscriptions and the
+metric alarms (CloudWatch Logs, SNS and CloudWatch; the bed's `alarms.py` evaluates the
+alarms). Anything else echoes its inputs with the ids and computed fields AWS would add.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import ipaddress
 import os
@@ -31,7 +33,21 @@ from testbed.addresses import AddressError
 from testbed.autoscaling import GroupSpec, Instance
 from testbed.bed import BED_REGION, Bed, BedError
 from testbed.host import Host
-from testbed.providers import BUCKET, COMMAND, COPY, GROUP, INSTANCE, LAUNCH_TEMPLATE, LOCAL, OBJECT, PARAMETER
+from testbed.providers import (
+    BUCKET,
+    COMMAND,
+    COPY,
+    GROUP,
+    INSTANCE,
+    LAUNCH_TEMPLATE,
+    LOCAL,
+    LOG_GROUP,
+    METRIC_ALARM,
+    OBJECT,
+    PARAMETER,
+    SUBSCRIPTION,
+    TOPIC,
+)
 from testbed.records import EngineError, State, comparable
 from testbed.ssh import SSHError, generate_key, sftp_put, ssh_run
 from testbed.volumes import VolumeError
@@ -72,6 +88,10 @@ class Resources:
             GROUP: (self._put_group, self._delete_group),
             PARAMETER: (self._put_parameter, self._delete_parameter),
             OBJECT: (self._put_object, self._delete_object),
+            LOG_GROUP: (self._put_log_group, self._delete_log_group),
+            TOPIC: (self._put_topic, self._delete_topic),
+            SUBSCRIPTION: (self._put_subscription, self._delete_subscription),
+            METRIC_ALARM: (self._put_alarm, self._delete_alarm),
         }
 
     def create(self, new: State) -> None:
@@ -503,6 +523,90 @@ class Resources:
         if not versions:
             s3.delete_object(Bucket=bucket, Key=key)
 
+    # -- logs and alarms -----------------------------------------------------------------
+    def _aws(self, name: str, what: str, call, **arguments):
+        """One call to moto; AWS's refusal fails the step as the provider reports it."""
+        import botocore.exceptions
+
+        try:
+            return call(**arguments)
+        except botocore.exceptions.ClientError as error:
+            found = error.response.get("Error", {})
+            raise EngineError(f"{name}: {what}: {found.get('Code')}: {found.get('Message')}") from None
+
+    def _put_log_group(self, new: State, old: State | None) -> dict:
+        """CreateLogGroup (an existing group is AWS's ResourceAlreadyExistsException), then
+        its retention: PutRetentionPolicy, or DeleteRetentionPolicy for "never expire"."""
+        inputs, logs = new.inputs, self.bed.logs()
+        group = (old.outputs["name"] if old else None) or inputs.get("name") or _auto_name(new.name, inputs)
+        what = f"creating CloudWatch Logs Log Group ({group})"
+        if old is None:
+            tags = {"tags": inputs["tags"]} if inputs.get("tags") else {}
+            self._aws(new.name, what, logs.create_log_group, logGroupName=group, **tags)
+        days = int(inputs.get("retentionInDays") or 0)
+        if days:
+            self._aws(new.name, what, logs.put_retention_policy, logGroupName=group, retentionInDays=days)
+        elif old is not None:
+            self._aws(new.name, what, logs.delete_retention_policy, logGroupName=group)
+        new.id = group
+        arn = f"arn:aws:logs:{BED_REGION}:{ACCOUNT}:log-group:{group}"
+        return {**inputs, "id": group, "name": group, "arn": arn, "retentionInDays": days}
+
+    def _delete_log_group(self, state: State) -> None:
+        if state.inputs.get("skipDestroy"):
+            return  # the provider only forgets it
+        logs = self.bed.logs()
+        with contextlib.suppress(logs.exceptions.ResourceNotFoundException):
+            logs.delete_log_group(logGroupName=state.id)
+
+    def _put_topic(self, new: State, old: State | None) -> dict:
+        """CreateTopic (idempotent, as SNS's is for the same attributes); the id is its ARN."""
+        inputs, sns = new.inputs, self.bed.sns()
+        topic = (old.outputs["name"] if old else None) or inputs.get("name") or _auto_name(new.name, inputs)
+        tags = [{"Key": k, "Value": v} for k, v in (inputs.get("tags") or {}).items()]
+        arn = self._aws(new.name, f"creating SNS Topic ({topic})", sns.create_topic, Name=topic, Tags=tags)["TopicArn"]
+        if inputs.get("displayName"):
+            sns.set_topic_attributes(TopicArn=arn, AttributeName="DisplayName", AttributeValue=inputs["displayName"])
+        new.id = arn
+        return {**inputs, "id": arn, "arn": arn, "name": topic, "owner": ACCOUNT}
+
+    def _delete_topic(self, state: State) -> None:
+        self.bed.sns().delete_topic(TopicArn=state.id)
+
+    def _put_subscription(self, new: State, old: State | None) -> dict:
+        """Subscribe (its every identifying input replaces it: an update only echoes). An
+        e-mail subscription stays pending until someone confirms it, which nobody does here."""
+        inputs, sns = new.inputs, self.bed.sns()
+        if old is None:
+            what = f"creating SNS Topic Subscription ({inputs['topic']})"
+            answer = self._aws(
+                new.name, what, sns.subscribe,
+                TopicArn=inputs["topic"], Protocol=inputs["protocol"], Endpoint=inputs["endpoint"],
+                ReturnSubscriptionArn=True,
+            )  # fmt: skip
+            new.id = answer["SubscriptionArn"]
+        pending = inputs["protocol"] in ("email", "email-json", "http", "https")
+        return {**inputs, "id": new.id, "arn": new.id, "ownerId": ACCOUNT, "pendingConfirmation": pending}
+
+    def _delete_subscription(self, state: State) -> None:
+        self.bed.sns().unsubscribe(SubscriptionArn=state.id)
+
+    def _put_alarm(self, new: State, old: State | None) -> dict:
+        """PutMetricAlarm. On AWS an update leaves the alarm's state as it was; moto starts
+        it over, so the bed puts the state back (the evaluator would notify otherwise)."""
+        inputs, cloudwatch = new.inputs, self.bed.cloudwatch()
+        name = inputs["name"]
+        before = cloudwatch.describe_alarms(AlarmNames=[name])["MetricAlarms"] if old is not None else []
+        self._aws(new.name, f"creating CloudWatch Metric Alarm ({name})", cloudwatch.put_metric_alarm, **_alarm(inputs))
+        if before and not before[0].get("StateReason", "").startswith("Unchecked"):
+            state = {k: before[0][k] for k in ("StateValue", "StateReason")}
+            cloudwatch.set_alarm_state(AlarmName=name, **state, StateReasonData=before[0].get("StateReasonData", "{}"))
+        new.id = name
+        return {**inputs, "id": name, "arn": f"arn:aws:cloudwatch:{BED_REGION}:{ACCOUNT}:alarm:{name}"}
+
+    def _delete_alarm(self, state: State) -> None:
+        self.bed.cloudwatch().delete_alarms(AlarmNames=[state.id])
+
     # -- commands ------------------------------------------------------------------------
     def _run_command(self, state: State, script: str) -> dict:
         inputs = state.inputs
@@ -600,6 +704,49 @@ def _meta_data(instance_id: str, ip: str, public_key: str | None) -> dict:
     if public_key:
         meta["public-keys"] = [public_key.strip()]
     return meta
+
+
+def _auto_name(name: str, inputs: dict) -> str:
+    """What the provider names a resource the program did not name: its prefix (or the
+    resource's name and a dash) and a suffix of its own."""
+    prefix = inputs.get("namePrefix") or f"{name}-"
+    return f"{prefix}{secrets.token_hex(4)[:7]}"
+
+
+# PutMetricAlarm's arguments from the inputs pulumi-aws sends (camelCase; dimensions a map).
+ALARM_ARGUMENTS = {
+    "name": "AlarmName",
+    "namespace": "Namespace",
+    "metricName": "MetricName",
+    "statistic": "Statistic",
+    "extendedStatistic": "ExtendedStatistic",
+    "period": "Period",
+    "evaluationPeriods": "EvaluationPeriods",
+    "datapointsToAlarm": "DatapointsToAlarm",
+    "threshold": "Threshold",
+    "comparisonOperator": "ComparisonOperator",
+    "treatMissingData": "TreatMissingData",
+    "alarmActions": "AlarmActions",
+    "okActions": "OKActions",
+    "insufficientDataActions": "InsufficientDataActions",
+    "actionsEnabled": "ActionsEnabled",
+    "alarmDescription": "AlarmDescription",
+    "unit": "Unit",
+}
+
+
+def _alarm(inputs: dict) -> dict:
+    arguments = {ALARM_ARGUMENTS[k]: v for k, v in inputs.items() if k in ALARM_ARGUMENTS and v is not None}
+    for key in ("Period", "EvaluationPeriods", "DatapointsToAlarm"):
+        if key in arguments:
+            arguments[key] = int(arguments[key])
+    arguments.setdefault("ActionsEnabled", True)  # the provider's default
+    arguments.setdefault("TreatMissingData", "missing")
+    if inputs.get("dimensions"):
+        arguments["Dimensions"] = [{"Name": k, "Value": v} for k, v in inputs["dimensions"].items()]
+    if inputs.get("tags"):
+        arguments["Tags"] = [{"Key": k, "Value": v} for k, v in inputs["tags"].items()]
+    return arguments
 
 
 def _object_body(inputs: dict, name: str) -> bytes:
