@@ -2,8 +2,10 @@
 
 A `Bed` owns a private bridge with its own /16, a moto S3 server and an instance-metadata
 stand-in on the bridge's address, an upstream registry that plays Docker Hub, ECR's
-stand-in (`ecr.py`: a private registry with rotating credentials and its token API), and
-Auto Scaling's (`autoscaling.py`: groups that launch and drain hosts, and their API). Its
+stand-in (`ecr.py`: a private registry with rotating credentials and its token API),
+Auto Scaling's (`autoscaling.py`: groups that launch and drain hosts, and their API), and
+CloudWatch's alarms (`alarms.py`: moto stores them, the bed evaluates them and publishes
+to their SNS topics; moto also plays CloudWatch Logs, CloudWatch and SNS themselves). Its
 `Host`s (`host.py`) are the machines: Debian images (`image.py`) booted with real
 systemd by systemd-nspawn, each in its own network namespace on the bridge, with sshd,
 Docker behind its `docker.socket`, and cloud-init, which runs an instance's user-data
@@ -32,6 +34,7 @@ from pathlib import Path
 
 from testbed import image as images
 from testbed.addresses import DEFAULT_QUOTA, PublicAddresses
+from testbed.alarms import Alarms
 from testbed.autoscaling import AutoScaling
 from testbed.ecr import ECR_HOST, REGISTRY_PID, Ecr, push_image
 from testbed.host import BedError, Host, Surroundings, cgroup_left, remove_cgroups, sh, taken_networks, wait_until
@@ -128,6 +131,7 @@ class Bed:
         self.upstream: subprocess.Popen | None = None
         self.imds = None  # the metadata stand-in (testbed/imds.py), once started
         self.ecr: Ecr | None = None  # ECR's stand-in, once started
+        self.alarms: Alarms | None = None  # CloudWatch's alarm evaluation, once moto runs
         self.volumes = BlockVolumes(self.root)  # EBS: volumes kept apart from the machines
         self.iam_roles: set[str] = set()  # IAM: the account's role names (getRoles)
         self.lifecycle = Lifecycle(self.volumes)  # DLM: snapshot policies, run when a test says
@@ -261,6 +265,8 @@ class Bed:
             "swarm:mirrorUpstream": self.upstream_url,
             "swarm:ecrEndpoint": self.ecr_endpoint,
             "swarm:ssmEndpoint": self.s3_endpoint,  # moto answers every service on one endpoint
+            "swarm:logsEndpoint": self.s3_endpoint,  # CloudWatch Logs
+            "swarm:monitoringEndpoint": self.s3_endpoint,  # CloudWatch (metrics, alarms)
             "swarm:autoscalingEndpoint": self.autoscaling_endpoint,
             # The images hold registry:2 imported from Debian's binary: no Docker Hub digest.
             "swarm:mirrorImage": "registry:2",
@@ -274,9 +280,38 @@ class Bed:
         return boto3.client("s3", endpoint_url=self.s3_endpoint, region_name=BED_REGION, **S3_CREDENTIALS)
 
     def ssm(self):
-        import boto3
+        return self.client("ssm")
 
-        return boto3.client("ssm", endpoint_url=self.s3_endpoint, region_name=BED_REGION, **S3_CREDENTIALS)
+    def logs(self):
+        """CloudWatch Logs (moto): what reached the log groups, also after the machines are gone."""
+        return self.client("logs")
+
+    def cloudwatch(self):
+        return self.client("cloudwatch")
+
+    def sns(self):
+        return self.client("sns")
+
+    def client(self, service: str):
+        """A boto3 client for any service moto plays, at its one endpoint on the bridge."""
+        import boto3
+        from botocore.config import Config
+
+        # Bounded: moto is local, a call that hangs is a bed fault, not something to wait out.
+        config = Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 2})
+        return boto3.client(
+            service, endpoint_url=self.s3_endpoint, region_name=BED_REGION, config=config, **S3_CREDENTIALS
+        )
+
+    def watch_topic(self, topic_arn: str) -> None:
+        """Start keeping what reaches an SNS topic (the alarms' own topics are kept from
+        their first notification): only messages published after this are seen."""
+        self.alarms.watch(topic_arn)
+
+    def topic_messages(self, topic_arn: str, timeout: float = 0.0, count: int = 1) -> list[dict]:
+        """The SNS envelopes (Subject, Message: the alarm's JSON, ...) that reached the topic,
+        read back through an SQS queue subscribed to it; waits up to `timeout` for `count`."""
+        return self.alarms.topic_messages(topic_arn, timeout, count)
 
     def _start_s3(self) -> None:
         import logging
@@ -289,6 +324,8 @@ class Bed:
         server.start()
         self._undo.append(server.stop)
         wait_until("moto S3", lambda: _http_ok(self.s3_endpoint), 30)
+        self.alarms = Alarms(self.client, BED_REGION, lambda message: self.log(message)).start()
+        self._undo.append(self.alarms.stop)  # before moto stops
 
     def _start_imds(self) -> None:
         from testbed.imds import serve
