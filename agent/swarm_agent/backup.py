@@ -23,7 +23,21 @@ import tempfile
 import threading
 from dataclasses import dataclass
 
-from swarm_agent import contract, dockerd, env, keys, keytool, lock, paths, run, signed, snapshot, store, tarballs
+from swarm_agent import (
+    contract,
+    dockerd,
+    env,
+    keys,
+    keytool,
+    lock,
+    metrics,
+    paths,
+    run,
+    signed,
+    snapshot,
+    store,
+    tarballs,
+)
 from swarm_agent.env import NodeEnv
 from swarm_agent.keytool import KeytoolError
 from swarm_agent.run import AgentError
@@ -45,8 +59,22 @@ class Job:
     engine: str  # the version of the dockerd that wrote the state
 
 
-@lock.exclusive(900)
 def backup(args) -> None:
+    """The verb, and BackupFailed for the night's alarm. A --handover run that finds the
+    teardown's backup taken does nothing and sends nothing; one that backs up is a backup."""
+    counted = {"yes": not getattr(args, "handover", False)}
+    try:
+        with lock.held(getattr(args, "verb", None) or "backup", 900):
+            _backup(args, counted)
+    except Exception:
+        if counted["yes"]:
+            metrics.report({"BackupFailed": 1})
+        raise
+    if counted["yes"]:
+        metrics.report({"BackupFailed": 0})
+
+
+def _backup(args, counted: dict) -> None:
     node = env.load()
     keep_count = node.get("SWARM_BACKUP_KEEP", "14")
     if not re.fullmatch(r"[0-9]+", keep_count):
@@ -57,6 +85,7 @@ def backup(args) -> None:
     if getattr(args, "handover", False) and _teardown_began():
         print("backup: the teardown's own backup is taken; nothing to hand over")
         return
+    counted["yes"] = True
     run.note(snapshot.fresh_snapshot())
     unlock_key = keys.read_unlock_key()
     # Before dockerd stops: without the key there is no signature, and a night without a

@@ -50,6 +50,11 @@ class NodeEnv:
     region = property(lambda self: self.get("SWARM_REGION"))
     target = property(lambda self: self.get("SWARM_BACKUP_TARGET", "s3"))
     mirror_storage = property(lambda self: self.get("SWARM_MIRROR_STORAGE", "s3"))
+    # Logs and metrics (logship.py, metrics.py): empty means off.
+    log_group = property(lambda self: self.get("SWARM_LOG_GROUP"))
+    logs_endpoint = property(lambda self: self.get("SWARM_LOGS_ENDPOINT"))
+    metrics_namespace = property(lambda self: self.get("SWARM_METRICS_NAMESPACE"))
+    metrics_endpoint = property(lambda self: self.get("SWARM_METRICS_ENDPOINT"))
 
     @property
     def store(self) -> str:
@@ -83,6 +88,13 @@ class NodeEnv:
             return {**patience, "AWS_SHARED_CREDENTIALS_FILE": paths.CREDS_FILE}
         return patience
 
+    def logs_aws_env(self) -> dict[str, str]:
+        """What the logs and metrics calls get: a machine the user brings has a logs-only key
+        of its own (its workers have no other key), else the same as every aws call."""
+        if os.path.isfile(paths.LOGS_CREDS_FILE):
+            return {**self.aws_env(), "AWS_SHARED_CREDENTIALS_FILE": paths.LOGS_CREDS_FILE}
+        return self.aws_env()
+
 
 def _read(path: str) -> NodeEnv:
     try:
@@ -102,6 +114,12 @@ def load(path: str = "") -> NodeEnv:
         env.require("SWARM_BUCKET")
         env.require("SWARM_REGION")
     return env
+
+
+def load_any(path: str = "") -> NodeEnv:
+    """Any node's settings, unchecked: the logs and metrics verbs run on every kind of node
+    (a group worker's file has no backup settings)."""
+    return _read(path or paths.ENV_FILE)
 
 
 # A worker of an Auto Scaling group (group_join.py) joins by itself at boot: its file names

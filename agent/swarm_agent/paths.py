@@ -8,6 +8,7 @@ ENV_FILE = "/etc/swarm/env"  # the node's settings (user-data writes it)
 READY = "/etc/swarm/ready"  # user-data finished
 FAILED = "/etc/swarm/failed"  # user-data broke: the line that did
 CREDS_FILE = "/etc/swarm/aws-credentials"  # machines the user brings: their S3 keys, root-only
+LOGS_CREDS_FILE = "/etc/swarm/logs-credentials"  # machines the user brings: a logs-only key, root-only
 SIGNING_KEY = "/etc/swarm/backup-signing.key"  # the stack's backup signing key, managers only, root-only
 STACK_DIR = "/etc/swarm/stacks"  # the mirror's compose files as last deployed
 SWARM_DIR = "/var/lib/docker/swarm"  # the Raft state and certificates
@@ -36,3 +37,11 @@ OS_RELEASE = "/etc/os-release"
 GROUPS_CONFIG = "/etc/swarm/groups.json"
 GROUPS_RECORD = "/run/swarm-groups.json"
 DAEMON_JSON = "/etc/docker/daemon.json"
+# Logs and metrics (logship.py, metrics.py, health.py): one shipper at a time; where the
+# journal was shipped up to and which streams exist (kept across boots, as the journal is
+# on a machine that stays); the health report's last look at the backups. journald's
+# native socket, which the verbs' stderr lines are mirrored to (cli.py).
+LOGS_LOCK = "/run/swarm-logs.lock"
+LOGS_STATE = "/var/lib/swarm/logs.json"
+HEALTH_RECORD = "/run/swarm-health.json"
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
