@@ -15,16 +15,30 @@ import importlib
 import os
 import signal
 import sys
+import traceback
 
+from swarm_agent import logship
 from swarm_agent.keytool import KeytoolError
 from swarm_agent.run import AgentError
 
 EPILOG = "Run as root. What each verb does: the README, 'On the nodes'. Example: sudo swarm-node probe"
+# The verbs a machine's end may follow (a failed morning is destroyed, a backup precedes
+# the night's teardown): what they said is shipped to CloudWatch Logs as soon as they end,
+# not at the next run of the logs timer, which that machine may not live to see.
+SHIPPED_AFTER = frozenset(
+    ("bootstrap", "backup", "retire", "join", "reconcile", "group-join", "leave", "data-release", "teardown-mark")
+)
 
 
 def _timeout(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"--timeout wants whole seconds, got '{text}'")
+    return int(text)
+
+
+def _seconds(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"wants whole seconds, got '{text}'")
     return int(text)
 
 
@@ -90,6 +104,9 @@ def _verbs(sub) -> None:
     verb("cleanup-images", "ready:cleanup_images", "prune unused images older than 24h (swarm.keep spared)")
     p = verb("docker-service", "ready:docker_service", "start | stop | restart | enable dockerd and its socket")
     p.add_argument("action", choices=("start", "stop", "restart", "enable"))
+    p = verb("logs-ship", "logship:logs_ship", "send the journal and the verbs' lines to CloudWatch Logs (its timer)")
+    p.add_argument("--wait", type=_seconds, default=60, help="seconds to wait for another shipper (default 60)")
+    verb("health-report", "health:health_report", "a manager: quorum, nodes down, backup age to CloudWatch (its timer)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -114,9 +131,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, function = args.target.split(":")
     module = importlib.import_module(f"swarm_agent.{module_name}")
+    # Every line the verb writes on stderr reaches the journal as well, marked with the
+    # verb, so it is shipped with the node's logs; stdout (tokens, a backup) is untouched.
+    mirror = logship.Mirror(sys.stderr, args.verb)
+    sys.stderr = mirror
     try:
-        getattr(module, function)(args)
+        return _run(getattr(module, function), args, mirror)
+    finally:
+        if args.verb in SHIPPED_AFTER:
+            logship.flush(args.verb)  # bounded; a failure is a note, the exit code stands
+        sys.stderr = mirror.close()
+
+
+def _run(verb_function, args, mirror: logship.Mirror) -> int:
+    try:
+        verb_function(args)
     except (AgentError, KeytoolError) as error:
-        print(f"swarm-node: {error}", file=sys.stderr, flush=True)
+        mirror.error(f"swarm-node: {error}")
         return 1
+    except Exception:
+        # A bug: Python prints the traceback on stderr once main has ended, after the
+        # shipping above; the journal gets it now, so that it is shipped with the rest.
+        mirror.journal(traceback.format_exc())
+        raise
     return 0
