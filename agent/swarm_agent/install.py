@@ -11,8 +11,8 @@ what arrives is byte for byte the repository's agent/), moves it to
 /usr/local/lib/swarm/releases/<digest>, points /usr/local/lib/swarm/current at it with
 one rename (a verb running meanwhile finishes on the release it started from), links
 swarm-node, swarm-keytool, the shell aliases and the completion to `current`, installs
-the image-cleanup and registry-refresh timers (and, not enabled, the worker groups'
-watcher's), and removes every other release and what an older agent left
+the image-cleanup, registry-refresh, logs-shipping and health-report timers (and, not
+enabled, the worker groups' watcher's), and removes every other release and what an older agent left
 (the bash agent kept its files directly in /usr/local/lib/swarm): a module removed from
 the repository is gone from the node. Nothing here restarts dockerd or touches the swarm.
 
@@ -35,7 +35,9 @@ LINKS = {  # where -> what, relative to the current release
     "/etc/profile.d/swarm-aliases.sh": "shell/swarm-aliases.sh",
     "/usr/share/bash-completion/completions/swarm-node": "shell/swarm-node.bash-completion",
 }
-TIMERS = ("swarm-image-cleanup.timer", "swarm-registry-auth.timer")
+# On every node: the logs shipper and the health report too (a worker's report is nothing,
+# and one list of units for every node keeps the installer simple).
+TIMERS = ("swarm-image-cleanup.timer", "swarm-registry-auth.timer", "swarm-logs.timer", "swarm-health.timer")
 # Installed but left as they are (not enabled): the worker groups' watcher runs only on a
 # manager that `swarm-node groups-watch --configure` told which groups to watch.
 IDLE_UNITS = ("swarm-groups.service", "swarm-groups.timer")
@@ -120,8 +122,8 @@ def _clean(release: str) -> list[str]:
 
 
 def _units(current: str) -> str:
-    """The daily image cleanup and the 4-hourly registry refresh: systemd timers, or cron
-    where there is no systemd."""
+    """The timers; without systemd, cron for the daily image cleanup and the 4-hourly
+    registry refresh (no journal to ship there, and no health report: it needs systemd)."""
     if os.path.isdir(SYSTEMD_RUN) and shutil.which("systemctl"):
         written = [unit for unit in UNITS if _write_unit(os.path.join(current, "units", unit))]
         # One reload, and only when a unit file changed: `enable` without --no-reload

@@ -461,7 +461,8 @@ def test_the_installer_puts_the_watcher_s_units_in_place_but_does_not_enable_the
     for unit in ("swarm-groups.service", "swarm-groups.timer"):
         assert (tmp_path / "etc/systemd/system" / unit).read_bytes() == (AGENT / "units" / unit).read_bytes()
     enables = [argv for argv in fake.argvs("systemctl") if argv[0] == "enable"]
-    assert enables == [["enable", "--no-reload", "--now", "swarm-image-cleanup.timer", "swarm-registry-auth.timer"]]
+    every_node = ["swarm-image-cleanup.timer", "swarm-registry-auth.timer", "swarm-logs.timer", "swarm-health.timer"]
+    assert enables == [["enable", "--no-reload", "--now", *every_node]]
 
 
 def test_a_node_without_systemd_is_told_the_watcher_cannot_run(fakes):

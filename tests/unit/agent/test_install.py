@@ -115,7 +115,8 @@ def systemd_node(node, tmp_path, monkeypatch):
 def test_the_timers_cost_one_reload_when_their_units_change_and_none_after(systemd_node, tmp_path):
     digest = install.tree_digest(str(AGENT))
     report = install.install(str(unpacked(tmp_path, "first")), digest)
-    enable = ["enable", "--no-reload", "--now", "swarm-image-cleanup.timer", "swarm-registry-auth.timer"]
+    timers = ["swarm-image-cleanup.timer", "swarm-registry-auth.timer", "swarm-logs.timer", "swarm-health.timer"]
+    enable = ["enable", "--no-reload", "--now", *timers]
     assert systemd_node.argvs("systemctl") == [["daemon-reload"], enable]
     written = ", ".join(install.UNITS)  # services first, then their timers
     assert f"cleanup timers ({written} written)" in report
