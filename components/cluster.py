@@ -20,6 +20,7 @@ from components.addresses import plan_addresses
 from components.data import DataVolumes, partition_of, plan_kept_volumes, snapshot_role_exists
 from components.groups import WorkerGroups, WorkerGroupsArgs, groups_outputs, watch_config
 from components.hosts import Hosts
+from components.logs import LogStore, alarm_subscription
 from components.mirror import RegistryMirror
 from components.network import Network
 from components.nodes import Nodes, NodesArgs
@@ -52,6 +53,11 @@ class SwarmCluster(pulumi.ComponentResource):
             state = StateStore(f"{name}-state", settings)
             bucket_name, bucket_arn = state.bucket_name, state.bucket_arn
 
+        # Kept through the night as well, a root resource for the same reason (swarm:logs cloudwatch).
+        logs = LogStore(f"{name}-logs", settings) if settings.logs else None
+        if logs is not None:
+            alarm_subscription(name, settings, logs.topic_arn, self)
+
         network: Network | None = None
         data: DataVolumes | None = None
         shared: pulumi.Input[str] = ""
@@ -61,6 +67,9 @@ class SwarmCluster(pulumi.ComponentResource):
         else:
             network = Network(f"{name}-network", settings, opts=child)
             role = NodeRole(f"{name}-node", settings, bucket_arn, opts=child)
+            worker_role = None
+            if logs is not None and settings.worker_count:
+                worker_role = NodeRole(f"{name}-worker", settings, bucket_arn, opts=child, holder="workers")
             files = shared_files(
                 name,
                 settings,
@@ -82,9 +91,16 @@ class SwarmCluster(pulumi.ComponentResource):
                     security_group_ids=[network.cluster_security_group_id, network.ssh_security_group_id],
                     instance_profile_name=role.instance_profile_name,
                     bucket_name=bucket_name,
+                    worker_profile_name=worker_role.instance_profile_name if worker_role else None,
                     kept_addresses=kept_addresses,
                     data_volumes=data.by_node,
-                    depends_on=[*network.node_dependencies, *role.node_dependencies],
+                    # The log group before the machines: the first container's stream goes into it.
+                    depends_on=[
+                        *network.node_dependencies,
+                        *role.node_dependencies,
+                        *(worker_role.node_dependencies if worker_role else []),
+                        *([logs] if logs else []),
+                    ],
                 ),
                 opts=child,
             )
@@ -170,6 +186,9 @@ class SwarmCluster(pulumi.ComponentResource):
             "dataVolumes": data_outputs(settings, data),
             # swarm:workerGroups: each group's Auto Scaling group and the placement that pins to it.
             "workerGroups": groups_outputs(settings, groups[0] if groups else None),
+            # swarm:logs cloudwatch: where every node's logs go, kept through the night ("" when off).
+            "logGroup": logs.group_name if logs else "",
+            "alarmTopicArn": logs.topic_arn if logs else "",
         }
         if machines.ssh_key_generated:
             self.outputs["sshPrivateKey"] = machines.ssh_private_key

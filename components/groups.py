@@ -38,7 +38,7 @@ from components.agent import agent_bundle, agent_digest
 from components.payload import gzip_base64, node_environment, render_user_data
 from components.rights import AGENT_OBJECTS, group_scope, node_policy
 from components.settings import NodePlan, Settings, WorkerGroup
-from components.state import ASSUME_ROLE_EC2
+from components.state import ASSUME_ROLE_EC2, logs_scope
 
 HOOK = "swarm-drain"
 # Long enough for a drain (the watcher gives it 90 s, then lets the machine go); short
@@ -139,6 +139,7 @@ class WorkerGroups(pulumi.ComponentResource):
                     settings.state_prefix,
                     "groups",
                     groups=group_scope(v[1], settings.region, settings.join_token_parameter, settings.cluster_name),
+                    logs=logs_scope(settings, v[1]),
                 )
             ),
             opts=pulumi.ResourceOptions(parent=role),

@@ -55,6 +55,13 @@ class Hosts(pulumi.ComponentResource):
             # Managers only: they alone back up, restore and run the mirror. A worker's
             # user-data removes any copy an earlier version left (components/rights.py).
             keys = credentials if plan.role == "manager" else {}
+            if settings.logs is not None and settings.logs.access_key_id is not None:
+                # swarm:logs cloudwatch: every host ships its logs with the logs-only key.
+                keys = {
+                    **keys,
+                    "SWARM_LOGS_ACCESS_KEY_ID": settings.logs.access_key_id,
+                    "SWARM_LOGS_SECRET_ACCESS_KEY": settings.logs.secret_access_key,
+                }
             values = pulumi.Output.all(bucket=bucket_name, **keys).apply(
                 lambda v, plan=plan: render_user_data(
                     {**node_environment(settings, plan, v.pop("bucket")), **v},

@@ -4,9 +4,10 @@ Managers get pinned private addresses (see `settings.plan_nodes`): Docker restor
 manager's Raft state only onto the address it advertised. Every instance requires
 IMDSv2 with a hop limit of 1 (containers behind Docker's bridge or an overlay get no
 token, so no credentials; the registry mirror runs on the host's network), has an
-encrypted gp3 root volume, and boots `scripts/node/user-data.sh`. Only managers carry the
-instance profile: pinned workers have no rights on the state bucket at all (a worker
-group's machines have a role of their own: components/groups.py).
+encrypted gp3 root volume, and boots `components/user-data.sh`. Only managers carry the
+state bucket's rights: pinned workers have none at all, and with swarm:logs cloudwatch a
+role of their own that writes their logs and nothing else (a worker group's machines have
+a role of their own: components/groups.py).
 
 `ami`, `user_data`, `instance_type` and `key_name` are ignored after creation: none of
 them may replace or restart every running machine at once mid-day (three managers
@@ -46,6 +47,8 @@ class NodesArgs:
     security_group_ids: list[pulumi.Input[str]]
     instance_profile_name: pulumi.Input[str]
     bucket_name: pulumi.Input[str]
+    # swarm:logs cloudwatch: the pinned workers' logs-only role (none: they hold no role).
+    worker_profile_name: pulumi.Input[str] | None = None
     # Dropped managers whose Elastic IPs are kept (`addresses.plan_addresses`).
     kept_addresses: set[int] = field(default_factory=set)
     # "worker-0" -> its swarm:dataVolumes entry and kept volume (components/data.py).
@@ -127,7 +130,7 @@ class Nodes(pulumi.ComponentResource):
                 private_ip=plan.private_ip,
                 vpc_security_group_ids=args.security_group_ids,
                 # Only managers hold the bucket's keys (backups, the mirror's cache).
-                iam_instance_profile=args.instance_profile_name if plan.role == "manager" else None,
+                iam_instance_profile=args.instance_profile_name if plan.role == "manager" else args.worker_profile_name,
                 key_name=key_pair.key_name,
                 associate_public_ip_address=settings.connect_via == "public",
                 user_data_base64=user_data,

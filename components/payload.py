@@ -121,6 +121,11 @@ def node_environment(settings: Settings, node: NodePlan, bucket_name: str) -> di
         "SWARM_ECR_ENDPOINT": settings.ecr_endpoint or "",
         # The managers' group watcher (swarm:workerGroups) asks Auto Scaling here.
         "SWARM_AUTOSCALING_ENDPOINT": getattr(settings.group_endpoints, "autoscaling", None) or "",
+        # swarm:logs cloudwatch: dockerd's awslogs driver and the agent ship here ("" keeps logs on the node).
+        "SWARM_LOG_GROUP": settings.logs.group if settings.logs else "",
+        "SWARM_LOGS_ENDPOINT": (settings.logs.logs_endpoint or "") if settings.logs else "",
+        "SWARM_METRICS_NAMESPACE": settings.logs.namespace if settings.logs else "",
+        "SWARM_METRICS_ENDPOINT": (settings.logs.monitoring_endpoint or "") if settings.logs else "",
     }
 
 

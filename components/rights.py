@@ -27,6 +27,13 @@ tarball's sha256 is pinned in the launch template, so whoever can write the buck
 hand a group worker another agent. The managers, with groups only, may describe the Auto
 Scaling groups (AWS takes only `*` for Describe calls) and complete the lifecycle actions
 of this stack's groups (`<cluster>-*`), which is how a scaled-in worker is let go once drained.
+
+Logs (swarm:logs cloudwatch) give every node the same two rights, held "by the nodes": the
+managers' role, the pinned workers' own role (their only one: it can write logs and
+nothing else), the groups' role, and the logs-only key of machines you bring. They write
+log events into streams of the stack's one group and metrics into the stack's one
+namespace (PutMetricData takes only `*`, narrowed by the `cloudwatch:namespace`
+condition); none can read a log back, delete one or touch an alarm.
 """
 
 from __future__ import annotations
@@ -41,11 +48,13 @@ class Right:
     actions: tuple[str, ...]
     # "bucket" | "prefix": the bucket's ARN, or the objects under the stack's prefix;
     # "ecr-token": "*" (the only resource AWS takes); "ecr-repositories": this account's, in the region;
-    # "join-token": the SSM parameter; "any": "*" (Describe calls); "stack-groups": <cluster>-* groups
+    # "join-token": the SSM parameter; "any": "*" (Describe calls); "stack-groups": <cluster>-* groups;
+    # "log-group": the stack's log group's streams; "metrics": "*" within the stack's namespace
     on: str
     why: str  # the README table's last column
     prefix_condition: bool = False  # only for keys under the stack's prefix (s3:prefix)
-    # "managers" (the EC2 role, own hosts' keys) | "mirror" (its key) | "groups" (the groups' role)
+    # "managers" (the EC2 role, own hosts' keys) | "mirror" (its key) | "groups" (the groups' role) |
+    # "nodes" (every node's: the managers', the pinned workers' and the groups' roles, own hosts' logs key)
     holder: str = "managers"
     under: str = ""  # below the stack's prefix: "mirror/" for the mirror's cache
 
@@ -131,10 +140,39 @@ RIGHTS = (
         holder="groups",
         under=AGENT_OBJECTS,
     ),
+    Right(
+        "ShipLogs",
+        ("logs:CreateLogStream", "logs:PutLogEvents"),
+        "log-group",
+        "containers' output (Docker's awslogs driver), the journal and the agent's verbs, kept after the node goes",
+        holder="nodes",
+    ),
+    Right(
+        "PublishMetrics",
+        ("cloudwatch:PutMetricData",),
+        "metrics",
+        "what the alarms watch: a failed or slow morning, a failed or stale backup, a lost quorum, nodes down",
+        holder="nodes",
+    ),
 )
-HOLDERS = ("managers", "mirror", "groups")
+HOLDERS = ("managers", "mirror", "groups", "workers", "nodes")
+NODE_HOLDERS = ("managers", "groups", "workers")  # who holds what is held "by the nodes"
 ECR_RIGHTS = ("ecr-token", "ecr-repositories")
 GROUP_RIGHTS = ("any", "stack-groups", "join-token")
+LOG_RIGHTS = ("log-group", "metrics")
+
+
+@dataclass(frozen=True)
+class LogScope:
+    """What the logs rights are scoped to (components/logs.py)."""
+
+    log_group: str  # arn:<partition>:logs:<region>:<account>:log-group:<name>
+    namespace: str  # Swarm/<project>/<stack>
+
+
+def log_scope(role_arn: str, region: str, group: str, namespace: str) -> LogScope:
+    partition, account = role_arn.split(":")[1], role_arn.split(":")[4]
+    return LogScope(f"arn:{partition}:logs:{region}:{account}:log-group:{group}", namespace)
 
 
 @dataclass(frozen=True)
@@ -167,29 +205,48 @@ def node_policy(
     holder: str = "managers",
     ecr_repositories: str | None = None,
     groups: GroupScope | None = None,
+    logs: LogScope | None = None,
 ) -> str:
-    """The policy of one holder (the managers' role, the mirror's key, the groups' role): its
-    RIGHTS, on this bucket and this stack's prefix only; the ECR rights only given
-    `ecr_repositories`, the group rights only given `groups`."""
+    """The policy of one holder (the managers' role, the mirror's key, the groups' role, the
+    pinned workers' role, the hosts' logs key: "nodes"): its RIGHTS, on this bucket and this
+    stack's prefix only; the ECR rights only given `ecr_repositories`, the group rights only
+    given `groups`, the logs rights only given `logs`."""
     if holder not in HOLDERS:
         raise ValueError(f"no such holder of rights: {holder!r}")
     statements = []
     for right in RIGHTS:
-        if right.holder != holder or (right.on in ECR_RIGHTS and not ecr_repositories):
+        held = right.holder == holder or (right.holder == "nodes" and holder in NODE_HOLDERS)
+        if not held or (right.on in ECR_RIGHTS and not ecr_repositories):
             continue
-        if right.on in GROUP_RIGHTS and groups is None:
+        if (right.on in GROUP_RIGHTS and groups is None) or (right.on in LOG_RIGHTS and logs is None):
             continue
-        scope = prefix + right.under
-        resource = {"bucket": bucket_arn, "ecr-token": "*", "ecr-repositories": ecr_repositories, "any": "*"}
-        if groups is not None:
-            resource.update({"join-token": groups.join_token, "stack-groups": groups.stack_groups})
-        statement = {
-            "Sid": right.sid,
-            "Effect": "Allow",
-            "Action": list(right.actions),
-            "Resource": [resource.get(right.on) or f"{bucket_arn}/{scope}*"],
-        }
-        if right.prefix_condition:
-            statement["Condition"] = {"StringLike": {"s3:prefix": [scope, f"{scope}*"]}}
-        statements.append(statement)
+        statements.append(_statement(right, bucket_arn, prefix, ecr_repositories, groups, logs))
     return json.dumps({"Version": "2012-10-17", "Statement": statements})
+
+
+def _statement(
+    right: Right,
+    bucket_arn: str,
+    prefix: str,
+    ecr_repositories: str | None,
+    groups: GroupScope | None,
+    logs: LogScope | None,
+) -> dict:
+    scope = prefix + right.under
+    resource = {"bucket": bucket_arn, "ecr-token": "*", "ecr-repositories": ecr_repositories, "any": "*"}
+    if groups is not None:
+        resource.update({"join-token": groups.join_token, "stack-groups": groups.stack_groups})
+    if logs is not None:
+        # A group's streams are `<group ARN>:log-stream:<name>`; `:*` covers them all.
+        resource.update({"log-group": f"{logs.log_group}:*", "metrics": "*"})
+    statement = {
+        "Sid": right.sid,
+        "Effect": "Allow",
+        "Action": list(right.actions),
+        "Resource": [resource.get(right.on) or f"{bucket_arn}/{scope}*"],
+    }
+    if right.prefix_condition:
+        statement["Condition"] = {"StringLike": {"s3:prefix": [scope, f"{scope}*"]}}
+    if right.on == "metrics":
+        statement["Condition"] = {"StringEquals": {"cloudwatch:namespace": logs.namespace}}
+    return statement

@@ -17,7 +17,7 @@ import json
 import pulumi
 import pulumi_aws as aws
 
-from components.rights import ecr_repositories, group_scope, node_policy
+from components.rights import ecr_repositories, group_scope, log_scope, node_policy
 from components.settings import Settings
 
 
@@ -88,6 +88,24 @@ class StateStore(pulumi.ComponentResource):
         self.register_outputs({"bucket_name": self.bucket_name, "bucket_arn": self.bucket_arn})
 
 
+def role_policy(settings: Settings, holder: str, bucket_arn: str, role_arn: str) -> str:
+    """The policy of the managers' or the pinned workers' role, with the optional rights
+    the settings turn on (rights.py holds every right)."""
+    groups = None
+    if settings.worker_groups and holder == "managers":
+        # swarm:workerGroups: the leader's watcher describes them and lets drained machines go.
+        groups = group_scope(role_arn, settings.region, settings.join_token_parameter, settings.cluster_name)
+    ecr = ecr_repositories(role_arn, settings.region) if settings.ecr_refresh and holder == "managers" else None
+    return node_policy(bucket_arn, settings.state_prefix, holder, ecr, groups, logs_scope(settings, role_arn))
+
+
+def logs_scope(settings: Settings, role_arn: str):
+    """swarm:logs cloudwatch: the stack's log group and metrics namespace (else no such rights)."""
+    if settings.logs is None:
+        return None
+    return log_scope(role_arn, settings.region or "", settings.logs.group, settings.logs.namespace)
+
+
 def tls_only_policy(bucket_arn: str) -> str:
     return json.dumps(
         {
@@ -119,31 +137,29 @@ class NodeRole(pulumi.ComponentResource):
     role_arn: pulumi.Output[str]
 
     def __init__(
-        self, name: str, settings: Settings, bucket_arn: pulumi.Input[str], opts: pulumi.ResourceOptions | None = None
+        self,
+        name: str,
+        settings: Settings,
+        bucket_arn: pulumi.Input[str],
+        opts: pulumi.ResourceOptions | None = None,
+        holder: str = "managers",
     ):
+        """The managers' role; with holder "workers", the pinned workers' (swarm:logs only:
+        their logs and nothing else)."""
         super().__init__("swarm:index:NodeRole", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
+        what = "Nodes of {}: this stack's prefix of the state bucket" if holder == "managers" else "Workers of {}: logs"
         role = aws.iam.Role(
             f"{name}-role",
             assume_role_policy=ASSUME_ROLE_EC2,
-            description=f"Nodes of {settings.cluster_name}: this stack's prefix of the state bucket",
+            description=what.format(settings.cluster_name),
             tags=settings.tags,
             opts=child,
         )
         policy = aws.iam.RolePolicy(
-            f"{name}-state-access",
+            f"{name}-state-access" if holder == "managers" else f"{name}-rights",
             role=role.id,
-            policy=pulumi.Output.all(bucket_arn, role.arn).apply(
-                lambda arns: node_policy(
-                    arns[0],
-                    settings.state_prefix,
-                    ecr_repositories=ecr_repositories(arns[1], settings.region) if settings.ecr_refresh else None,
-                    # swarm:workerGroups: the leader's watcher describes them and lets drained machines go.
-                    groups=group_scope(arns[1], settings.region, settings.join_token_parameter, settings.cluster_name)
-                    if settings.worker_groups
-                    else None,
-                )
-            ),
+            policy=pulumi.Output.all(bucket_arn, role.arn).apply(lambda arns: role_policy(settings, holder, *arns)),
             opts=pulumi.ResourceOptions(parent=role),
         )
         profile = aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=settings.tags, opts=child)

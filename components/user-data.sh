@@ -20,6 +20,8 @@ set -euo pipefail
 # Worker groups (components/groups.py): the machine joins by itself, with no Pulumi there.
 : "${SWARM_GROUP=}" "${SWARM_MANAGER_ADDRS=}" "${SWARM_JOIN_TOKEN_PARAMETER=}" "${SWARM_SSM_ENDPOINT=}"
 : "${SWARM_AUTOSCALING_ENDPOINT=}" "${SWARM_AGENT_SHA256=}" "${SWARM_AGENT_DIGEST=}"
+: "${SWARM_LOG_GROUP=}" "${SWARM_LOGS_ENDPOINT=}" "${SWARM_METRICS_NAMESPACE=}" "${SWARM_METRICS_ENDPOINT=}"
+: "${SWARM_LOGS_ACCESS_KEY_ID=}" "${SWARM_LOGS_SECRET_ACCESS_KEY=}"
 
 PATH=$PATH:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 umask 022
@@ -37,20 +39,25 @@ case $SWARM_BACKUP_TARGET in
   *) fail "unknown backup target '$SWARM_BACKUP_TARGET'" ;;
 esac
 
-# The hosts' own S3 credentials (machines the user brings): root-only, outside /etc/swarm/env.
-creds=/etc/swarm/aws-credentials
-if [[ -n $SWARM_AWS_ACCESS_KEY_ID ]]; then
-  (
-    umask 077
-    # printf is a builtin: the keys never appear in a process list.
-    printf '[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n' \
-      "$SWARM_AWS_ACCESS_KEY_ID" "$SWARM_AWS_SECRET_ACCESS_KEY" >"$creds.new"
-  )
-  chown root:root "$creds.new"
-  mv "$creds.new" "$creds"
-else
-  rm -f "$creds"
-fi
+# The hosts' own keys (machines the user brings): root-only, outside /etc/swarm/env. The S3
+# keys (managers only) and the logs-only key (every host, with swarm:logs cloudwatch).
+credentials() { # FILE ID SECRET: written when given, removed when not
+  if [[ -n $2 ]]; then
+    (
+      umask 077
+      # printf is a builtin: the keys never appear in a process list.
+      printf '[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n' "$2" "$3" >"$1.new"
+    )
+    chown root:root "$1.new"
+    mv "$1.new" "$1"
+  else
+    rm -f "$1"
+  fi
+}
+credentials /etc/swarm/aws-credentials "$SWARM_AWS_ACCESS_KEY_ID" "$SWARM_AWS_SECRET_ACCESS_KEY"
+logs_creds=/etc/swarm/logs-credentials
+credentials $logs_creds "$SWARM_LOGS_ACCESS_KEY_ID" "$SWARM_LOGS_SECRET_ACCESS_KEY"
+unset SWARM_LOGS_ACCESS_KEY_ID SWARM_LOGS_SECRET_ACCESS_KEY
 unset SWARM_AWS_ACCESS_KEY_ID SWARM_AWS_SECRET_ACCESS_KEY
 
 # A group's machines share one launch template: each is named by its instance id.
@@ -112,18 +119,36 @@ for url in $SWARM_REGISTRY_MIRRORS; do
     insecure+="${insecure:+, }\"${hostport%/}\""
   fi
 done
+# swarm:logs cloudwatch: containers log to the stack's group (a stream per container,
+# named by node) and still to a local cache that `docker logs` reads (dual logging);
+# non-blocking: a CloudWatch outage never stops a container from starting.
+logging='"log-driver": "json-file", "log-opts": {"max-size": "10m", "max-file": "3"}'
+if [[ -n $SWARM_LOG_GROUP ]]; then
+  [[ -n $SWARM_REGION ]] || fail "swarm:logs cloudwatch needs SWARM_REGION"
+  logging="\"log-driver\": \"awslogs\", \"log-opts\": {\"awslogs-group\": \"$SWARM_LOG_GROUP\",
+    \"awslogs-region\": \"$SWARM_REGION\", \"tag\": \"$SWARM_NODE_NAME/containers/{{.Name}}\",
+    \"mode\": \"non-blocking\"${SWARM_LOGS_ENDPOINT:+, \"awslogs-endpoint\": \"$SWARM_LOGS_ENDPOINT\"}}"
+fi
+# dockerd finds the hosts' logs-only key through its environment (EC2: the instance role).
+dropin=/etc/systemd/system/docker.service.d/swarm-logs.conf
+daemon_changed=0
+if [[ -f $logs_creds ]]; then
+  mkdir -p "${dropin%/*}"
+  want="[Service]"$'\n'"Environment=AWS_SHARED_CREDENTIALS_FILE=$logs_creds"
+  [[ $(cat "$dropin" 2>/dev/null) == "$want" ]] || { printf '%s\n' "$want" >"$dropin" && daemon_changed=1; }
+elif [[ -f $dropin ]]; then
+  rm -f "$dropin" && daemon_changed=1
+fi
 # No live-restore: swarm mode refuses to start with it.
 mkdir -p /etc/docker
 cat >/etc/docker/daemon.json.new <<EOF
 {
-  "log-driver": "json-file",
-  "log-opts": {"max-size": "10m", "max-file": "3"},
+  $logging,
   "registry-mirrors": [$mirrors],
   "insecure-registries": [$insecure],
   "features": {"containerd-snapshotter": $SWARM_CONTAINERD_STORE}
 }
 EOF
-daemon_changed=0
 if cmp -s /etc/docker/daemon.json.new /etc/docker/daemon.json; then
   rm -f /etc/docker/daemon.json.new
 else
@@ -137,7 +162,8 @@ fi
     SWARM_MIRROR_PORT SWARM_MIRROR_UPSTREAM SWARM_BACKUP_KEEP SWARM_SSH_USER \
     SWARM_BACKUP_TARGET SWARM_MIRROR_STORAGE SWARM_CONTAINERD_STORE SWARM_ECR_REFRESH \
     SWARM_ECR_ENDPOINT SWARM_GROUP SWARM_MANAGER_ADDRS SWARM_JOIN_TOKEN_PARAMETER \
-    SWARM_SSM_ENDPOINT SWARM_AUTOSCALING_ENDPOINT; do
+    SWARM_SSM_ENDPOINT SWARM_AUTOSCALING_ENDPOINT SWARM_LOG_GROUP SWARM_LOGS_ENDPOINT \
+    SWARM_METRICS_NAMESPACE SWARM_METRICS_ENDPOINT; do
     printf '%s=%q\n' "$var" "${!var}"
   done
 } >/etc/swarm/env.new
@@ -170,7 +196,7 @@ if [[ -d /run/systemd/system ]]; then
   ((${#units[@]})) || fail "systemd has no docker.service"
   systemctl enable "${units[@]}"
   systemctl reset-failed "${units[@]}" 2>/dev/null || true
-  if ((daemon_changed)); then systemctl restart docker.service; fi
+  if ((daemon_changed)); then systemctl daemon-reload && systemctl restart docker.service; fi
   systemctl start "${units[@]}"
 else
   service docker "$( ((daemon_changed)) && echo restart || echo start)"

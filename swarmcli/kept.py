@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 BUCKET = "aws:s3/bucket:Bucket"
 STATE_STORE = "swarm:index:StateStore"
+LOG_STORE = "swarm:index:LogStore"
 OPERATOR_KEY = "tls:index/privateKey:PrivateKey"
 SEED = "random:index/randomBytes:RandomBytes"
 ADDRESS = "aws:ec2/eip:Eip"
@@ -67,7 +68,24 @@ def dropped(resources: list[dict], config: dict[str, str]) -> list[Dropped]:
         if data:
             what = "the EC2 stack's data volumes and shared files"
             found.append(Dropped("swarm:hosts", what, [r["urn"] for r in data], _data_step(data)))
+    found.extend(_logs_dropped(protected, config))
     return found
+
+
+def _logs_dropped(protected: list[dict], config: dict[str, str]) -> list[Dropped]:
+    """swarm:logs none (also the default with swarm:hosts) would drop the kept log group,
+    alarm topic and alarms: stopped with the steps that keep the logs in AWS."""
+    target = config.get("swarm:logs") or ("none" if config.get("swarm:hosts") else "cloudwatch")
+    store = [r for r in protected if LOG_STORE in r["urn"]]
+    if target != "none" or not store:
+        return []
+    group = next((r.get("outputs", {}).get("name", "") for r in store if r["type"].endswith("logGroup:LogGroup")), "")
+    keep = (
+        f"The log group {group} keeps its events (and its retention) in AWS once forgotten; "
+        f"delete it there when you no longer need them (aws logs delete-log-group --log-group-name {group})."
+    )
+    what = f"the log group {group}, the alarm topic and its alarms"
+    return [Dropped("swarm:logs none", what, [r["urn"] for r in store], keep)]
 
 
 def _data_step(resources: list[dict]) -> str:

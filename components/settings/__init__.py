@@ -48,6 +48,7 @@ from components.settings.ec2 import (
 )
 from components.settings.groups import GroupEndpoints, WorkerGroup, read_group_endpoints, read_worker_groups
 from components.settings.hosts import read_hosts
+from components.settings.logs import LogSettings, read_logs
 from components.settings.mirror import read_mirror
 from components.settings.shared import read_shared_files
 
@@ -61,6 +62,7 @@ __all__ = [
     "ConfigError",
     "DataVolume",
     "GroupEndpoints",
+    "LogSettings",
     "NodePlan",
     "Settings",
     "SnapshotSchedule",
@@ -107,6 +109,7 @@ def load_settings(
     snapshots = read_snapshot_schedule(r)
     groups = [] if hosts_mode else read_worker_groups(r, machines.instance_type, machines.architecture)
     endpoints = read_group_endpoints(r)
+    logs = read_logs(r, config, (project, stack, region), hosts_mode)
 
     cluster_name = f"swarm-{_sanitize(stack)}"
     managers, workers = machines.managers, machines.workers
@@ -179,6 +182,7 @@ def load_settings(
         data_snapshots=snapshots,
         worker_groups=groups,
         group_endpoints=endpoints,
+        logs=logs,
     )
 
 

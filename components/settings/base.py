@@ -17,6 +17,7 @@ import pulumi
 if TYPE_CHECKING:
     from components.settings.data import DataVolume
     from components.settings.groups import GroupEndpoints, WorkerGroup
+    from components.settings.logs import LogSettings
 
 NAMESPACE = "swarm"
 
@@ -51,6 +52,11 @@ DEFAULTS: dict[str, Any] = {
     "dataSnapshotTime": "20:00",
     "dataSnapshotKeep": 7,
     "sharedFiles": False,  # one kept EFS file system at /var/data/shared on every node
+    # swarm:logs (no default here: cloudwatch on EC2, none with swarm:hosts) and its alarms.
+    "logRetentionDays": 30,
+    "morningAlarmMinutes": 20,
+    "backupAlarmHours": 26,
+    "nodeDownAlarmMinutes": 5,
 }
 
 # Keys that only mean something when the program creates EC2 machines; with swarm:hosts a
@@ -87,6 +93,7 @@ KNOWN_KEYS = frozenset(
         *("stateBucketName", "existingStateBucket", "s3Endpoint", "s3AccessKeyId", "s3SecretAccessKey"),
         *("mirrorS3AccessKeyId", "mirrorS3SecretAccessKey", "ecrEndpoint", "ecrRefresh"),
         *("tags", "hosts", "dataVolumes", "workerGroups", "ssmEndpoint", "autoscalingEndpoint"),
+        *("logs", "alarmEmail", "logsEndpoint", "monitoringEndpoint", "logsAccessKeyId", "logsSecretAccessKey"),
     ]
 )
 BACKUP_TARGETS = ("s3", "local", "none")
@@ -213,6 +220,7 @@ class Settings:
     shared_files: bool = False  # swarm:sharedFiles: the stack's EFS file system at /var/data/shared
     worker_groups: list[WorkerGroup] = field(default_factory=list)  # swarm:workerGroups
     group_endpoints: GroupEndpoints | None = None  # swarm:ssmEndpoint, swarm:autoscalingEndpoint
+    logs: LogSettings | None = None  # swarm:logs cloudwatch: the group, the alarms; None: logs stay on the nodes
 
     @property
     def mirror_storage(self) -> str:

@@ -181,7 +181,8 @@ def test_teardown_keeps_ssh_routes_and_s3_access_until_the_backup_ran(run):
         *run.of_type("aws:ec2/routeTableAssociation:RouteTableAssociation"),
         *run.of_type("aws:iam/rolePolicy:RolePolicy"),
     ]
-    assert len(leaves) == 6 + 1 + 1 + 3 + 1
+    # ... and the pinned workers' logs-only role's policy (swarm:logs cloudwatch, the default).
+    assert len(leaves) == 6 + 1 + 1 + 3 + 1 + 1
     for leaf in leaves:
         assert run.depends_on(backup, leaf), leaf.name
         for instance in run.of_type("aws:ec2/instance:Instance"):

@@ -144,18 +144,22 @@ def test_bucket_and_all_its_settings_are_protected(default_run):
     assert len(settings) == 6
     assert all(r.protect for r in settings)
     # Besides the bucket only the managers' Elastic IPs, the generated SSH key, the backups'
-    # signing key, the host keys' seed and the AMI record (the last four in the state only)
-    # are kept; the teardown removes every other one.
+    # signing key, the host keys' seed and the AMI record (the last four in the state only),
+    # and the logs (the group, the alarm topic, its six alarms) are kept; the teardown
+    # removes every other one.
     protected = sorted(
         r.type for r in default_run.resources if r.protect and r.custom and not r.type.startswith("aws:s3/")
     )
     kept = [
+        "aws:cloudwatch/logGroup:LogGroup",
+        *["aws:cloudwatch/metricAlarm:MetricAlarm"] * 6,
         *["aws:ec2/eip:Eip"] * 3,
         *["random:index/randomBytes:RandomBytes"] * 2,
         "random:index/randomShuffle:RandomShuffle",
+        "aws:sns/topic:Topic",
         "tls:index/privateKey:PrivateKey",
     ]
-    assert protected == kept
+    assert protected == sorted(kept)
     assert bucket.inputs.get("forceDestroy") is False
 
 
@@ -189,15 +193,18 @@ def test_retention_is_configurable(days):
 
 
 def test_node_policy_is_scoped_to_the_bucket_and_stack_prefix(default_run):
-    (policy_resource,) = default_run.of_type("aws:iam/rolePolicy:RolePolicy")
+    policy_resource = default_run.named("swarm-dev-node-state-access")
     policy = json.loads(policy_resource.inputs["policy"])
     bucket_arn = "arn:aws:s3:::swarm-dev-state-bucket-0a1b2c3"
     ecr = "arn:aws:ecr:eu-west-1:123456789012:repository/*"  # the account read off the role's ARN
     for statement in policy["Statement"]:
         assert statement["Effect"] == "Allow"
         for resource in statement["Resource"]:
-            if statement["Action"] == ["ecr:GetAuthorizationToken"]:
+            if statement["Action"] in (["ecr:GetAuthorizationToken"], ["cloudwatch:PutMetricData"]):
                 assert resource == "*"  # the only resource AWS takes for it
+                continue
+            if statement["Sid"] == "ShipLogs":  # the stack's log group's streams
+                assert resource == "arn:aws:logs:eu-west-1:123456789012:log-group:/swarm/swarm/dev:*"
                 continue
             assert resource in (bucket_arn, f"{bucket_arn}/swarm/dev/*", ecr), resource
             assert (resource == ecr) == all(a.startswith("ecr:") for a in statement["Action"]), statement
@@ -220,9 +227,10 @@ def test_every_instance_requires_imdsv2_and_encrypts_its_gp3_root(default_run):
         metadata = instance.inputs["metadataOptions"]
         assert metadata["httpTokens"] == "required" and metadata["httpEndpoint"] == "enabled"
         # One hop: a container behind Docker's bridge gets no token (the mirror runs on
-        # the host's network); and only managers carry the instance profile.
+        # the host's network); managers carry theirs, workers their logs-only one.
         assert metadata["httpPutResponseHopLimit"] == 1
-        assert bool(instance.inputs.get("iamInstanceProfile")) == (instance.inputs["tags"]["swarm:role"] == "manager")
+        role = instance.inputs["tags"]["swarm:role"]
+        assert instance.inputs["iamInstanceProfile"] == f"swarm-dev-{'node' if role == 'manager' else 'worker'}-profile"
         root = instance.inputs["rootBlockDevice"]
         assert root["encrypted"] is True and root["volumeType"] == "gp3" and root["volumeSize"] == 30
 

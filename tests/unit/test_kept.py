@@ -137,3 +137,25 @@ def test_the_steps_forget_children_before_their_parent():
     [problem] = kept.dropped(AFTER_A_NIGHT, {"swarm:backupTarget": "local"})
     message = problem.message("dev")
     assert message.index(f"'{BUCKET}'") < message.index(f"'{STORE}'")
+
+
+LOG_STORE = "urn:pulumi:dev::swarm::swarm:index:LogStore::swarm-dev-logs"
+LOG_GROUP = f"{LOG_STORE.rsplit('::', 1)[0]}$aws:cloudwatch/logGroup:LogGroup::swarm-dev-logs-group"
+TOPIC = f"{LOG_STORE.rsplit('::', 1)[0]}$aws:sns/topic:Topic::swarm-dev-logs-alarms"
+ALARM = f"{TOPIC.rsplit('::', 1)[0]}$aws:cloudwatch/metricAlarm:MetricAlarm::swarm-dev-logs-morning-failed"
+WITH_LOGS = [*AFTER_A_NIGHT, resource(LOG_STORE), resource(LOG_GROUP, name="/swarm/swarm/dev"), resource(TOPIC),
+             resource(ALARM)]  # fmt: skip
+
+
+@pytest.mark.parametrize("config", [{"swarm:logs": "none"}, {"swarm:hosts": "[...]", "swarm:s3AccessKeyId": "k"}])
+def test_turning_logs_off_is_refused_with_the_steps_that_keep_them_in_aws(config):
+    """swarm:logs none (the default with swarm:hosts) would drop the kept group, topic and
+    alarms: every later `up` would fail. The steps forget them, alarms first; the events stay."""
+    problems = {p.setting: p for p in kept.dropped(WITH_LOGS, config)}
+    problem = problems["swarm:logs none"]
+    assert problem.urns == [LOG_STORE, LOG_GROUP, TOPIC, ALARM]
+    message = problem.message("dev")
+    assert message.index(ALARM) < message.index(TOPIC) < message.index(LOG_STORE)
+    assert "/swarm/swarm/dev keeps its events" in message and "pulumi config rm --stack dev swarm:logs" in message
+    assert not [p for p in kept.dropped(WITH_LOGS, {"swarm:logs": "cloudwatch"}) if "logs" in p.setting]
+    assert not [p for p in kept.dropped(WITH_LOGS, {}) if "logs" in p.setting]

@@ -16,7 +16,7 @@ ECR_ACTIONS = {"ecr:GetAuthorizationToken", "ecr:BatchGetImage", "ecr:GetDownloa
 
 
 def ecr_actions(run) -> set[str]:
-    (policy,) = run.of_type("aws:iam/rolePolicy:RolePolicy")
+    (policy,) = [p for p in run.of_type("aws:iam/rolePolicy:RolePolicy") if p.name.endswith("-node-state-access")]
     return {a for s in json.loads(policy.inputs["policy"])["Statement"] for a in s["Action"] if a.startswith("ecr:")}
 
 

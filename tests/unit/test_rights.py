@@ -8,15 +8,27 @@ import re
 
 from harness import ROOT
 
-from components.rights import ECR_RIGHTS, GROUP_RIGHTS, HOLDERS, RIGHTS, ecr_repositories, group_scope, node_policy
+from components.rights import (
+    ECR_RIGHTS,
+    GROUP_RIGHTS,
+    HOLDERS,
+    NODE_HOLDERS,
+    RIGHTS,
+    ecr_repositories,
+    group_scope,
+    log_scope,
+    node_policy,
+)
 
 BUCKET_ARN = "arn:aws:s3:::swarm-dev-state-bucket-0a1b2c3"
 REPOSITORIES = "arn:aws:ecr:eu-west-1:123456789012:repository/*"
 ROLE_ARN = "arn:aws:iam::123456789012:role/swarm-dev-groups"
 GROUPS = group_scope(ROLE_ARN, "eu-west-1", "/swarm/swarm/dev/worker-join-token", "swarm-dev")
+LOGS = log_scope(ROLE_ARN, "eu-west-1", "/swarm/swarm/dev", "Swarm/swarm/dev")
+LOG_GROUP_STREAMS = "arn:aws:logs:eu-west-1:123456789012:log-group:/swarm/swarm/dev:*"
 
 
-HOLDER_CELLS = {"managers": "managers", "the mirror": "mirror", "group workers": "groups"}
+HOLDER_CELLS = {"managers": "managers", "the mirror": "mirror", "group workers": "groups", "every node": "nodes"}
 
 
 def readme_rights() -> dict[str, tuple[list[str], str]]:
@@ -40,18 +52,23 @@ def test_the_readme_table_and_the_rights_module_name_the_same_rights():
 
 def test_each_policy_is_its_holder_s_rights_and_nothing_else():
     for holder in HOLDERS:
-        rights = [r for r in RIGHTS if r.holder == holder]
-        policy = json.loads(node_policy(BUCKET_ARN, "swarm/dev/", holder, ecr_repositories=REPOSITORIES, groups=GROUPS))
+        rights = [r for r in RIGHTS if r.holder == holder or (r.holder == "nodes" and holder in NODE_HOLDERS)]
+        policy = json.loads(
+            node_policy(BUCKET_ARN, "swarm/dev/", holder, ecr_repositories=REPOSITORIES, groups=GROUPS, logs=LOGS)
+        )
         assert rights and [s["Sid"] for s in policy["Statement"]] == [r.sid for r in rights]
         for statement, right in zip(policy["Statement"], rights, strict=True):
             assert statement["Effect"] == "Allow" and statement["Action"] == list(right.actions)
             assert not any("*" in action for action in statement["Action"])
             scope = "swarm/dev/" + right.under
             want = {"bucket": BUCKET_ARN, "ecr-token": "*", "ecr-repositories": REPOSITORIES, "any": "*",
-                    "join-token": GROUPS.join_token, "stack-groups": GROUPS.stack_groups}  # fmt: skip
+                    "join-token": GROUPS.join_token, "stack-groups": GROUPS.stack_groups,
+                    "log-group": LOG_GROUP_STREAMS, "metrics": "*"}  # fmt: skip
             assert statement["Resource"] == [want.get(right.on, f"{BUCKET_ARN}/{scope}*")]
             condition = statement.get("Condition")
             assert (condition == {"StringLike": {"s3:prefix": [scope, f"{scope}*"]}}) == right.prefix_condition
+            if right.on == "metrics":  # "*" is all PutMetricData takes: the namespace narrows it
+                assert condition == {"StringEquals": {"cloudwatch:namespace": "Swarm/swarm/dev"}}
 
 
 def test_the_mirror_reaches_its_cache_and_not_one_backup():
@@ -124,3 +141,19 @@ def test_group_rights_read_one_token_and_the_agent_and_the_managers_let_go_only_
     without = json.loads(node_policy(BUCKET_ARN, "swarm/dev/"))
     assert not [s for s in without["Statement"] if any(a.startswith(("autoscaling:", "ssm:")) for a in s["Action"])]
     assert all(r.holder != "mirror" for r in RIGHTS if r.on in GROUP_RIGHTS)
+
+
+def test_a_node_that_ships_logs_writes_its_stack_s_streams_and_metrics_and_reads_nothing():
+    """The pinned workers' role (and an own host's logs-only key) holds the logs rights and
+    nothing else: no backup, no reading a log back, no alarm; none of it without swarm:logs."""
+    for holder in ("workers", "nodes"):
+        policy = json.loads(node_policy(BUCKET_ARN, "swarm/dev/", holder, logs=LOGS))
+        assert {(a, r) for s in policy["Statement"] for a in s["Action"] for r in s["Resource"]} == {
+            ("logs:CreateLogStream", LOG_GROUP_STREAMS),
+            ("logs:PutLogEvents", LOG_GROUP_STREAMS),
+            ("cloudwatch:PutMetricData", "*"),
+        }
+        assert json.loads(node_policy(BUCKET_ARN, "swarm/dev/", holder))["Statement"] == []
+    for holder in NODE_HOLDERS:
+        actions = {a for s in json.loads(node_policy(BUCKET_ARN, "swarm/dev/", holder))["Statement"] for a in s["Action"]}
+        assert not {a for a in actions if a.startswith(("logs:", "cloudwatch:"))}

@@ -176,7 +176,7 @@ def test_context_names_what_is_missing(tmp_path, missing):
 
 VERB_PATHS = {
     *("status", "context", "backups list", "backups verify", "backups drill", "roll", "night", "morning"),
-    *("release-addresses", "adopt-ami"),
+    *("release-addresses", "adopt-ami", "logs"),
 }
 POSITIONAL_STACK = ["status", "context", "roll", "night", "morning", "release-addresses", "adopt-ami"]
 

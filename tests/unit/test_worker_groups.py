@@ -110,7 +110,10 @@ def test_the_groups_role_reads_the_token_and_the_agent_only_and_the_managers_may
     run = run_program({"workerGroups": SPOT})
     policies = {p.name: json.loads(p.inputs["policy"]) for p in run.of_type(POLICY)}
     groups = next(v for k, v in policies.items() if "groups" in k)
-    assert sorted(s["Sid"] for s in groups["Statement"]) == ["GroupAgentTarball", "GroupJoinToken"]
+    # ... and, with swarm:logs cloudwatch (the default), its logs (test_rights.py).
+    assert sorted(s["Sid"] for s in groups["Statement"]) == [
+        "GroupAgentTarball", "GroupJoinToken", "PublishMetrics", "ShipLogs"
+    ]  # fmt: skip
     managers = next(v for k, v in policies.items() if "state-access" in k)
     assert {"GroupsDescribed", "GroupWorkersLetGo"} <= {s["Sid"] for s in managers["Statement"]}
     plain = {p.name: json.loads(p.inputs["policy"]) for p in run_program().of_type(POLICY)}
