@@ -396,6 +396,8 @@ def _read(cursor: str, timeout: float) -> tuple[list[dict], bool]:
     try:
         return read_journal(cursor, ENTRY_CAP, timeout)
     except run.CallFailed as error:
+        if not cursor and "no such boot" in error.stderr.lower():
+            return [], False  # a journal with nothing of this boot yet (journalctl -b fails then)
         if not cursor or "cursor" not in error.stderr.lower():
             raise
     # The journal does not know the saved cursor (a journal rotated away, a file damaged):

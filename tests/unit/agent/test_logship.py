@@ -179,6 +179,14 @@ def test_a_cursor_the_journal_does_not_know_starts_this_boot_again(shipper, caps
     assert state()["cursor"] == "s=1;i=0"
 
 
+def test_a_journal_with_nothing_of_this_boot_is_nothing_to_ship(shipper, capsys):
+    shipper.on(
+        "journalctl", rc=1, stderr="Data from the specified boot (+0) is not available: No such boot ID in journal\n"
+    )
+    assert cli.main(["logs-ship"]) == 0
+    assert capsys.readouterr().out == f"logs-ship: 0 lines to {GROUP} (nothing new)\n"
+
+
 def test_a_read_stops_at_its_cap_and_a_run_reads_again_while_reads_come_back_full(shipper, monkeypatch):
     journal(shipper, *(entry(n) for n in range(5)))
     accepting(shipper)
