@@ -23,7 +23,8 @@ from components.settings.base import NAMESPACE, Reader
 
 LOG_TARGETS = ("cloudwatch", "none")
 # What CloudWatch Logs accepts for a group's retention (PutRetentionPolicy).
-RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653)
+RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
+                  2922, 3288, 3653)  # fmt: skip
 KEY_NAMES = ("logsAccessKeyId", "logsSecretAccessKey")
 _URL = re.compile(r"^https?://[^\s/]+")
 # Loose on purpose: SNS sends a confirmation, which is the real check of an address.
@@ -105,7 +106,6 @@ def read_logs(
 
 def _days() -> str:
     return ", ".join(str(d) for d in RETENTION_DAYS)
-
 
 
 def _read_keys(

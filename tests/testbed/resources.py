@@ -152,6 +152,12 @@ class Resources:
             changed = providers.changed_keys(comparable(old.raw_inputs), comparable(new.raw_inputs))
             if changed & providers.INSTANCE_RESTART_KEYS:
                 self._restart_instance(old, new, changed)
+            if "iamInstanceProfile" in changed:
+                # EC2 associates (or removes) a profile on a running instance: its metadata
+                # service hands out (or stops handing out) the role's credentials at once.
+                ip = old.outputs.get("privateIp")
+                if ip in self.bed.imds.instances:
+                    self.bed.imds.instances[ip]["role"] = bool(new.inputs.get("iamInstanceProfile"))
         elif type_ == EIP:  # only its tags change in place
             eip = self.bed.addresses.eips[old.id]
             eip.tags = dict(new.inputs.get("tags") or {})
