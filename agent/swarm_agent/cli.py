@@ -15,6 +15,7 @@ import importlib
 import os
 import signal
 import sys
+import time
 import traceback
 
 from swarm_agent import logship
@@ -144,14 +145,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(verb_function, args, mirror: logship.Mirror) -> int:
+    # Run by Pulumi or by hand, a verb says in the journal when it started and how it
+    # ended, so every run has its stream (a bootstrap that succeeds may print nothing on
+    # stderr); a timer's unit needs neither, systemd logs its start and end itself.
+    started = time.monotonic()
+    if not mirror.journal_only:
+        mirror.journal(f"{args.verb}: started", logship.INFO)
+    code = 1
     try:
         verb_function(args)
+        code = 0
     except (AgentError, KeytoolError) as error:
         mirror.error(f"swarm-node: {error}")
-        return 1
     except Exception:
         # A bug: Python prints the traceback on stderr once main has ended, after the
         # shipping above; the journal gets it now, so that it is shipped with the rest.
         mirror.journal(traceback.format_exc())
         raise
-    return 0
+    finally:
+        if not mirror.journal_only:
+            ended, priority = ("done", logship.INFO) if code == 0 else ("failed", logship.ERR)
+            mirror.journal(f"{args.verb}: {ended} in {time.monotonic() - started:.1f} s", priority)
+    return code

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import struct
@@ -301,9 +302,13 @@ def test_a_verb_s_stderr_lines_reach_journald_marked_and_its_stdout_does_not(fak
     said = capsys.readouterr()
     sent = [fields(d) for d in journald()]
     assert sent and all(f["SYSLOG_IDENTIFIER"] == "swarm-node" and f["SWARM_VERB"] == "bootstrap" for f in sent)
-    assert sent[-1]["PRIORITY"] == "3" and sent[-1]["MESSAGE"] == said.err.splitlines()[-1]
-    assert sent[-1]["MESSAGE"].startswith("swarm-node: bootstrap: the swarm on this node is locked")
-    assert [f["MESSAGE"] for f in sent] == said.err.splitlines() and said.out == ""
+    # The verb's lines between its start and its end, which go to the journal alone.
+    start, *lines, end = sent
+    assert start["MESSAGE"] == "bootstrap: started" and start["PRIORITY"] == "6"
+    assert re.fullmatch(r"bootstrap: failed in \d+\.\d s", end["MESSAGE"]) and end["PRIORITY"] == "3"
+    assert lines[-1]["PRIORITY"] == "3" and lines[-1]["MESSAGE"] == said.err.splitlines()[-1]
+    assert lines[-1]["MESSAGE"].startswith("swarm-node: bootstrap: the swarm on this node is locked")
+    assert [f["MESSAGE"] for f in lines] == said.err.splitlines() and said.out == ""
 
 
 def test_a_note_is_priority_6_and_a_partial_line_waits_for_its_end(journald):
