@@ -196,7 +196,7 @@ def test_an_existing_bucket_is_used_not_created():
 def test_an_existing_bucket_on_ec2_scopes_the_role_to_it():
     run = run_program({"existingStateBucket": "team-backups"})
     assert run.of_type("aws:s3/bucket:Bucket") == []
-    policy = run.of_type("aws:iam/rolePolicy:RolePolicy")[0].inputs["policy"]
+    policy = run.named("swarm-dev-node-state-access").inputs["policy"]
     assert "arn:aws:s3:::team-backups/swarm/dev/*" in policy
 
 
