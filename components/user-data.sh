@@ -28,6 +28,8 @@ umask 022
 mkdir -p /etc/swarm
 exec > >(tee -a /var/log/swarm-user-data.log) 2>&1
 echo "user-data: start $(date -u +%FT%TZ) on $SWARM_NODE_NAME"
+# The morning's start, for the morning-slow alarm (the agent's metrics.py).
+mkdir -p /var/lib/swarm && date +%s >/var/lib/swarm/user-data.started
 # A waiter polls for this file so a broken boot fails in seconds, not at its timeout.
 set -E
 trap 'echo "line $LINENO: $BASH_COMMAND (exit $?)" >/etc/swarm/failed' ERR

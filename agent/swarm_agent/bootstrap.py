@@ -26,14 +26,14 @@ STAGED_RE = re.compile(r"^backups/(latest|[A-Za-z0-9._-]+\.tar\.gz(\.sha256|\.me
 
 def bootstrap(args) -> None:
     """The verb, and the metrics the morning's alarms read: MorningFailed, and on success
-    MorningSeconds, how long this machine took from its boot to a working swarm."""
+    MorningSeconds, how long this machine took from user-data's start to a working swarm."""
     try:
         with lock.held(getattr(args, "verb", None) or "bootstrap", 900):
             _bootstrap(args)
     except Exception:
         metrics.report({"MorningFailed": 1})
         raise
-    took = metrics.uptime()
+    took = metrics.morning_seconds()
     metrics.report({"MorningFailed": 0, **({"MorningSeconds": took} if took is not None else {})})
 
 

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 
 from swarm_agent import env, paths, run
 from swarm_agent.run import AgentError
@@ -71,10 +72,14 @@ def report(values: dict[str, float]) -> bool:
     return publish(node, values)
 
 
-def uptime() -> float | None:
-    """Seconds since this machine booted (/proc/uptime), None where it cannot be read."""
+def morning_seconds() -> float | None:
+    """Seconds since user-data began this machine's morning (it writes the time first
+    thing): on EC2 the instance's boot, on machines you bring the morning's provisioning
+    (the night destroyed that step, so it runs again). Not /proc/uptime: in a container
+    (LXC, nspawn) it is the host's, days old. None where user-data left no time."""
     try:
-        with open(os.path.join(paths.PROC, "uptime")) as handle:
-            return float(handle.read().split()[0])
+        with open(paths.USER_DATA_STARTED) as handle:
+            started = float(handle.read().split()[0])
     except (OSError, ValueError, IndexError):
         return None
+    return max(0.0, time.time() - started)

@@ -26,6 +26,8 @@ SYS_BLOCK = "/sys/block"  # the kernel's disks (an EBS volume's NVMe serial is i
 UNIT_DIR = "/etc/systemd/system"
 SYSTEMD_RUN = "/run/systemd/system"  # exists when systemd is PID 1
 PROC = "/proc"
+# When user-data began this machine's morning (epoch seconds): MorningSeconds (metrics.py).
+USER_DATA_STARTED = "/var/lib/swarm/user-data.started"
 # swarm:sharedFiles (shared.py): where the stack's EFS file system is mounted, the table
 # every boot mounts it from, and what says which distribution (so which NFS client) this is.
 SHARED_MOUNT = "/var/data/shared"

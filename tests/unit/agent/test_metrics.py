@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -79,12 +80,16 @@ def test_without_a_namespace_nothing_is_sent(fakes, capsys):
 
 # -- who sends them ----------------------------------------------------------------------
 def test_a_morning_that_works_sends_how_long_the_machine_took(fakes, sent, capsys):
-    Path(paths.PROC, "uptime").write_text("412.37 1500.20\n")
+    # From user-data's start, not /proc/uptime (in a container that is the host's).
+    Path(paths.PROC, "uptime").write_text("999999.00 1500.20\n")
+    Path(paths.USER_DATA_STARTED).parent.mkdir(parents=True, exist_ok=True)
+    Path(paths.USER_DATA_STARTED).write_text(f"{int(time.time()) - 412}\n")
     fakes.docker_up()
     fakes.swarm()
     fakes.on("aws", "cloudwatch", "put-metric-data")
     assert cli.main(["bootstrap"]) == 0
-    assert values(sent) == [{"MorningFailed": 0, "MorningSeconds": 412.37}]
+    [sent_values] = values(sent)
+    assert sent_values["MorningFailed"] == 0 and 411 <= sent_values["MorningSeconds"] <= 420
     assert sent[0]["metrics"][1]["Unit"] == "Seconds"
     out = capsys.readouterr().out.splitlines()  # stdout: the contract line alone, as before
     assert len(out) == 1 and json.loads(out[0])["kind"] == "swarm-bootstrap"
