@@ -81,7 +81,7 @@ def _backup(args, counted: dict) -> None:
         raise AgentError("SWARM_BACKUP_KEEP must be a number")
     if node.target != "s3" and not args.stdout:
         raise AgentError(f"backup: this swarm's backups go to '{node.target}', not S3; use 'backup --stdout > file'")
-    if getattr(args, "handover", False) and _never_formed():
+    if getattr(args, "handover", False) and dockerd.in_no_swarm():
         print("backup: this node is in no swarm (its morning failed before the swarm formed); nothing to hand over")
         return
     backup_preflight()
@@ -203,15 +203,6 @@ def store_check(args) -> None:
         print(store.check_round_trip(node, work))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _never_formed() -> bool:
-    """--handover of a lone manager whose morning failed (a backup refused): its dockerd is
-    up and in no swarm, so there is no state to hand over, and the teardown that follows a
-    failed morning must not stop here (it once did: a lone manager's stack could not be
-    destroyed after a failed morning). Any other state goes on to the checks."""
-    dockerd.wait_up(60)
-    return dockerd.local_state() == "inactive"
 
 
 def _teardown_began() -> bool:

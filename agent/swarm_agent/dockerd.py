@@ -127,6 +127,14 @@ def local_state() -> str:
     return swarm_info().get("LocalNodeState", "") or "unknown"
 
 
+def in_no_swarm(timeout: float = 60) -> bool:
+    """dockerd is up and this node is in no swarm: a lone manager whose morning failed before
+    its swarm formed (a backup refused). The delete hooks of that morning's steps (the
+    handover, the workers' retires) have nothing to do then, and must let the teardown go."""
+    wait_up(timeout)
+    return local_state() == "inactive"
+
+
 def is_active_manager(info: dict | None = None) -> bool:
     info = swarm_info() if info is None else info
     return info.get("LocalNodeState") == "active" and bool(info.get("ControlAvailable"))

@@ -220,6 +220,10 @@ def retire(args) -> None:
     if not (NAME_RE.match(name or "") and IPV4_RE.match(addr or "")):
         raise AgentError("retire: --name NAME and --addr IPv4 are required")
     env.load()
+    if dockerd.in_no_swarm():
+        why = "its morning failed before the swarm formed"
+        print(f"retire: this manager is in no swarm ({why}); nothing to do for {name}")
+        return
     self_id = checked_id(dockerd.require_manager("retire").get("NodeID"))
     dockerd.wait_leader(60)
     if teardown_marked():

@@ -393,14 +393,20 @@ def test_the_store_check_writes_reads_back_and_deletes(fakes, monkeypatch, capsy
     assert [a[len(AWS) : len(AWS) + 2] for a in fakes.argvs("aws")] == [["s3", "cp"], ["s3", "cp"], ["s3", "rm"]]
 
 
-def test_a_lone_manager_whose_morning_failed_hands_over_nothing_and_lets_the_teardown_go(fakes, capsys):
+def test_a_lone_manager_whose_morning_failed_hands_over_and_retires_nothing_and_lets_the_teardown_go(fakes, capsys):
     """Its bootstrap refused the backup: dockerd runs in no swarm. The handover (a delete
     hook) must not fail the destroy that follows, and it backs nothing up."""
     fakes.docker_up()
     fakes.swarm(state="inactive")
     assert cli.main(["backup", "--handover"]) == 0
+    assert cli.main(["retire", "--name", "swarm-dev-worker-0", "--addr", "10.42.0.100"]) == 0
     captured = capsys.readouterr()
-    assert captured.out.startswith("backup: this node is in no swarm") and captured.err == ""
+    assert captured.out.splitlines() == [
+        "backup: this node is in no swarm (its morning failed before the swarm formed); nothing to hand over",
+        "retire: this manager is in no swarm (its morning failed before the swarm formed); nothing to do for "
+        "swarm-dev-worker-0",
+    ]
+    assert captured.err == ""
     assert [a for a in fakes.argvs("aws") if "s3" in a] == []
     # The night's own backup still refuses, with the way out it always gave.
     assert cli.main(["backup"]) == 1
