@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 
 import pytest
 from testbed.bed import BED_REGION, LOCAL_BUSYBOX, S3_CREDENTIALS, wait_until
@@ -72,6 +73,7 @@ def streams(bed) -> list[str]:
 
 
 def test_a_service_s_lines_reach_the_group_and_stay_readable_on_the_nodes(engine, day, bed):
+    started = time.monotonic()
     worker = engine.host_of("worker-0")
     node = f"swarm-{STACK}-worker-0"
     stream = wait_until(
@@ -80,6 +82,8 @@ def test_a_service_s_lines_reach_the_group_and_stay_readable_on_the_nodes(engine
         120,
     )
     wait_until("five lines in CloudWatch", lambda: "chatter line 4" in swarm_logs(bed, "--service", SERVICE), 120)
+    engine.log(f"logs: a new service's fifth line readable with scripts/swarm logs {time.monotonic() - started:.1f} s "
+               "after its create")  # fmt: skip
     events = bed.logs().get_log_events(logGroupName=GROUP, logStreamName=stream, startFromHead=True)["events"]
     assert [e["message"] for e in events[:3]] == ["chatter line 0", "chatter line 1", "chatter line 2"]
     # Dual logging: Docker's own readers still answer on the nodes.
@@ -109,6 +113,7 @@ def test_after_a_night_and_a_failed_morning_the_logs_are_read_back_with_every_ma
 
     with pytest.raises(EngineError) as failure:
         engine.up()
+    failed_at = time.monotonic()
     assert "-bootstrap" in str(failure.value) and "its signature does not match" in str(failure.value)
 
     def raised() -> list[dict]:
@@ -116,13 +121,16 @@ def test_after_a_night_and_a_failed_morning_the_logs_are_read_back_with_every_ma
         return [json.loads(m["Message"]) for m in messages if m["Subject"].startswith("ALARM")]
 
     alarms = wait_until("the morning-failed alarm on its topic", raised, 120)
+    engine.log(f"logs: morning-failed on its topic {time.monotonic() - failed_at:.1f} s after the failed up returned")
     # That alarm, and no other: the day before was healthy, and the night is quiet.
     assert {a["AlarmName"] for a in alarms} == {f"swarm-{STACK}-morning-failed"}, alarms
     assert alarms[0]["NewStateValue"] == "ALARM" and alarms[0]["Trigger"]["MetricName"] == "MorningFailed"
 
     engine.destroy()
     assert engine.hosts() == [] and not [h for h in bed.hosts.values() if h.name.startswith(f"swarm-{STACK}-")]
+    reading = time.monotonic()
     refusal = swarm_logs(bed, "--verb", "bootstrap", "--grep", "signature does not match")
+    engine.log(f"logs: the failed bootstrap read back in {time.monotonic() - reading:.1f} s, no machine left")
     assert f"swarm-{STACK}-manager-0/agent/bootstrap" in refusal and "forged or altered" in refusal
     night = swarm_logs(bed, "--verb", "backup")
     assert f"swarm-{STACK}-manager-0/agent/backup" in night
