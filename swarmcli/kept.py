@@ -13,6 +13,8 @@ from dataclasses import dataclass
 BUCKET = "aws:s3/bucket:Bucket"
 STATE_STORE = "swarm:index:StateStore"
 LOG_STORE = "swarm:index:LogStore"
+# What only the LogStore makes (components/logs.py), all of it protected.
+LOG_TYPES = ("aws:cloudwatch/logGroup:LogGroup", "aws:sns/topic:Topic", "aws:cloudwatch/metricAlarm:MetricAlarm")
 OPERATOR_KEY = "tls:index/privateKey:PrivateKey"
 SEED = "random:index/randomBytes:RandomBytes"
 ADDRESS = "aws:ec2/eip:Eip"
@@ -76,7 +78,8 @@ def _logs_dropped(protected: list[dict], config: dict[str, str]) -> list[Dropped
     """swarm:logs none (also the default with swarm:hosts) would drop the kept log group,
     alarm topic and alarms: stopped with the steps that keep the logs in AWS."""
     target = config.get("swarm:logs") or ("none" if config.get("swarm:hosts") else "cloudwatch")
-    store = [r for r in protected if LOG_STORE in r["urn"]]
+    # A URN names its parent's type alone: the alarms (children of the topic) are found by type.
+    store = [r for r in protected if LOG_STORE in r["urn"] or r["type"] in LOG_TYPES]
     if target != "none" or not store:
         return []
     group = next((r.get("outputs", {}).get("name", "") for r in store if r["type"].endswith("logGroup:LogGroup")), "")

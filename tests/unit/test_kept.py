@@ -142,7 +142,10 @@ def test_the_steps_forget_children_before_their_parent():
 LOG_STORE = "urn:pulumi:dev::swarm::swarm:index:LogStore::swarm-dev-logs"
 LOG_GROUP = f"{LOG_STORE.rsplit('::', 1)[0]}$aws:cloudwatch/logGroup:LogGroup::swarm-dev-logs-group"
 TOPIC = f"{LOG_STORE.rsplit('::', 1)[0]}$aws:sns/topic:Topic::swarm-dev-logs-alarms"
-ALARM = f"{TOPIC.rsplit('::', 1)[0]}$aws:cloudwatch/metricAlarm:MetricAlarm::swarm-dev-logs-morning-failed"
+# A URN names its parent's type alone: an alarm's names the topic, not the LogStore.
+ALARM = (
+    "urn:pulumi:dev::swarm::aws:sns/topic:Topic$aws:cloudwatch/metricAlarm:MetricAlarm::swarm-dev-logs-morning-failed"
+)
 WITH_LOGS = [*AFTER_A_NIGHT, resource(LOG_STORE), resource(LOG_GROUP, name="/swarm/swarm/dev"), resource(TOPIC),
              resource(ALARM)]  # fmt: skip
 
