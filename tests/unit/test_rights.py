@@ -155,5 +155,6 @@ def test_a_node_that_ships_logs_writes_its_stack_s_streams_and_metrics_and_reads
         }
         assert json.loads(node_policy(BUCKET_ARN, "swarm/dev/", holder))["Statement"] == []
     for holder in NODE_HOLDERS:
-        actions = {a for s in json.loads(node_policy(BUCKET_ARN, "swarm/dev/", holder))["Statement"] for a in s["Action"]}
+        statements = json.loads(node_policy(BUCKET_ARN, "swarm/dev/", holder))["Statement"]
+        actions = {a for s in statements for a in s["Action"]}
         assert not {a for a in actions if a.startswith(("logs:", "cloudwatch:"))}
