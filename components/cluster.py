@@ -20,7 +20,7 @@ from components.addresses import plan_addresses
 from components.data import DataVolumes, partition_of, plan_kept_volumes, snapshot_role_exists
 from components.groups import WorkerGroups, WorkerGroupsArgs, groups_outputs, watch_config
 from components.hosts import Hosts
-from components.logs import LogStore, alarm_subscription
+from components.logs import LogStore, alarm_subscription, plan_log_group
 from components.mirror import RegistryMirror
 from components.network import Network
 from components.nodes import Nodes, NodesArgs
@@ -44,6 +44,7 @@ class SwarmCluster(pulumi.ComponentResource):
         kept_volumes = plan_kept_volumes(settings)
         kept_file_system = plan_file_system(settings)
         has_snapshot_role = not settings.hosts_mode and snapshot_role_exists(settings)
+        kept_log_group = plan_log_group(settings)
 
         # A root resource, not a child: it is the one part that outlives the cluster, and
         # its protection should not hinge on this component staying in the state.
@@ -54,7 +55,7 @@ class SwarmCluster(pulumi.ComponentResource):
             bucket_name, bucket_arn = state.bucket_name, state.bucket_arn
 
         # Kept through the night as well, a root resource for the same reason (swarm:logs cloudwatch).
-        logs = LogStore(f"{name}-logs", settings) if settings.logs else None
+        logs = LogStore(f"{name}-logs", settings, kept_log_group) if settings.logs else None
         if logs is not None:
             alarm_subscription(name, settings, logs.topic_arn, self)
 

@@ -10,7 +10,10 @@ not protected (its address may change) but retained on delete: SNS asks an addre
 confirm once, and Subscribe with the same address next morning finds the confirmed one.
 
 Every alarm is registered whatever the config says (a kept resource the program stopped
-registering would fail every later `up`): a threshold of 0 turns notifications off.
+registering would fail every later `up`): a threshold of 0 turns notifications off. A log
+group the state forgot (`swarm:logs none` and the steps that release it, then cloudwatch
+again) is adopted, not made again: CloudWatch refuses a second group of the same name. The
+topic and the alarms need no such care: creating either again is an update in AWS.
 """
 
 from __future__ import annotations
@@ -60,12 +63,34 @@ def alarms_of(logs: LogSettings, stack: str) -> list[Alarm]:
     ]  # fmt: skip
 
 
+def plan_log_group(settings: Settings) -> str | None:
+    """The stack's log group if AWS already holds it, else None. A lookup only: called before
+    anything is registered. In the state (every morning) the import is no import (Pulumi's
+    step generator compares it with the ID in the state); forgotten, it is adopted."""
+    if settings.logs is None:
+        return None
+    try:
+        found = aws.cloudwatch.get_log_group(name=settings.logs.group)
+    except Exception as error:  # the provider reports "nothing found" as a failed call
+        message = str(error)
+        if not any(s in message.lower() for s in ("couldn't find", "not found", "does not exist", "empty result")):
+            # Without the right to look, go on: a group in the state is kept either way.
+            pulumi.log.warn(
+                f"could not look for this stack's log group {settings.logs.group} ({message[:300]}); give "
+                "Pulumi's credentials logs:DescribeLogGroups (README, 'Logs and alarms')"
+            )
+        return None
+    return found.name or None
+
+
 class LogStore(pulumi.ComponentResource):
     group_name: pulumi.Output[str]
     group_arn: pulumi.Output[str]
     topic_arn: pulumi.Output[str]
 
-    def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None):
+    def __init__(
+        self, name: str, settings: Settings, found: str | None = None, opts: pulumi.ResourceOptions | None = None
+    ):
         super().__init__(
             "swarm:index:LogStore", name, None, pulumi.ResourceOptions.merge(pulumi.ResourceOptions(protect=True), opts)
         )
@@ -77,7 +102,7 @@ class LogStore(pulumi.ComponentResource):
             name=logs.group,
             retention_in_days=logs.retention_days,
             tags={**settings.tags, "Name": logs.group},
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self, import_=found),
         )
         topic = aws.sns.Topic(f"{name}-alarms", name=logs.topic_name, tags=settings.tags, opts=child)
         for alarm in alarms_of(logs, settings.stack):

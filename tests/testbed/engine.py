@@ -138,6 +138,13 @@ class _Mocks(pulumi.runtime.Mocks):
                 **{"id": volume.volume_id, "volumeId": volume.volume_id, "availabilityZone": volume.zone},
                 **{"size": volume.size_gib, "volumeType": volume.volume_type, "tags": volume.tags, "encrypted": True},
             }
+        if args.token == "aws:cloudwatch/getLogGroup:getLogGroup":  # moto's groups, as the provider answers
+            name = args.args["name"]
+            groups = self.bed.logs().describe_log_groups(logGroupNamePrefix=name)["logGroups"]
+            found = next((g for g in groups if g["logGroupName"] == name), None)
+            if found is None:
+                return {}, [("name", f"reading CloudWatch Logs Log Group ({name}): couldn't find resource")]
+            return {"id": name, "name": name, "arn": found["arn"].removesuffix(":*")}
         if args.token == "aws:efs/getFileSystem:getFileSystem":
             # No EFS on the bed (its kernel has no NFS client): none is ever found, as the provider says it.
             return {}, [("tags", "no matching EFS File System found")]

@@ -119,6 +119,7 @@ class SwarmMocks(pulumi.runtime.Mocks):
         volumes: dict[str, dict] | None = None,
         roles: list[str] | None = None,
         file_systems: dict[str, dict[str, str]] | None = None,
+        log_groups: list[str] | None = None,
     ):
         """`addresses`: Elastic IPs the region already holds, by allocation id, with their
         tags; `address_quota`: what Service Quotas answers (None: it refuses); `volumes`:
@@ -126,6 +127,7 @@ class SwarmMocks(pulumi.runtime.Mocks):
         self.volumes = dict(volumes or {})
         self.roles = list(roles or [])  # IAM roles the account holds, by name
         self.file_systems = dict(file_systems or {})  # EFS file systems the region holds: id -> tags
+        self.log_groups = list(log_groups or [])  # CloudWatch Logs groups the region holds, by name
         self.subnets = subnets or {}
         self.addresses = dict(addresses or {})
         self.address_quota = address_quota
@@ -148,6 +150,9 @@ class SwarmMocks(pulumi.runtime.Mocks):
             state["publicIp"] = "198.51.100.250"  # what AWS reads back (the program uses the Eip's)
         elif args.typ == "aws:efs/fileSystem:FileSystem":
             return args.resource_id or "fs-0a1b2c3d4e5f6a7b8", state  # an import keeps the ID it names
+        elif args.typ == "aws:cloudwatch/logGroup:LogGroup":
+            state["arn"] = f"arn:aws:logs:eu-west-1:123456789012:log-group:{state['name']}"
+            return args.resource_id or state["name"], state
         elif args.typ == "aws:s3/bucket:Bucket":
             state["bucket"] = state.get("bucket") or f"{args.name}-0a1b2c3"
             state["arn"] = f"arn:aws:s3:::{state['bucket']}"
@@ -216,6 +221,11 @@ class SwarmMocks(pulumi.runtime.Mocks):
                 several = "multiple EFS File Systems matched; use additional constraints to reduce matches"
                 return {}, [("tags", several if found else "no matching EFS File System found")]
             return {"id": found[0], "fileSystemId": found[0], "tags": self.file_systems[found[0]]}
+        if args.token == "aws:cloudwatch/getLogGroup:getLogGroup":  # as the provider answers, one or an error
+            name = args.args["name"]
+            if name not in self.log_groups:
+                return {}, [("name", f"reading CloudWatch Logs Log Group ({name}): couldn't find resource")]
+            return {"id": name, "name": name, "arn": f"arn:aws:logs:eu-west-1:123456789012:log-group:{name}"}
         if args.token == "aws:ebs/getEbsVolumes:getEbsVolumes":
             wanted = args.args.get("tags") or {}
             found = [v for v, d in self.volumes.items() if tags_match(d.get("tags") or {}, wanted, [])]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from harness import run_program
+from harness import SwarmMocks, run_program
 from test_formation import user_data_of
 from test_hosts import assignment, config_problems, hosts_config, run_hosts
 
@@ -121,3 +121,31 @@ def test_own_hosts_with_cloudwatch_need_both_halves_of_the_logs_key():
     problems = config_problems(hosts_config(logs="cloudwatch"))
     assert any("swarm:logsAccessKeyId is required with swarm:hosts and swarm:logs cloudwatch" in p for p in problems)
     assert any("pulumi config set --secret swarm:logsSecretAccessKey" in p for p in problems)
+
+
+class Mocks(SwarmMocks):
+    """Records the ID each log group was registered to import (Pulumi's `import_`)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.imports: dict[str, str] = {}
+
+    def new_resource(self, args):
+        if args.typ == LOG_GROUP:
+            self.imports[args.name] = args.resource_id or ""
+        return super().new_resource(args)
+
+
+def test_a_log_group_the_state_forgot_is_adopted_not_made_again():
+    """CloudWatch refuses a second group of a name: after `logs none` and the steps that
+    forget the group, `logs cloudwatch` again adopts it (in the state, the import is none)."""
+    held = Mocks(log_groups=["/swarm/swarm/dev"])
+    run_program({}, mocks=held)
+    assert held.imports == {"swarm-dev-logs-group": "/swarm/swarm/dev"}
+    fresh = Mocks(log_groups=["/swarm/swarm/prod"])  # another stack's is not this one's
+    run_program({}, mocks=fresh)
+    assert fresh.imports == {"swarm-dev-logs-group": ""}
+    assert [a["name"] for t, a in fresh.invokes if "getLogGroup" in t] == ["/swarm/swarm/dev"]
+    off = Mocks(log_groups=["/swarm/swarm/dev"])
+    run_program({"logs": "none"}, mocks=off)
+    assert off.imports == {} and not [t for t, _ in off.invokes if "getLogGroup" in t]
