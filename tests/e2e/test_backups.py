@@ -124,7 +124,9 @@ def test_no_container_reaches_a_role_and_workers_hold_only_their_logs_role(engin
     # right. moto does not enforce IAM, so the refusal itself is AWS's (tests/unit/test_rights.py).
     states = list(engine.state.values())
     instance = next(s for s in states if s.type == "aws:ec2/instance:Instance" and s.name.endswith("-worker-0"))
-    assert instance.inputs["iamInstanceProfile"] == f"swarm-{STACK}-worker-profile"
+    kind = "aws:iam/instanceProfile:InstanceProfile"
+    profile = next(s for s in states if s.type == kind and s.name == f"swarm-{STACK}-worker-profile")
+    assert instance.inputs["iamInstanceProfile"] == profile.outputs["name"]  # IAM's name carries a suffix
     policy = next(s for s in states if s.type == "aws:iam/rolePolicy:RolePolicy" and s.name.endswith("-worker-rights"))
     statements = json.loads(policy.inputs["policy"])["Statement"]
     assert sorted(s["Sid"] for s in statements) == ["PublishMetrics", "ShipLogs"]
