@@ -47,11 +47,12 @@ def alarms_of(logs: LogSettings, stack: str) -> list[Alarm]:
     look = f"scripts/swarm logs {stack}"
     down = logs.node_down_alarm_minutes
     return [
-        Alarm("morning-failed", "MorningFailed", "Maximum", "GreaterThanOrEqualToThreshold", 1, MINUTE, 1,
+        # One datapoint each, once: a 5-minute period keeps it in view however late an evaluation comes.
+        Alarm("morning-failed", "MorningFailed", "Maximum", "GreaterThanOrEqualToThreshold", 1, 5 * MINUTE, 1,
               f"manager 0's bootstrap failed: the swarm did not come back this morning ({look} --verb bootstrap)"),
         Alarm("morning-slow", "MorningSeconds", "Maximum", "GreaterThanThreshold", logs.morning_alarm_minutes * 60,
               MINUTE, 1, f"manager 0 took more than {logs.morning_alarm_minutes} min from boot to a restored swarm"),
-        Alarm("backup-failed", "BackupFailed", "Maximum", "GreaterThanOrEqualToThreshold", 1, MINUTE, 1,
+        Alarm("backup-failed", "BackupFailed", "Maximum", "GreaterThanOrEqualToThreshold", 1, 5 * MINUTE, 1,
               f"a backup failed (tonight's, before the teardown?): {look} --verb backup"),
         Alarm("backup-stale", "BackupAgeHours", "Maximum", "GreaterThanThreshold", max(logs.backup_alarm_hours, 1),
               60 * MINUTE, 1, f"the newest backup is older than {logs.backup_alarm_hours} h: a night did not back up",

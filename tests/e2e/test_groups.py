@@ -282,6 +282,7 @@ def test_four_more_workers_a_group_against_pinned(engine, bed):
     # Settled before the night: the nights check the group goes after the backup, which a
     # scale-in still draining (up to its 90 s bound) when the teardown starts would blur.
     wait_group(engine, 2, timeout=300)
+    wait_until("no group machine still terminating", lambda: len(group_hosts(engine)) == 2, 300, interval=1)
 
 
 # -- three nights ---------------------------------------------------------------------------
